@@ -1,0 +1,88 @@
+//! Every bad-config fixture fails with its exact message: error messages are
+//! part of the interface.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use portsight::config::Config;
+
+const CASES: &[(&str, &str)] = &[
+    ("invalid-bool.toml", "discover.enabled: invalid type: string \"yes please\", expected a boolean"),
+    ("invalid-concurrency.toml", "probe.concurrency: invalid type: 64-bit integer `-1`, expected an unsigned 64 bit or less integer"),
+    ("invalid-duration.toml", "probe.interval: invalid value: string \"fast\", expected a duration"),
+    ("invalid-expect.toml", "port[0].expect: unknown value \"open\", expected one of public, internal, local, closed, auto"),
+    ("invalid-listen-address.toml", "web.listen_address: invalid address \"localhost:80\": want IP:PORT, [IPv6]:PORT or :PORT"),
+    ("invalid-port-duplicate.toml", "port[1].port: port 80 is already listed in port[0]"),
+    ("invalid-port-missing.toml", "port[0].port: missing, and it has no default"),
+    ("invalid-port-range.toml", "port[0].port: must be 1 to 65535, got 70000"),
+    ("invalid-syntax.toml", "line 1, column 6: unclosed table, expected `]`"),
+    ("invalid-timeout-longer-than-interval.toml", "probe.timeout: must be shorter than probe.interval (2s >= 1s)"),
+    ("invalid-unknown-key.toml", "probe.intervall: unknown field `intervall`, expected one of `interval`, `timeout`, `concurrency`"),
+    ("invalid-unknown-section.toml", "colour: unknown field `colour`, expected one of `web`, `scan`, `probe`, `vantage`, `discover`, `port`"),
+    ("invalid-vantage-address.toml", "vantage.addresses[0]: invalid IP address syntax"),
+];
+
+fn fixture(name: &str) -> String {
+    format!("tests/fixtures/config/{name}")
+}
+
+#[test]
+fn each_invalid_fixture_has_its_exact_message() {
+    for (file, want) in CASES {
+        let path = fixture(file);
+        let err = Config::load_with_env(Some(Path::new(&path)), HashMap::new())
+            .expect_err(file);
+        assert_eq!(err.to_string(), format!("{path}: {want}"), "{file}");
+    }
+}
+
+#[test]
+fn every_invalid_fixture_is_covered() {
+    let mut on_disk: Vec<String> = std::fs::read_dir("tests/fixtures/config")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("invalid-"))
+        .collect();
+    on_disk.sort();
+    let covered: Vec<String> = CASES.iter().map(|(f, _)| f.to_string()).collect();
+    assert_eq!(on_disk, covered);
+}
+
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let env = HashMap::from([("PORTSIGHT__PROBE__TIMEOUT".to_string(), "soon".to_string())]);
+    let err = Config::load_with_env(None, env).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "environment PORTSIGHT__PROBE__TIMEOUT: probe.timeout: invalid value: string \"soon\", expected a duration"
+    );
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let err = Config::load_with_env(Some(Path::new("/nonexistent/p.toml")), HashMap::new())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/nonexistent/p.toml: cannot read: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn a_valid_file_overrides_the_default() {
+    let dir = std::env::temp_dir().join(format!("portsight-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ok.toml");
+    std::fs::write(
+        &path,
+        "[probe]\ninterval = \"30s\"\n[[port]]\nport = 8080\nname = \"api\"\nexpect = \"internal\"\n",
+    )
+    .unwrap();
+    let c = Config::load_with_env(Some(&path), HashMap::new()).unwrap();
+    assert_eq!(c.probe.interval.as_secs(), 30);
+    assert_eq!(c.probe.timeout.as_secs(), 2, "untouched keys keep their default");
+    assert_eq!(c.ports.len(), 1);
+    assert_eq!(c.ports[0].name, "api");
+    assert_eq!(c.ports[0].expect, portsight::config::Expect::Internal);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
