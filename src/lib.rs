@@ -2,3 +2,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod cycle;
+pub mod metrics;
+pub mod probe;
+pub mod snapshot;
+pub mod sockets;
+pub mod watch;
+pub mod web;

@@ -1,1 +1,174 @@
-fn main(){}
+//! The `portsight` command: argument parsing, logging, signals and wiring.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portsight::config::{self, Config};
+use portsight::cycle::Engine;
+use portsight::metrics::Metrics;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(
+    name = "portsight",
+    version,
+    about = "Is this port reachable, from where, and if not, why?"
+)]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
+    #[arg(long = "log.level", default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar: scan, probe, and serve /metrics.
+    Serve {
+        /// Config file (TOML); without it the embedded default applies.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, overriding web.listen_address.
+        #[arg(long = "web.listen-address")]
+        listen_address: Option<String>,
+    },
+    /// Check or print configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file; exit 2 with the reason when it is bad.
+    Check { file: PathBuf },
+    /// Print the embedded default configuration.
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(&cli.log_level);
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{}", config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match Config::load(Some(&file)) {
+            Ok(_) => {
+                println!("{}: OK", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portsight: bad config: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve {
+            config,
+            listen_address,
+        } => {
+            let mut cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("portsight: bad config: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(addr) = listen_address {
+                if let Err(reason) = config::parse_listen_address(&addr) {
+                    eprintln!("portsight: --web.listen-address: {reason}");
+                    return ExitCode::from(2);
+                }
+                cfg.web.listen_address = addr;
+            }
+            match serve(cfg, config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portsight: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn serve(cfg: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let addr = config::parse_listen_address(&cfg.web.listen_address).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    tracing::info!(address = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "portsight listening");
+    let metrics = Arc::new(Metrics::new()?);
+    let engine = Engine::new(cfg, config_file, metrics);
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let engine_task = tokio::spawn(Arc::clone(&engine).run(shutdown));
+    let reloader = {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading configuration");
+                let _ = engine.reload();
+            }
+        })
+    };
+    let web = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(portsight::web::serve(
+            listener,
+            Arc::clone(&engine),
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            },
+        ))
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    reloader.abort();
+    let _ = engine_task.await;
+    let _ = web.await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -7,19 +7,58 @@ use std::path::Path;
 use portsight::config::Config;
 
 const CASES: &[(&str, &str)] = &[
-    ("invalid-bool.toml", "discover.enabled: invalid type: string \"yes please\", expected a boolean"),
-    ("invalid-concurrency.toml", "probe.concurrency: invalid type: 64-bit integer `-1`, expected an unsigned 64 bit or less integer"),
-    ("invalid-duration.toml", "probe.interval: invalid value: string \"fast\", expected a duration"),
-    ("invalid-expect.toml", "port[0].expect: unknown value \"open\", expected one of public, internal, local, closed, auto"),
-    ("invalid-listen-address.toml", "web.listen_address: invalid address \"localhost:80\": want IP:PORT, [IPv6]:PORT or :PORT"),
-    ("invalid-port-duplicate.toml", "port[1].port: port 80 is already listed in port[0]"),
-    ("invalid-port-missing.toml", "port[0].port: missing, and it has no default"),
-    ("invalid-port-range.toml", "port[0].port: must be 1 to 65535, got 70000"),
-    ("invalid-syntax.toml", "line 1, column 6: unclosed table, expected `]`"),
-    ("invalid-timeout-longer-than-interval.toml", "probe.timeout: must be shorter than probe.interval (2s >= 1s)"),
-    ("invalid-unknown-key.toml", "probe.intervall: unknown field `intervall`, expected one of `interval`, `timeout`, `concurrency`"),
-    ("invalid-unknown-section.toml", "colour: unknown field `colour`, expected one of `web`, `scan`, `probe`, `vantage`, `discover`, `port`"),
-    ("invalid-vantage-address.toml", "vantage.addresses[0]: invalid IP address syntax"),
+    (
+        "invalid-bool.toml",
+        "discover.enabled: invalid type: string \"yes please\", expected a boolean",
+    ),
+    (
+        "invalid-concurrency.toml",
+        "probe.concurrency: invalid type: 64-bit integer `-1`, expected an unsigned 64 bit or less integer",
+    ),
+    (
+        "invalid-duration.toml",
+        "probe.interval: invalid value: string \"fast\", expected a duration",
+    ),
+    (
+        "invalid-expect.toml",
+        "port[0].expect: unknown value \"open\", expected one of public, internal, local, closed, auto",
+    ),
+    (
+        "invalid-listen-address.toml",
+        "web.listen_address: invalid address \"localhost:80\": want IP:PORT, [IPv6]:PORT or :PORT",
+    ),
+    (
+        "invalid-port-duplicate.toml",
+        "port[1].port: port 80 is already listed in port[0]",
+    ),
+    (
+        "invalid-port-missing.toml",
+        "port[0].port: missing, and it has no default",
+    ),
+    (
+        "invalid-port-range.toml",
+        "port[0].port: must be 1 to 65535, got 70000",
+    ),
+    (
+        "invalid-syntax.toml",
+        "line 1, column 6: unclosed table, expected `]`",
+    ),
+    (
+        "invalid-timeout-longer-than-interval.toml",
+        "probe.timeout: must be shorter than probe.interval (2s >= 1s)",
+    ),
+    (
+        "invalid-unknown-key.toml",
+        "probe.intervall: unknown field `intervall`, expected one of `interval`, `timeout`, `concurrency`",
+    ),
+    (
+        "invalid-unknown-section.toml",
+        "colour: unknown field `colour`, expected one of `web`, `scan`, `probe`, `vantage`, `discover`, `port`",
+    ),
+    (
+        "invalid-vantage-address.toml",
+        "vantage.addresses[0]: invalid IP address syntax",
+    ),
 ];
 
 fn fixture(name: &str) -> String {
@@ -30,8 +69,7 @@ fn fixture(name: &str) -> String {
 fn each_invalid_fixture_has_its_exact_message() {
     for (file, want) in CASES {
         let path = fixture(file);
-        let err = Config::load_with_env(Some(Path::new(&path)), HashMap::new())
-            .expect_err(file);
+        let err = Config::load_with_env(Some(Path::new(&path)), HashMap::new()).expect_err(file);
         assert_eq!(err.to_string(), format!("{path}: {want}"), "{file}");
     }
 }
@@ -60,8 +98,8 @@ fn a_bad_environment_value_names_the_variable() {
 
 #[test]
 fn a_missing_file_is_named() {
-    let err = Config::load_with_env(Some(Path::new("/nonexistent/p.toml")), HashMap::new())
-        .unwrap_err();
+    let err =
+        Config::load_with_env(Some(Path::new("/nonexistent/p.toml")), HashMap::new()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "/nonexistent/p.toml: cannot read: No such file or directory (os error 2)"
@@ -80,7 +118,11 @@ fn a_valid_file_overrides_the_default() {
     .unwrap();
     let c = Config::load_with_env(Some(&path), HashMap::new()).unwrap();
     assert_eq!(c.probe.interval.as_secs(), 30);
-    assert_eq!(c.probe.timeout.as_secs(), 2, "untouched keys keep their default");
+    assert_eq!(
+        c.probe.timeout.as_secs(),
+        2,
+        "untouched keys keep their default"
+    );
     assert_eq!(c.ports.len(), 1);
     assert_eq!(c.ports[0].name, "api");
     assert_eq!(c.ports[0].expect, portsight::config::Expect::Internal);

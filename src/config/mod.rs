@@ -187,7 +187,9 @@ fn port_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> 
     let n = i64::deserialize(d)?;
     match u16::try_from(n) {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(serde::de::Error::custom(format!("must be 1 to 65535, got {n}"))),
+        _ => Err(serde::de::Error::custom(format!(
+            "must be 1 to 65535, got {n}"
+        ))),
     }
 }
 
@@ -286,7 +288,10 @@ impl Config {
         if self.scan.interval < Duration::from_millis(100) {
             return err(
                 "scan.interval",
-                format!("must be at least 100ms, got {}", fmt_duration(self.scan.interval)),
+                format!(
+                    "must be at least 100ms, got {}",
+                    fmt_duration(self.scan.interval)
+                ),
             );
         }
         if self.probe.timeout.is_zero() {
@@ -341,9 +346,8 @@ pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
     } else {
         s.to_string()
     };
-    full.parse::<SocketAddr>().map_err(|_| {
-        format!("invalid address {s:?}: want IP:PORT, [IPv6]:PORT or :PORT")
-    })
+    full.parse::<SocketAddr>()
+        .map_err(|_| format!("invalid address {s:?}: want IP:PORT, [IPv6]:PORT or :PORT"))
 }
 
 /// `PORTSIGHT__PROBE__INTERVAL` → `probe.interval`.
@@ -406,14 +410,20 @@ mod tests {
     fn embedded_default_is_the_default() {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
         assert_eq!(parsed, Config::default());
-        assert_eq!(Config::load_with_env(None, HashMap::new()).unwrap(), Config::default());
+        assert_eq!(
+            Config::load_with_env(None, HashMap::new()).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
     fn environment_overrides() {
         let env = HashMap::from([
             ("PORTSIGHT__PROBE__INTERVAL".to_string(), "5s".to_string()),
-            ("PORTSIGHT__DISCOVER__ENABLED".to_string(), "false".to_string()),
+            (
+                "PORTSIGHT__DISCOVER__ENABLED".to_string(),
+                "false".to_string(),
+            ),
             ("PORTSIGHT__PROBE__CONCURRENCY".to_string(), "8".to_string()),
             ("OTHER".to_string(), "x".to_string()),
         ]);
@@ -425,13 +435,22 @@ mod tests {
 
     #[test]
     fn env_key_paths() {
-        assert_eq!(env_key_to_path("PORTSIGHT__PROBE__INTERVAL"), "probe.interval");
+        assert_eq!(
+            env_key_to_path("PORTSIGHT__PROBE__INTERVAL"),
+            "probe.interval"
+        );
     }
 
     #[test]
     fn listen_addresses() {
-        assert_eq!(parse_listen_address(":10917").unwrap(), "0.0.0.0:10917".parse().unwrap());
-        assert_eq!(parse_listen_address("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
+        assert_eq!(
+            parse_listen_address(":10917").unwrap(),
+            "0.0.0.0:10917".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
         assert!(parse_listen_address("localhost:80").is_err());
     }
 }

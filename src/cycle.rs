@@ -1,0 +1,407 @@
+//! The engine: socket scans every `scan.interval`, probe rounds every
+//! `probe.interval` (with jitter), an immediate re-probe of a port whose
+//! listeners changed, and a new [`Snapshot`] after each.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use std::path::PathBuf;
+
+use crate::config::{self, Config};
+use crate::metrics::{Metrics, Stage};
+use crate::probe::scheduler::Prober;
+use crate::probe::{ProbeResult, Target, Vantage};
+use crate::snapshot::{PortStatus, Snapshot};
+use crate::sockets::{self, Listener, Source, interfaces, process::Owners};
+use crate::watch::{self as watchlist, WatchList};
+
+/// Scans, probes, and publishes snapshots. Shared by the loops of `serve`
+/// and used once by `check`.
+pub struct Engine {
+    config: RwLock<Arc<Config>>,
+    /// The file the config came from, read again on reload.
+    config_file: Option<PathBuf>,
+    prober: RwLock<Prober>,
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+}
+
+#[derive(Default)]
+struct State {
+    watch: WatchList,
+    listeners: Vec<Listener>,
+    source: Option<Source>,
+    /// Owner cache, with the proc root it reads.
+    owners: Option<(std::path::PathBuf, Owners)>,
+    /// The latest result per target, per port.
+    probes: BTreeMap<u16, HashMap<Target, ProbeResult>>,
+    scanned_at: Option<SystemTime>,
+    probed_at: Option<SystemTime>,
+}
+
+impl Engine {
+    pub fn new(config: Config, config_file: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<Engine> {
+        let prober = Prober::new(config.probe.concurrency);
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
+        metrics.set_reload(true, SystemTime::now());
+        Arc::new(Engine {
+            config: RwLock::new(Arc::new(config)),
+            config_file,
+            prober: RwLock::new(prober),
+            state: Mutex::new(State::default()),
+            metrics,
+            snapshot,
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Swaps in a new config; the next scan and probe round use it.
+    pub fn set_config(&self, config: Config) {
+        *self.prober.write().unwrap_or_else(|e| e.into_inner()) =
+            Prober::new(config.probe.concurrency);
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    /// Loads the config file (and environment) again. A bad config is
+    /// reported and the running one kept; `portsight_config_last_reload_successful`
+    /// tells which happened. The listen address is not changed by a reload.
+    pub fn reload(&self) -> Result<(), config::Error> {
+        match Config::load(self.config_file.as_deref()) {
+            Ok(c) => {
+                self.set_config(c);
+                self.metrics.set_reload(true, SystemTime::now());
+                tracing::info!(file = ?self.config_file, "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.set_reload(false, SystemTime::now());
+                tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                Err(e)
+            }
+        }
+    }
+
+    /// The latest snapshot, and a way to wait for the next.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Reads the socket table and updates the watch list. Returns the watched
+    /// ports whose set of listeners changed since the previous scan.
+    pub async fn scan(self: &Arc<Self>) -> Vec<u16> {
+        let config = self.config();
+        let started = Instant::now();
+        let proc_root = config.scan.proc_root.clone();
+        let mut owners = self
+            .lock()
+            .owners
+            .take()
+            .filter(|(root, _)| *root == proc_root)
+            .map_or_else(|| Owners::new(proc_root.clone()), |(_, o)| o);
+        let scanned = tokio::task::spawn_blocking(move || {
+            let result = sockets::scan_listeners(&proc_root).map(|(mut listeners, source)| {
+                owners.fill(&mut listeners);
+                (listeners, source)
+            });
+            let ephemeral = watchlist::ephemeral_range(&proc_root);
+            (result, (proc_root, owners), ephemeral)
+        })
+        .await;
+        let (result, owners, ephemeral) = match scanned {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "socket scan task failed");
+                return Vec::new();
+            }
+        };
+        let changed = {
+            let mut st = self.lock();
+            st.owners = Some(owners);
+            let (listeners, source) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "socket scan failed");
+                    return Vec::new();
+                }
+            };
+            if st.source != Some(source) {
+                tracing::info!(source = ?source, "reading listening sockets");
+            }
+            let before = listener_sets(&st.listeners);
+            st.watch
+                .update(&config, &listeners, &ephemeral, false, Instant::now());
+            let after = listener_sets(&listeners);
+            let changed: Vec<u16> = st
+                .watch
+                .ports()
+                .map(|w| w.port)
+                .filter(|p| before.get(p) != after.get(p))
+                .collect();
+            let watched: HashSet<u16> = st.watch.ports().map(|w| w.port).collect();
+            st.probes.retain(|p, _| watched.contains(p));
+            st.listeners = listeners;
+            st.source = Some(source);
+            st.scanned_at = Some(SystemTime::now());
+            changed
+        };
+        self.metrics.observe_stage(
+            Stage::Scan,
+            started.elapsed().as_secs_f64(),
+            SystemTime::now(),
+        );
+        self.publish();
+        changed
+    }
+
+    /// Probes `ports` (every watched port when `None`) from the local vantages.
+    pub async fn probe(self: &Arc<Self>, ports: Option<&[u16]>) {
+        let config = self.config();
+        let started = Instant::now();
+        let watched: Vec<u16> = {
+            let st = self.lock();
+            st.watch
+                .ports()
+                .map(|w| w.port)
+                .filter(|p| ports.is_none_or(|only| only.contains(p)))
+                .collect()
+        };
+        let addrs = local_vantages(&config).await;
+        let targets: Vec<Target> = watched
+            .iter()
+            .flat_map(|&port| {
+                addrs
+                    .iter()
+                    .map(move |(v, ip)| Target::local(*v, SocketAddr::new(*ip, port)))
+            })
+            .collect();
+        let prober = self
+            .prober
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let results = prober.run(targets.clone(), config.probe.timeout).await;
+        for r in &results {
+            tracing::debug!(target = %r.target.addr, vantage = r.target.vantage.as_str(),
+                outcome = r.outcome.as_str(), duration = ?r.duration, "probe");
+        }
+        let counted = results.clone();
+        {
+            let mut st = self.lock();
+            let current: HashSet<&Target> = targets.iter().collect();
+            for r in results {
+                let port = r.target.addr.port();
+                if st.watch.get(port).is_none() {
+                    continue;
+                }
+                let slot = st.probes.entry(port).or_default();
+                // A round that started earlier must not overwrite a newer result.
+                if slot.get(&r.target).is_none_or(|old| old.at <= r.at) {
+                    slot.insert(r.target.clone(), r);
+                }
+            }
+            // Targets no longer probed (an address went away) drop out.
+            for port in &watched {
+                if let Some(slot) = st.probes.get_mut(port) {
+                    slot.retain(|t, _| current.contains(t));
+                }
+            }
+            if ports.is_none() {
+                st.probed_at = Some(SystemTime::now());
+            }
+        }
+        let snapshot = self.publish();
+        for p in snapshot.ports.iter().filter(|p| watched.contains(&p.port)) {
+            let attempts: Vec<&ProbeResult> = counted
+                .iter()
+                .filter(|r| r.target.addr.port() == p.port)
+                .collect();
+            self.metrics.count_probes(p, &attempts);
+        }
+        if ports.is_none() {
+            self.metrics.observe_stage(
+                Stage::Probe,
+                started.elapsed().as_secs_f64(),
+                SystemTime::now(),
+            );
+        }
+    }
+
+    /// Builds a snapshot from the current state, renders it into the
+    /// metrics, and swaps it in.
+    fn publish(&self) -> Arc<Snapshot> {
+        let snapshot = {
+            let st = self.lock();
+            let ports = st
+                .watch
+                .ports()
+                .map(|w| {
+                    let mut listeners: Vec<Listener> = st
+                        .listeners
+                        .iter()
+                        .filter(|l| l.port == w.port)
+                        .cloned()
+                        .collect();
+                    listeners.sort_by_key(|l| (l.address, l.inode));
+                    let mut probes: Vec<ProbeResult> = st
+                        .probes
+                        .get(&w.port)
+                        .map(|m| m.values().cloned().collect())
+                        .unwrap_or_default();
+                    probes.sort_by(|a, b| a.target.cmp(&b.target));
+                    PortStatus {
+                        port: w.port,
+                        name: w.name.clone(),
+                        expect: w.expect,
+                        origin: w.origin,
+                        listeners,
+                        probes,
+                    }
+                })
+                .collect();
+            Arc::new(Snapshot {
+                ports,
+                source: st.source,
+                scanned_at: st.scanned_at,
+                probed_at: st.probed_at,
+            })
+        };
+        self.metrics.set_snapshot(&snapshot);
+        self.snapshot.send_replace(Arc::clone(&snapshot));
+        snapshot
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the scan loop, the probe loop and the re-probe loop until
+    /// `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<Vec<u16>>();
+        // The first probe round needs the first watch list.
+        let first_scan = Instant::now();
+        self.scan().await;
+        let scanner = {
+            let engine = Arc::clone(&self);
+            tokio::spawn(async move {
+                let interval = engine.config().scan.interval;
+                tokio::time::sleep(interval.saturating_sub(first_scan.elapsed())).await;
+                loop {
+                    let started = Instant::now();
+                    let changed = engine.scan().await;
+                    if !changed.is_empty() {
+                        tracing::debug!(ports = ?changed, "listeners changed");
+                        let _ = changed_tx.send(changed);
+                    }
+                    let interval = engine.config().scan.interval;
+                    tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+                }
+            })
+        };
+        let reprober = {
+            let engine = Arc::clone(&self);
+            tokio::spawn(async move {
+                while let Some(mut ports) = changed_rx.recv().await {
+                    while let Ok(more) = changed_rx.try_recv() {
+                        ports.extend(more);
+                    }
+                    ports.sort_unstable();
+                    ports.dedup();
+                    engine.probe(Some(&ports)).await;
+                }
+            })
+        };
+        let prober = {
+            let engine = Arc::clone(&self);
+            tokio::spawn(async move {
+                loop {
+                    let started = Instant::now();
+                    engine.probe(None).await;
+                    let interval = jittered(engine.config().probe.interval);
+                    tokio::time::sleep(interval.saturating_sub(started.elapsed())).await;
+                }
+            })
+        };
+        shutdown.await;
+        scanner.abort();
+        reprober.abort();
+        prober.abort();
+    }
+}
+
+/// The listener set of each port, to tell which ports changed between scans.
+fn listener_sets(listeners: &[Listener]) -> HashMap<u16, Vec<(IpAddr, u64)>> {
+    let mut sets: HashMap<u16, Vec<(IpAddr, u64)>> = HashMap::new();
+    for l in listeners {
+        sets.entry(l.port).or_default().push((l.address, l.inode));
+    }
+    for s in sets.values_mut() {
+        s.sort_unstable();
+    }
+    sets
+}
+
+/// The local vantages and their addresses: loopback (127.0.0.1, and ::1 when
+/// IPv6 is up) and the interface addresses (or the configured list).
+async fn local_vantages(config: &Config) -> Vec<(Vantage, IpAddr)> {
+    let v = config.vantage.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        if v.loopback {
+            out.push((Vantage::Loopback, IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            if interfaces::ipv6_loopback_up() {
+                out.push((Vantage::Loopback, IpAddr::V6(Ipv6Addr::LOCALHOST)));
+            }
+        }
+        if v.interfaces {
+            let addrs = if v.addresses.is_empty() {
+                interfaces::interface_addresses()
+            } else {
+                v.addresses.clone()
+            };
+            out.extend(addrs.into_iter().map(|a| (Vantage::Interface, a)));
+        }
+        out
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// `interval` ± 10%, so a fleet started together does not probe in step.
+fn jittered(interval: Duration) -> Duration {
+    let r = RandomState::new().hash_one(Instant::now()) % 2001; // 0..=2000
+    interval.mul_f64(0.9 + r as f64 / 10_000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
+                "{d:?}"
+            );
+        }
+    }
+}

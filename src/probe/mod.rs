@@ -1,0 +1,104 @@
+//! Probes: one TCP connect attempt → [`ProbeResult`], and the scheduler that
+//! runs many under a concurrency limit. A failed probe is a result, not an error.
+
+pub mod scheduler;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+/// What one connect attempt ended in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The handshake completed.
+    Success,
+    /// `ECONNREFUSED`: a RST, or ICMP port-unreachable (host firewall REJECT).
+    Refused,
+    /// No answer before the deadline: a silent drop.
+    Timeout,
+    /// `EHOSTUNREACH` / `ENETUNREACH`: no route, or ICMP admin-prohibited.
+    Unreachable,
+    /// Anything else; the errno is kept.
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Success,
+        Outcome::Refused,
+        Outcome::Timeout,
+        Outcome::Unreachable,
+        Outcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Refused => "refused",
+            Outcome::Timeout => "timeout",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Where a probe is made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vantage {
+    /// `127.0.0.1:P` and `[::1]:P`.
+    Loopback,
+    /// This host's own interface addresses.
+    Interface,
+    /// This host's external addresses, probed by peers.
+    External,
+}
+
+impl Vantage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vantage::Loopback => "loopback",
+            Vantage::Interface => "interface",
+            Vantage::External => "external",
+        }
+    }
+}
+
+/// The `source` of a probe made by this host.
+pub const LOCAL: &str = "local";
+
+/// One thing to probe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub vantage: Vantage,
+    /// `local`, or the name of the peer that probed.
+    pub source: String,
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    pub fn local(vantage: Vantage, addr: SocketAddr) -> Target {
+        Target {
+            vantage,
+            source: LOCAL.to_string(),
+            addr,
+        }
+    }
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeResult {
+    pub target: Target,
+    pub outcome: Outcome,
+    pub duration: Duration,
+    /// The OS error number, where the attempt ended in one.
+    pub errno: Option<i32>,
+    /// What went wrong, in words; `None` on success.
+    pub error: Option<String>,
+    /// When the attempt started.
+    pub at: SystemTime,
+}

@@ -1,0 +1,500 @@
+//! LISTEN sockets from the kernel's `NETLINK_SOCK_DIAG` interface.
+//!
+//! The request's state mask is exactly `1 << TCP_LISTEN`, so the kernel walks
+//! only its listening hash table and never the established sockets: the cost
+//! of a dump does not grow with the number of connections.
+//!
+//! [`dump_listeners`] does the I/O; [`parse_messages`] turns the bytes of one
+//! received datagram into [`Listener`]s and is what the tests feed.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_LISTEN},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+use super::{Error, Family, Listener};
+
+/// Receive buffer size. The kernel sizes dump datagrams to at most 32 KiB
+/// (or the largest buffer seen in `recvmsg`, capped at 32 KiB).
+const RECV_BUF_LEN: usize = 64 * 1024;
+
+/// A dump that stalls longer than this is abandoned (the caller falls back
+/// to `/proc/net/tcp`).
+const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `NLMSG_ALIGNTO`: messages in a datagram start on 4-byte boundaries.
+const NLMSG_ALIGNTO: usize = 4;
+
+/// The result of parsing one datagram of a dump reply.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    /// The LISTEN sockets in the datagram, in order.
+    pub listeners: Vec<Listener>,
+    /// `NLMSG_DONE` was seen: the dump is complete.
+    pub done: bool,
+}
+
+/// Dumps every TCP socket in LISTEN state of this network namespace, IPv4
+/// then IPv6. `owner` is left `None`.
+pub fn dump_listeners() -> Result<Vec<Listener>, Error> {
+    let socket = open()?;
+    let mut buf = Vec::with_capacity(RECV_BUF_LEN);
+    let mut listeners = Vec::new();
+    for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
+        send_request(&socket, seq, family)?;
+        loop {
+            buf.clear();
+            let len = socket
+                .recv(&mut buf, libc::MSG_TRUNC)
+                .map_err(|e| Error::Netlink(format!("recv: {e}")))?;
+            if len > buf.len() {
+                return Err(Error::Netlink(format!(
+                    "reply datagram of {len} bytes truncated to {} bytes",
+                    buf.len()
+                )));
+            }
+            let parsed = parse_messages(&buf)?;
+            listeners.extend(parsed.listeners);
+            if parsed.done {
+                break;
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+fn open() -> Result<Socket, Error> {
+    let err = |what: &str, e: std::io::Error| Error::Netlink(format!("{what}: {e}"));
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(|e| err("socket", e))?;
+    socket.bind_auto().map_err(|e| err("bind", e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| err("connect", e))?;
+    socket2::SockRef::from(&socket)
+        .set_read_timeout(Some(RECV_TIMEOUT))
+        .map_err(|e| err("setsockopt SO_RCVTIMEO", e))?;
+    Ok(socket)
+}
+
+/// Sends one inet dump request: TCP, LISTEN only, no extensions (the kernel
+/// sends `INET_DIAG_SKV6ONLY` for AF_INET6 LISTEN sockets unasked).
+fn send_request(socket: &Socket, seq: u32, family: u8) -> Result<(), Error> {
+    let packet = request(seq, family);
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    let sent = socket
+        .send(&buf, 0)
+        .map_err(|e| Error::Netlink(format!("send: {e}")))?;
+    if sent != buf.len() {
+        return Err(Error::Netlink(format!(
+            "send: wrote {sent} of {} bytes",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The dump request for one address family.
+fn request(seq: u32, family: u8) -> NetlinkMessage<SockDiagMessage> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let socket_id = if family == AF_INET6 {
+        SocketId::new_v6()
+    } else {
+        SocketId::new_v4()
+    };
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::LISTEN,
+            socket_id,
+        })
+        .into(),
+    );
+    packet.finalize();
+    packet
+}
+
+/// Parses the netlink messages in one received datagram.
+///
+/// Rows in a state other than LISTEN are skipped. `NLMSG_ERROR` with a
+/// non-zero code is an error; so are bytes that do not parse.
+pub fn parse_messages(buf: &[u8]) -> Result<Parsed, Error> {
+    let mut parsed = Parsed::default();
+    let mut offset = 0;
+    while offset < buf.len() {
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..])
+            .map_err(|e| Error::Netlink(format!("malformed reply at byte {offset}: {e}")))?;
+        let len = message.header.length as usize;
+        match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                if let Some(listener) = listener(&response) {
+                    parsed.listeners.push(listener);
+                }
+            }
+            NetlinkPayload::Done(_) => {
+                parsed.done = true;
+                break;
+            }
+            NetlinkPayload::Error(e) => {
+                if e.code.is_some() {
+                    return Err(Error::Netlink(format!("kernel replied: {e}")));
+                }
+            }
+            NetlinkPayload::Overrun(_) => {
+                return Err(Error::Netlink("kernel reported an overrun".into()));
+            }
+            _ => {}
+        }
+        // deserialize() has checked that `len` covers at least a header.
+        offset += len.next_multiple_of(NLMSG_ALIGNTO);
+    }
+    Ok(parsed)
+}
+
+/// The listener described by one inet_diag row, `None` if the row is not a
+/// TCP LISTEN socket of AF_INET or AF_INET6.
+fn listener(response: &InetResponse) -> Option<Listener> {
+    let header = &response.header;
+    if header.state != TCP_LISTEN {
+        return None;
+    }
+    let family = match (header.family, header.socket_id.source_address) {
+        (AF_INET, IpAddr::V4(_)) => Family::Ipv4,
+        (AF_INET6, IpAddr::V6(_)) => Family::Ipv6,
+        _ => return None,
+    };
+    let v6only = match family {
+        Family::Ipv4 => None,
+        Family::Ipv6 => response.nlas.iter().find_map(|nla| match nla {
+            Nla::SkV6Only(v) => Some(*v),
+            _ => None,
+        }),
+    };
+    Some(Listener {
+        address: header.socket_id.source_address,
+        port: header.socket_id.source_port,
+        family,
+        v6only,
+        accept_queue_length: header.recv_queue,
+        accept_queue_limit: header.send_queue,
+        inode: u64::from(header.inode),
+        owner: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+    use std::num::NonZeroI32;
+
+    use netlink_packet_core::{DoneMessage, ErrorMessage};
+    use netlink_packet_sock_diag::constants::TCP_ESTABLISHED;
+    use netlink_packet_sock_diag::inet::InetResponseHeader;
+
+    use super::*;
+
+    fn row(family: u8, state: u8, addr: IpAddr, port: u16, nlas: Vec<Nla>) -> InetResponse {
+        let mut socket_id = if family == AF_INET6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        };
+        socket_id.source_address = addr;
+        socket_id.source_port = port;
+        InetResponse {
+            header: InetResponseHeader {
+                family,
+                state,
+                timer: None,
+                socket_id,
+                recv_queue: 3,
+                send_queue: 128,
+                uid: 0,
+                inode: 4242,
+            },
+            nlas: nlas.into_iter().collect(),
+        }
+    }
+
+    fn message(payload: NetlinkPayload<SockDiagMessage>) -> NetlinkMessage<SockDiagMessage> {
+        let mut header = NetlinkHeader::default();
+        header.sequence_number = 1;
+        let mut m = NetlinkMessage::new(header, payload);
+        m.finalize();
+        m
+    }
+
+    fn inet(r: InetResponse) -> NetlinkMessage<SockDiagMessage> {
+        message(SockDiagMessage::InetResponse(Box::new(r)).into())
+    }
+
+    fn done() -> NetlinkMessage<SockDiagMessage> {
+        message(NetlinkPayload::Done(DoneMessage::default()))
+    }
+
+    fn error(code: i32) -> NetlinkMessage<SockDiagMessage> {
+        let mut e = ErrorMessage::default();
+        e.code = NonZeroI32::new(code);
+        message(NetlinkPayload::Error(e))
+    }
+
+    /// Serializes messages back to back, as the kernel packs a datagram.
+    fn datagram(messages: &[NetlinkMessage<SockDiagMessage>]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for m in messages {
+            let start = buf.len();
+            buf.resize(start + m.buffer_len(), 0);
+            m.serialize(&mut buf[start..]);
+            buf.resize(buf.len().next_multiple_of(NLMSG_ALIGNTO), 0);
+        }
+        buf
+    }
+
+    #[test]
+    fn ipv4_row() {
+        let buf = datagram(&[inet(row(
+            AF_INET,
+            TCP_LISTEN,
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+            8080,
+            vec![],
+        ))]);
+        let parsed = parse_messages(&buf).unwrap();
+        assert!(!parsed.done);
+        assert_eq!(
+            parsed.listeners,
+            vec![Listener {
+                address: "127.0.0.1".parse().unwrap(),
+                port: 8080,
+                family: Family::Ipv4,
+                v6only: None,
+                accept_queue_length: 3,
+                accept_queue_limit: 128,
+                inode: 4242,
+                owner: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn multi_message_datagram_with_done() {
+        let buf = datagram(&[
+            inet(row(
+                AF_INET6,
+                TCP_LISTEN,
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                22,
+                vec![Nla::SkV6Only(false), Nla::Shutdown(0)],
+            )),
+            inet(row(
+                AF_INET6,
+                TCP_LISTEN,
+                "::ffff:10.1.2.3".parse().unwrap(),
+                443,
+                vec![Nla::SkV6Only(false)],
+            )),
+            inet(row(
+                AF_INET6,
+                TCP_LISTEN,
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                9090,
+                vec![Nla::SkV6Only(true)],
+            )),
+            inet(row(
+                AF_INET6,
+                TCP_ESTABLISHED,
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                9090,
+                vec![],
+            )),
+            done(),
+        ]);
+        let parsed = parse_messages(&buf).unwrap();
+        assert!(parsed.done);
+        let got: Vec<_> = parsed
+            .listeners
+            .iter()
+            .map(|l| (l.address.to_string(), l.port, l.family, l.v6only))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("::".to_string(), 22, Family::Ipv6, Some(false)),
+                (
+                    "::ffff:10.1.2.3".to_string(),
+                    443,
+                    Family::Ipv6,
+                    Some(false)
+                ),
+                ("::1".to_string(), 9090, Family::Ipv6, Some(true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv6_row_without_v6only_attribute() {
+        let buf = datagram(&[inet(row(
+            AF_INET6,
+            TCP_LISTEN,
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            22,
+            vec![],
+        ))]);
+        assert_eq!(parse_messages(&buf).unwrap().listeners[0].v6only, None);
+    }
+
+    #[test]
+    fn done_alone() {
+        let parsed = parse_messages(&datagram(&[done()])).unwrap();
+        assert_eq!(
+            parsed,
+            Parsed {
+                listeners: vec![],
+                done: true
+            }
+        );
+    }
+
+    #[test]
+    fn error_message_is_an_error() {
+        let buf = datagram(&[error(-libc::EPERM)]);
+        let err = parse_messages(&buf).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "netlink sock_diag: kernel replied: Operation not permitted (os error 1)"
+        );
+    }
+
+    #[test]
+    fn ack_is_not_an_error() {
+        let parsed = parse_messages(&datagram(&[error(0), done()])).unwrap();
+        assert!(parsed.done);
+    }
+
+    #[test]
+    fn truncated_bytes_are_an_error() {
+        let buf = datagram(&[inet(row(
+            AF_INET,
+            TCP_LISTEN,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            80,
+            vec![],
+        ))]);
+        let err = parse_messages(&buf[..buf.len() - 10]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("netlink sock_diag: malformed reply at byte 0:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn request_asks_for_listen_only() {
+        let packet = request(7, AF_INET6);
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        // nlmsghdr (16 bytes), then inet_diag_req_v2: family, protocol,
+        // extensions, pad, states (u32, host order).
+        assert_eq!(buf[16], AF_INET6);
+        assert_eq!(buf[17], IPPROTO_TCP);
+        assert_eq!(buf[18], 0, "no extensions");
+        let states = u32::from_ne_bytes([buf[20], buf[21], buf[22], buf[23]]);
+        assert_eq!(states, 1 << TCP_LISTEN);
+    }
+
+    /// Against the running kernel.
+    #[test]
+    fn dumps_a_real_listener_and_not_its_connections() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let ours = |ls: &[Listener]| -> Vec<Listener> {
+            ls.iter().filter(|l| l.port == port).cloned().collect()
+        };
+
+        let before = ours(&dump_listeners().unwrap());
+        assert_eq!(before.len(), 1, "{before:?}");
+        let l = &before[0];
+        assert_eq!(l.address, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(l.family, Family::Ipv4);
+        assert_eq!(l.v6only, None);
+        assert_eq!(l.accept_queue_length, 0);
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(l.accept_queue_limit, 128.min(somaxconn));
+        assert_ne!(l.inode, 0);
+
+        // One connection waits in the accept queue, one is accepted.
+        let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        waiting.write_all(b"x").unwrap();
+        let _accepted_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let during = ours(&dump_listeners().unwrap());
+        assert_eq!(during.len(), 1, "connections must not add rows: {during:?}");
+        assert_eq!(during[0].accept_queue_length, 2);
+        let (mut conn, _) = server.accept().unwrap();
+        let mut b = [0u8; 1];
+        conn.read_exact(&mut b).unwrap();
+        let after = ours(&dump_listeners().unwrap());
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_eq!(after[0].accept_queue_length, 1);
+    }
+
+    /// The kernel sends `INET_DIAG_SKV6ONLY` for IPv6 listeners without an
+    /// extension flag. Binding a specific, non-mapped IPv6 address sets
+    /// `sk_ipv6only` in the kernel whatever the socket option said; an
+    /// IPv4-mapped address keeps it off.
+    #[test]
+    fn real_ipv6_listeners_report_v6only() {
+        use socket2::{Domain, Protocol, Socket as RawSocket, Type};
+        let listen = |addr: &str, v6only: bool| -> Option<(RawSocket, u16)> {
+            let s = RawSocket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            s.set_only_v6(v6only).unwrap();
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            s.bind(&addr.into()).ok()?;
+            s.listen(16).unwrap();
+            let port = s.local_addr().unwrap().as_socket().unwrap().port();
+            Some((s, port))
+        };
+        let (Some((_a, on)), Some((_b, asked_off)), Some((_c, mapped))) = (
+            listen("[::1]:0", true),
+            listen("[::1]:0", false),
+            listen("[::ffff:127.0.0.1]:0", false),
+        ) else {
+            eprintln!("IPv6 loopback unavailable, skipped");
+            return;
+        };
+        let all = dump_listeners().unwrap();
+        let find = |port: u16| -> &Listener {
+            let rows: Vec<&Listener> = all.iter().filter(|l| l.port == port).collect();
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            rows[0]
+        };
+        assert_eq!(find(on).address, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(find(on).family, Family::Ipv6);
+        assert_eq!(find(on).accept_queue_limit, 16);
+        assert_eq!(find(on).v6only, Some(true));
+        assert_eq!(find(asked_off).v6only, Some(true));
+        assert_eq!(
+            find(mapped).address,
+            "::ffff:127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(find(mapped).family, Family::Ipv6);
+        assert_eq!(find(mapped).v6only, Some(false));
+    }
+}

@@ -1,0 +1,301 @@
+//! The watch list: ports from the config, plus ports found listening
+//! (discovery), each with its name, policy and origin.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{Config, Expect};
+use crate::sockets::{Listener, Scope};
+
+/// Where a watched port comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Config,
+    Discovered,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Discovered => "discovered",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchedPort {
+    pub port: u16,
+    /// The configured name, else the owning process's name when known.
+    pub name: String,
+    /// The policy; `auto` is resolved on the first sight of a listener.
+    pub expect: Expect,
+    pub origin: Origin,
+    /// When a listener was last seen on the port.
+    pub last_seen: Option<Instant>,
+}
+
+/// The set of watched ports, updated after every socket scan.
+#[derive(Debug, Default, Clone)]
+pub struct WatchList {
+    ports: BTreeMap<u16, WatchedPort>,
+}
+
+impl WatchList {
+    pub fn ports(&self) -> impl Iterator<Item = &WatchedPort> {
+        self.ports.values()
+    }
+
+    pub fn get(&self, port: u16) -> Option<&WatchedPort> {
+        self.ports.get(&port)
+    }
+
+    /// Applies the config and the listeners of one scan: configured ports are
+    /// always watched; with discovery on, every listening port outside
+    /// `ephemeral` is too, and stays watched for `discover.forget_after`
+    /// after its last listener is gone. `external_vantage` tells `auto` whether
+    /// a non-loopback port resolves to `public` or to `internal`.
+    pub fn update(
+        &mut self,
+        config: &Config,
+        listeners: &[Listener],
+        ephemeral: &RangeInclusive<u16>,
+        external_vantage: bool,
+        now: Instant,
+    ) {
+        let mut by_port: BTreeMap<u16, Vec<&Listener>> = BTreeMap::new();
+        for l in listeners {
+            by_port.entry(l.port).or_default().push(l);
+        }
+        // Ports dropped from the config (on reload) go unless discovery keeps them.
+        self.ports
+            .retain(|port, w| w.origin == Origin::Discovered || config.port(*port).is_some());
+        for p in &config.ports {
+            let entry = self.ports.entry(p.port).or_insert_with(|| WatchedPort {
+                port: p.port,
+                name: p.name.clone(),
+                expect: p.expect,
+                origin: Origin::Config,
+                last_seen: None,
+            });
+            entry.origin = Origin::Config;
+            if !p.name.is_empty() {
+                entry.name = p.name.clone();
+            }
+            if p.expect != Expect::Auto {
+                entry.expect = p.expect;
+            }
+        }
+        if config.discover.enabled {
+            for &port in by_port.keys() {
+                if !ephemeral.contains(&port) && !self.ports.contains_key(&port) {
+                    self.ports.insert(
+                        port,
+                        WatchedPort {
+                            port,
+                            name: String::new(),
+                            expect: Expect::Auto,
+                            origin: Origin::Discovered,
+                            last_seen: None,
+                        },
+                    );
+                }
+            }
+        }
+        for w in self.ports.values_mut() {
+            if let Some(ls) = by_port.get(&w.port) {
+                w.last_seen = Some(now);
+                if w.name.is_empty()
+                    && let Some(owner) = ls.iter().find_map(|l| l.owner.as_ref())
+                {
+                    w.name = owner.name.clone();
+                }
+                if w.expect == Expect::Auto {
+                    w.expect = resolve_auto(ls, external_vantage);
+                }
+            }
+        }
+        let forget_after = config.discover.forget_after;
+        self.ports.retain(|_, w| {
+            w.origin == Origin::Config
+                || (config.discover.enabled
+                    && w.last_seen
+                        .is_some_and(|seen| now.duration_since(seen) < forget_after))
+        });
+    }
+}
+
+/// `auto`: `local` when every listener is on loopback, else `public`, or
+/// `internal` where no external vantage is configured.
+fn resolve_auto(listeners: &[&Listener], external_vantage: bool) -> Expect {
+    if listeners.iter().all(|l| l.scope() == Scope::Loopback) {
+        Expect::Local
+    } else if external_vantage {
+        Expect::Public
+    } else {
+        Expect::Internal
+    }
+}
+
+/// Parses `/proc/sys/net/ipv4/ip_local_port_range` ("32768\t60999").
+pub fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
+    let mut it = text.split_whitespace().map(|s| s.parse::<u16>());
+    match (it.next(), it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi)), None) if lo <= hi => Some(lo..=hi),
+        _ => None,
+    }
+}
+
+/// The kernel's ephemeral port range under `proc_root`, or Linux's default
+/// (32768–60999) where it cannot be read.
+pub fn ephemeral_range(proc_root: &Path) -> RangeInclusive<u16> {
+    std::fs::read_to_string(proc_root.join("sys/net/ipv4/ip_local_port_range"))
+        .ok()
+        .and_then(|t| parse_port_range(&t))
+        .unwrap_or(32768..=60999)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PortConfig;
+    use crate::sockets::{Family, Owner};
+    use std::time::Duration;
+
+    fn listener(addr: &str, port: u16, owner: Option<&str>) -> Listener {
+        let address: std::net::IpAddr = addr.parse().unwrap();
+        Listener {
+            address,
+            port,
+            family: if address.is_ipv4() {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
+            v6only: None,
+            accept_queue_length: 0,
+            accept_queue_limit: 128,
+            inode: 1,
+            owner: owner.map(|n| Owner {
+                pid: 1,
+                name: n.to_string(),
+            }),
+        }
+    }
+
+    const EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
+
+    #[test]
+    fn discovers_ports_outside_the_ephemeral_range() {
+        let config = Config::default();
+        let mut w = WatchList::default();
+        let ls = [
+            listener("0.0.0.0", 80, Some("nginx")),
+            listener("127.0.0.1", 5432, Some("postgres")),
+            listener("0.0.0.0", 40000, None),
+        ];
+        w.update(&config, &ls, &EPHEMERAL, false, Instant::now());
+        let ports: Vec<_> = w
+            .ports()
+            .map(|p| (p.port, p.name.as_str(), p.expect))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (80, "nginx", Expect::Internal),
+                (5432, "postgres", Expect::Local)
+            ]
+        );
+        assert!(w.ports().all(|p| p.origin == Origin::Discovered));
+    }
+
+    #[test]
+    fn auto_is_public_with_an_external_vantage() {
+        let mut w = WatchList::default();
+        w.update(
+            &Config::default(),
+            &[listener("::", 443, None)],
+            &EPHEMERAL,
+            true,
+            Instant::now(),
+        );
+        assert_eq!(w.get(443).unwrap().expect, Expect::Public);
+    }
+
+    #[test]
+    fn a_vanished_discovered_port_is_kept_then_forgotten() {
+        let config = Config::default();
+        let mut w = WatchList::default();
+        let t0 = Instant::now();
+        w.update(
+            &config,
+            &[listener("0.0.0.0", 8080, None)],
+            &EPHEMERAL,
+            false,
+            t0,
+        );
+        w.update(
+            &config,
+            &[],
+            &EPHEMERAL,
+            false,
+            t0 + Duration::from_secs(60),
+        );
+        assert!(w.get(8080).is_some(), "still watched after a minute");
+        w.update(
+            &config,
+            &[],
+            &EPHEMERAL,
+            false,
+            t0 + Duration::from_secs(3601),
+        );
+        assert!(w.get(8080).is_none(), "forgotten after forget_after");
+    }
+
+    #[test]
+    fn configured_ports_stay_and_keep_their_name() {
+        let mut config = Config::default();
+        config.discover.enabled = false;
+        config.ports.push(PortConfig {
+            port: 40001,
+            name: "api".into(),
+            expect: Expect::Local,
+        });
+        let mut w = WatchList::default();
+        let ls = [
+            listener("127.0.0.1", 40001, Some("python3")),
+            listener("0.0.0.0", 22, None),
+        ];
+        w.update(&config, &ls, &EPHEMERAL, false, Instant::now());
+        let p = w.get(40001).unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.expect, p.origin),
+            ("api", Expect::Local, Origin::Config)
+        );
+        assert!(w.get(22).is_none(), "discovery off");
+        w.update(
+            &config,
+            &[],
+            &EPHEMERAL,
+            false,
+            Instant::now() + Duration::from_secs(7200),
+        );
+        assert!(
+            w.get(40001).is_some(),
+            "configured ports are never forgotten"
+        );
+    }
+
+    #[test]
+    fn port_range() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(parse_port_range("1024 65535"), Some(1024..=65535));
+        assert_eq!(parse_port_range("x"), None);
+        assert_eq!(parse_port_range("5 4"), None);
+    }
+}

@@ -1,0 +1,250 @@
+//! The HTTP server: routes, and graceful shutdown with a bounded drain. It
+//! only reads the engine's latest snapshot and metrics; it never probes or
+//! reads /proc itself.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::cycle::Engine;
+use crate::metrics;
+use crate::snapshot::Snapshot;
+
+/// How long in-flight requests may take to finish after shutdown begins.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Body = Full<Bytes>;
+
+/// Serves HTTP on an already bound `listener` until `shutdown` resolves, then
+/// stops accepting and gives in-flight requests [`DRAIN_GRACE`] to finish.
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let engine = Arc::clone(&engine);
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| {
+                            let engine = Arc::clone(&engine);
+                            async move { Ok::<_, Infallible>(route(req, &engine).await) }
+                        }),
+                    );
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("HTTP connections drained"),
+        () = tokio::time::sleep(DRAIN_GRACE) => {
+            tracing::warn!(grace = ?DRAIN_GRACE, "HTTP drain timed out; closing remaining connections");
+        }
+    }
+}
+
+async fn route(req: Request<Incoming>, engine: &Engine) -> Response<Body> {
+    let method = req.method();
+    let read_only = [Method::GET, Method::HEAD];
+    match req.uri().path() {
+        "/" => only(method, &read_only, || landing(&engine.snapshot())),
+        "/metrics" => only(method, &read_only, || match engine.metrics().render() {
+            Ok(body) => respond(StatusCode::OK, metrics::CONTENT_TYPE, body),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        }),
+        "/-/healthy" => only(method, &read_only, || text(StatusCode::OK, "Healthy\n")),
+        "/-/ready" => only(method, &read_only, || {
+            if engine.snapshot().ready() {
+                text(StatusCode::OK, "Ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Not ready: the first scan and probe round have not completed\n",
+                )
+            }
+        }),
+        "/-/reload" => {
+            if method != Method::POST && method != Method::PUT {
+                return method_not_allowed(&[Method::POST, Method::PUT]);
+            }
+            match engine.reload() {
+                Ok(()) => text(StatusCode::OK, "Configuration reloaded\n"),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("Reload failed, the running configuration is kept: {e}\n"),
+                ),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "Not found: see / for the endpoints\n",
+        ),
+    }
+}
+
+fn only(
+    method: &Method,
+    allowed: &[Method],
+    ok: impl FnOnce() -> Response<Body>,
+) -> Response<Body> {
+    if allowed.contains(method) {
+        ok()
+    } else {
+        method_not_allowed(allowed)
+    }
+}
+
+fn method_not_allowed(allowed: &[Method]) -> Response<Body> {
+    let allow = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("Method not allowed: use {allow}\n"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        r.headers_mut().insert(ALLOW, v);
+    }
+    r
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+/// The landing page: links, and one row per watched port.
+fn landing(snapshot: &Snapshot) -> Response<Body> {
+    let mut h = String::with_capacity(4096);
+    h.push_str(concat!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<title>portsight</title><style>body{font-family:sans-serif;margin:2em}",
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}",
+        "</style></head><body><h1>portsight</h1>",
+        "<p>Is this port reachable, from where, and if not, why?</p><ul>",
+        "<li><a href=\"metrics\">/metrics</a></li>",
+        "<li><a href=\"-/healthy\">/-/healthy</a></li>",
+        "<li><a href=\"-/ready\">/-/ready</a></li></ul>",
+    ));
+    if !snapshot.ready() {
+        h.push_str("<p>The first scan and probe round have not completed yet.</p>");
+    }
+    h.push_str(
+        "<table><thead><tr><th>port</th><th>name</th><th>expect</th><th>origin</th>\
+         <th>listening on</th><th>probes</th></tr></thead><tbody>",
+    );
+    for p in &snapshot.ports {
+        let listening = if p.listeners.is_empty() {
+            "nothing".to_string()
+        } else {
+            p.listeners
+                .iter()
+                .map(|l| match &l.owner {
+                    Some(o) => format!("{} ({}, pid {})", l.address, o.name, o.pid),
+                    None => l.address.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let probes = p
+            .probes
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}: {}",
+                    r.target.vantage.as_str(),
+                    r.target.addr,
+                    r.outcome.as_str()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("<br>");
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            p.port,
+            escape(&p.name),
+            p.expect,
+            p.origin.as_str(),
+            escape(&listening),
+            probes,
+        );
+    }
+    h.push_str("</tbody></table></body></html>\n");
+    respond(StatusCode::OK, "text/html; charset=utf-8", h)
+}
+
+/// Escapes text for HTML; process names come from the system and may hold anything.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<script>a&'\"</script>"),
+            "&lt;script&gt;a&amp;&#39;&quot;&lt;/script&gt;"
+        );
+    }
+}
