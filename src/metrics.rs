@@ -238,9 +238,11 @@ impl Metrics {
                 self.accept_queue_length
                     .with_label_values(&q)
                     .set(f64::from(l.accept_queue_length));
-                self.accept_queue_limit
-                    .with_label_values(&q)
-                    .set(f64::from(l.accept_queue_limit));
+                if let Some(limit) = l.accept_queue_limit {
+                    self.accept_queue_limit
+                        .with_label_values(&q)
+                        .set(f64::from(limit));
+                }
             }
             for r in &p.probes {
                 let labels = probe_labels(p, r);

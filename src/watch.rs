@@ -179,7 +179,7 @@ mod tests {
             },
             v6only: None,
             accept_queue_length: 0,
-            accept_queue_limit: 128,
+            accept_queue_limit: Some(128),
             inode: 1,
             owner: owner.map(|n| Owner {
                 pid: 1,

@@ -104,12 +104,17 @@ pub struct Listener {
     pub port: u16,
     pub family: Family,
     /// `IPV6_V6ONLY` of an IPv6 socket, where the source tells it (netlink
-    /// does, /proc/net/tcp6 does not). `None` for IPv4 sockets.
+    /// does, /proc/net/tcp6 does not). `None` for IPv4 sockets. The kernel
+    /// makes a socket bound to a specific, non-IPv4-mapped IPv6 address
+    /// v6-only whatever the socket option said.
     pub v6only: Option<bool>,
     /// Connections waiting in the accept queue.
     pub accept_queue_length: u32,
-    /// The accept queue's limit (the listen backlog).
-    pub accept_queue_limit: u32,
+    /// The accept queue's limit: the listen backlog, capped at
+    /// `net.core.somaxconn`. The kernel drops new connections only once the
+    /// length exceeds it (a full queue holds limit + 1). `None` where the
+    /// source cannot tell (the /proc fallback).
+    pub accept_queue_limit: Option<u32>,
     /// Socket inode, to find the owning process.
     pub inode: u64,
     /// The owning process; `None` where permissions hide it.

@@ -40,14 +40,27 @@ pub struct Parsed {
     pub listeners: Vec<Listener>,
     /// `NLMSG_DONE` was seen: the dump is complete.
     pub done: bool,
+    /// Rows skipped because they are not TCP LISTEN sockets (none expected:
+    /// the request asks for LISTEN only).
+    pub skipped: usize,
 }
 
 /// Dumps every TCP socket in LISTEN state of this network namespace, IPv4
 /// then IPv6. `owner` is left `None`.
 pub fn dump_listeners() -> Result<Vec<Listener>, Error> {
+    let (listeners, skipped) = dump()?;
+    if skipped > 0 {
+        tracing::debug!(skipped, "sock_diag dump returned rows not in LISTEN");
+    }
+    Ok(listeners)
+}
+
+/// The listeners, and how many other rows the kernel sent.
+fn dump() -> Result<(Vec<Listener>, usize), Error> {
     let socket = open()?;
     let mut buf = Vec::with_capacity(RECV_BUF_LEN);
     let mut listeners = Vec::new();
+    let mut skipped = 0;
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
         send_request(&socket, seq, family)?;
         loop {
@@ -63,12 +76,13 @@ pub fn dump_listeners() -> Result<Vec<Listener>, Error> {
             }
             let parsed = parse_messages(&buf)?;
             listeners.extend(parsed.listeners);
+            skipped += parsed.skipped;
             if parsed.done {
                 break;
             }
         }
     }
-    Ok(listeners)
+    Ok((listeners, skipped))
 }
 
 fn open() -> Result<Socket, Error> {
@@ -140,18 +154,18 @@ pub fn parse_messages(buf: &[u8]) -> Result<Parsed, Error> {
         let len = message.header.length as usize;
         match message.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                if let Some(listener) = listener(&response) {
-                    parsed.listeners.push(listener);
+                match listener(&response) {
+                    Some(listener) => parsed.listeners.push(listener),
+                    None => parsed.skipped += 1,
                 }
             }
             NetlinkPayload::Done(_) => {
                 parsed.done = true;
                 break;
             }
-            NetlinkPayload::Error(e) => {
-                if e.code.is_some() {
-                    return Err(Error::Netlink(format!("kernel replied: {e}")));
-                }
+            // An error with code 0 is an ACK.
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(Error::Netlink(format!("kernel replied: {e}")));
             }
             NetlinkPayload::Overrun(_) => {
                 return Err(Error::Netlink("kernel reported an overrun".into()));
@@ -189,7 +203,7 @@ fn listener(response: &InetResponse) -> Option<Listener> {
         family,
         v6only,
         accept_queue_length: header.recv_queue,
-        accept_queue_limit: header.send_queue,
+        accept_queue_limit: Some(header.send_queue),
         inode: u64::from(header.inode),
         owner: None,
     })
@@ -283,7 +297,7 @@ mod tests {
                 family: Family::Ipv4,
                 v6only: None,
                 accept_queue_length: 3,
-                accept_queue_limit: 128,
+                accept_queue_limit: Some(128),
                 inode: 4242,
                 owner: None,
             }]
@@ -325,6 +339,7 @@ mod tests {
         ]);
         let parsed = parse_messages(&buf).unwrap();
         assert!(parsed.done);
+        assert_eq!(parsed.skipped, 1, "the ESTABLISHED row");
         let got: Vec<_> = parsed
             .listeners
             .iter()
@@ -364,7 +379,8 @@ mod tests {
             parsed,
             Parsed {
                 listeners: vec![],
-                done: true
+                done: true,
+                skipped: 0,
             }
         );
     }
@@ -403,6 +419,46 @@ mod tests {
     }
 
     #[test]
+    fn zero_length_header_is_an_error_not_a_hang() {
+        let mut buf = datagram(&[done()]);
+        buf[..4].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(parse_messages(&buf).is_err());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_or_a_prefix() {
+        let buf = datagram(&[
+            inet(row(
+                AF_INET,
+                TCP_LISTEN,
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                80,
+                vec![],
+            )),
+            inet(row(
+                AF_INET6,
+                TCP_LISTEN,
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                80,
+                vec![Nla::SkV6Only(true)],
+            )),
+            done(),
+        ]);
+        let full = parse_messages(&buf).unwrap();
+        assert!(full.done);
+        assert_eq!(full.listeners.len(), 2);
+        for end in 0..buf.len() {
+            if let Ok(parsed) = parse_messages(&buf[..end]) {
+                assert!(!parsed.done, "DONE seen in a prefix of {end} bytes");
+                assert_eq!(
+                    parsed.listeners[..],
+                    full.listeners[..parsed.listeners.len()]
+                );
+            }
+        }
+    }
+
+    #[test]
     fn request_asks_for_listen_only() {
         let packet = request(7, AF_INET6);
         let mut buf = vec![0; packet.buffer_len()];
@@ -437,14 +493,16 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        assert_eq!(l.accept_queue_limit, 128.min(somaxconn));
+        assert_eq!(l.accept_queue_limit, Some(128.min(somaxconn)));
         assert_ne!(l.inode, 0);
 
         // One connection waits in the accept queue, one is accepted.
         let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
         waiting.write_all(b"x").unwrap();
         let _accepted_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let during = ours(&dump_listeners().unwrap());
+        let (all, skipped) = dump().unwrap();
+        assert_eq!(skipped, 0, "the kernel must send LISTEN rows only");
+        let during = ours(&all);
         assert_eq!(during.len(), 1, "connections must not add rows: {during:?}");
         assert_eq!(during[0].accept_queue_length, 2);
         let (mut conn, _) = server.accept().unwrap();
@@ -453,6 +511,29 @@ mod tests {
         let after = ours(&dump_listeners().unwrap());
         assert_eq!(after.len(), 1, "{after:?}");
         assert_eq!(after[0].accept_queue_length, 1);
+    }
+
+    /// Enough listeners that the dump spans several datagrams (about 370
+    /// IPv4 rows fit in 32 KiB).
+    #[test]
+    fn real_dump_spanning_several_datagrams() {
+        let servers: Vec<TcpListener> = (0..800)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut want: Vec<u16> = servers
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
+        want.sort_unstable();
+        let all = dump_listeners().unwrap();
+        let mut got: Vec<u16> = all
+            .iter()
+            .filter(|l| l.address == IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .map(|l| l.port)
+            .filter(|p| want.binary_search(p).is_ok())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, want);
     }
 
     /// The kernel sends `INET_DIAG_SKV6ONLY` for IPv6 listeners without an
@@ -487,7 +568,7 @@ mod tests {
         };
         assert_eq!(find(on).address, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(find(on).family, Family::Ipv6);
-        assert_eq!(find(on).accept_queue_limit, 16);
+        assert_eq!(find(on).accept_queue_limit, Some(16));
         assert_eq!(find(on).v6only, Some(true));
         assert_eq!(find(asked_off).v6only, Some(true));
         assert_eq!(

@@ -133,7 +133,7 @@ mod tests {
             family: Family::Ipv4,
             v6only: None,
             accept_queue_length: 0,
-            accept_queue_limit: 0,
+            accept_queue_limit: None,
             inode,
             owner: None,
         }

@@ -5,8 +5,7 @@
 //! - the accept queue limit: for a LISTEN row the kernel prints the accept
 //!   queue length as `rx_queue`, but `tx_queue` is `write_seq - snd_una`
 //!   (always 0 for a listener), and the backlog appears nowhere, so
-//!   `accept_queue_limit` is 0 ("unknown", though `listen(fd, 0)` also gives
-//!   a real limit of 0);
+//!   `accept_queue_limit` is `None`;
 //! - `IPV6_V6ONLY`: `v6only` is `None`.
 //!
 //! Reading the files makes the kernel walk every socket, established ones
@@ -96,7 +95,7 @@ fn parse_row(fields: &[&str], family: Family) -> Result<Option<Listener>, String
         family,
         v6only: None,
         accept_queue_length,
-        accept_queue_limit: 0,
+        accept_queue_limit: None,
         inode,
         owner: None,
     }))
@@ -172,7 +171,7 @@ mod tests {
         );
         assert!(ls.iter().all(|l| l.family == Family::Ipv4
             && l.v6only.is_none()
-            && l.accept_queue_limit == 0
+            && l.accept_queue_limit.is_none()
             && l.owner.is_none()));
     }
 
@@ -292,7 +291,7 @@ mod tests {
         assert_eq!(ours.len(), 1, "{ours:?}");
         assert_eq!(ours[0].address, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(ours[0].accept_queue_length, 1);
-        assert_eq!(ours[0].accept_queue_limit, 0);
+        assert_eq!(ours[0].accept_queue_limit, None);
         assert_ne!(ours[0].inode, 0);
     }
 }

@@ -1,0 +1,464 @@
+//! The sidecar in this process, on real sockets on loopback: only ports the
+//! test opened are watched (discovery off, interface vantage off; the
+//! interface vantage is tested in a namespace of its own in `netns.rs`).
+
+mod support;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portsight::config::{Config, Expect, PortConfig};
+use portsight::cycle::Engine;
+use portsight::metrics::Metrics;
+use support::{Sample, get, http, metric, parse_metrics, skip, wait_for};
+
+/// An engine and its HTTP server on 127.0.0.1:0, on a runtime of their own.
+struct Sidecar {
+    addr: SocketAddr,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn config(ports: &[u16]) -> Config {
+    let mut c = Config::default();
+    c.discover.enabled = false;
+    c.vantage.interfaces = false;
+    c.scan.interval = Duration::from_millis(500);
+    // Probe rounds are rare: what a test sees after a change comes from the scan
+    // and the immediate re-probe it triggers.
+    c.probe.interval = Duration::from_secs(600);
+    c.ports = ports
+        .iter()
+        .map(|&port| PortConfig {
+            port,
+            name: format!("p{port}"),
+            expect: Expect::Public,
+        })
+        .collect();
+    c
+}
+
+fn start(config: Config, file: Option<PathBuf>, run: bool) -> Sidecar {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = Engine::new(config, file, Arc::new(Metrics::new().unwrap()));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    if run {
+        rt.spawn(Arc::clone(&engine).run(std::future::pending()));
+    }
+    rt.spawn(portsight::web::serve(
+        listener,
+        engine,
+        std::future::pending(),
+    ));
+    Sidecar { addr, _rt: rt }
+}
+
+impl Sidecar {
+    fn scrape(&self) -> Vec<Sample> {
+        let r = get(self.addr, "/metrics");
+        assert_eq!(r.status, 200);
+        parse_metrics(&r.body)
+    }
+
+    fn wait_ready(&self) {
+        wait_for(Duration::from_secs(10), "/-/ready", || {
+            let r = get(self.addr, "/-/ready");
+            if r.status == 200 { Ok(()) } else { Err(r.body) }
+        });
+    }
+}
+
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ipv6_up() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+fn outcome(m: &[Sample], port: u16, target: &str) -> Option<String> {
+    metric(m, "portsight_probe_outcome")
+        .label("port", port)
+        .label("target", target)
+        .all()
+        .into_iter()
+        .find(|s| s.value == 1.0)
+        .and_then(|s| {
+            s.labels
+                .iter()
+                .find(|(k, _)| k == "outcome")
+                .map(|(_, v)| v.clone())
+        })
+}
+
+#[test]
+fn loopback_listener_is_listening_and_answers_on_loopback_only() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let s = start(config(&[port]), None, true);
+    s.wait_ready();
+    let m = s.scrape();
+    let name = format!("p{port}");
+    assert_eq!(
+        metric(&m, "portsight_port_listening")
+            .label("port", port)
+            .label("name", &name)
+            .value(),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "portsight_port_info")
+            .label("port", port)
+            .label("expect", "public")
+            .label("origin", "config")
+            .value(),
+        Some(1.0)
+    );
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(
+        metric(&m, "portsight_listener_info")
+            .label("port", port)
+            .label("address", "127.0.0.1")
+            .label("scope", "loopback")
+            .label("process", me.trim())
+            .value(),
+        Some(1.0),
+        "listener_info names the bind address, its scope and this test process"
+    );
+    assert_eq!(
+        metric(&m, "portsight_listener_accept_queue_limit")
+            .label("port", port)
+            .value(),
+        Some(128.0),
+        "std's listen backlog"
+    );
+    assert_eq!(
+        metric(&m, "portsight_listener_accept_queue_length")
+            .label("port", port)
+            .value(),
+        Some(0.0)
+    );
+    let v4 = format!("127.0.0.1:{port}");
+    assert_eq!(
+        metric(&m, "portsight_probe_success")
+            .label("port", port)
+            .label("vantage", "loopback")
+            .label("source", "local")
+            .label("target", &v4)
+            .value(),
+        Some(1.0)
+    );
+    assert_eq!(outcome(&m, port, &v4).as_deref(), Some("success"));
+    assert!(
+        metric(&m, "portsight_probe_duration_seconds")
+            .label("target", &v4)
+            .value()
+            .unwrap()
+            > 0.0
+    );
+    if ipv6_up() {
+        assert_eq!(
+            outcome(&m, port, &format!("[::1]:{port}")).as_deref(),
+            Some("refused")
+        );
+    }
+    drop(listener);
+}
+
+#[test]
+fn a_closed_listener_flips_to_not_listening_within_two_scan_intervals() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = config(&[port]);
+    let two_scans = cfg.scan.interval * 2;
+    let s = start(cfg, None, true);
+    s.wait_ready();
+    let target = format!("127.0.0.1:{port}");
+    assert_eq!(
+        outcome(&s.scrape(), port, &target).as_deref(),
+        Some("success")
+    );
+    drop(listener);
+    wait_for(two_scans, "not listening and refused", || {
+        let m = s.scrape();
+        let listening = metric(&m, "portsight_port_listening")
+            .label("port", port)
+            .value();
+        let o = outcome(&m, port, &target);
+        if listening == Some(0.0) && o.as_deref() == Some("refused") {
+            Ok(())
+        } else {
+            Err(format!("listening={listening:?} outcome={o:?}"))
+        }
+    });
+    let m = s.scrape();
+    assert_eq!(
+        metric(&m, "portsight_listener_info")
+            .label("port", port)
+            .all()
+            .len(),
+        0,
+        "the listener's series are gone"
+    );
+    let refused = metric(&m, "portsight_probes_total")
+        .label("target", &target)
+        .label("outcome", "refused")
+        .value();
+    assert!(refused >= Some(1.0), "the refusal is counted: {refused:?}");
+}
+
+#[test]
+fn wildcard_listener_answers_on_loopback() {
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let s = start(config(&[port]), None, true);
+    s.wait_ready();
+    let m = s.scrape();
+    assert_eq!(
+        metric(&m, "portsight_listener_info")
+            .label("port", port)
+            .label("address", "0.0.0.0")
+            .label("scope", "any")
+            .value(),
+        Some(1.0)
+    );
+    assert_eq!(
+        outcome(&m, port, &format!("127.0.0.1:{port}")).as_deref(),
+        Some("success")
+    );
+}
+
+#[test]
+fn ipv6_listener_answers_on_ipv6_loopback_only() {
+    if !ipv6_up() {
+        skip("IPv6 is not up on lo");
+        return;
+    }
+    let listener = TcpListener::bind("[::1]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let s = start(config(&[port]), None, true);
+    s.wait_ready();
+    let m = s.scrape();
+    assert_eq!(
+        metric(&m, "portsight_listener_info")
+            .label("port", port)
+            .label("address", "::1")
+            .label("scope", "loopback")
+            .value(),
+        Some(1.0)
+    );
+    assert_eq!(
+        outcome(&m, port, &format!("[::1]:{port}")).as_deref(),
+        Some("success")
+    );
+    assert_eq!(
+        outcome(&m, port, &format!("127.0.0.1:{port}")).as_deref(),
+        Some("refused")
+    );
+}
+
+#[test]
+fn a_port_without_listener_is_refused() {
+    let port = closed_port();
+    let s = start(config(&[port]), None, true);
+    s.wait_ready();
+    let m = s.scrape();
+    assert_eq!(
+        metric(&m, "portsight_port_listening")
+            .label("port", port)
+            .value(),
+        Some(0.0)
+    );
+    assert_eq!(
+        outcome(&m, port, &format!("127.0.0.1:{port}")).as_deref(),
+        Some("refused")
+    );
+    assert_eq!(
+        metric(&m, "portsight_probe_success")
+            .label("target", format!("127.0.0.1:{port}"))
+            .value(),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn ready_only_after_the_first_cycle() {
+    let s = start(config(&[closed_port()]), None, false);
+    let r = get(s.addr, "/-/ready");
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("Not ready"), "{}", r.body);
+    assert_eq!(
+        get(s.addr, "/-/healthy").status,
+        200,
+        "healthy while not ready"
+    );
+}
+
+#[test]
+fn http_endpoints() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let s = start(config(&[port]), None, true);
+    s.wait_ready();
+
+    let r = get(s.addr, "/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(
+        r.body.contains("href=\"metrics\""),
+        "the landing page links /metrics"
+    );
+    assert!(
+        r.body.contains(&format!("<td>{port}</td>")),
+        "one row per port"
+    );
+
+    let r = get(s.addr, "/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let m = parse_metrics(&r.body);
+    for name in [
+        "portsight_build_info",
+        "portsight_config_last_reload_successful",
+        "portsight_config_last_reload_success_timestamp_seconds",
+        "portsight_cycle_duration_seconds_count",
+        "portsight_last_cycle_timestamp_seconds",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(!metric(&m, name).all().is_empty(), "{name} missing");
+    }
+    for stage in ["scan", "probe"] {
+        assert!(
+            metric(&m, "portsight_last_cycle_timestamp_seconds")
+                .label("stage", stage)
+                .value()
+                > Some(1.7e9),
+            "{stage} timestamp"
+        );
+    }
+
+    assert_eq!(get(s.addr, "/-/healthy").status, 200);
+    assert_eq!(get(s.addr, "/-/ready").status, 200);
+    assert_eq!(http("HEAD", s.addr, "/-/healthy").status, 200);
+
+    let r = http("POST", s.addr, "/metrics");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    let r = http("GET", s.addr, "/-/reload");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST, PUT"));
+    let r = get(s.addr, "/nothing-here");
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("Not found"));
+}
+
+#[test]
+fn reload_applies_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
+    let (a, b) = (closed_port(), closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portsight.toml");
+    let write = |ports: &[u16], extra: &str| {
+        let mut text = String::from("[discover]\nenabled = false\n[vantage]\ninterfaces = false\n");
+        for p in ports {
+            text.push_str(&format!("[[port]]\nport = {p}\n"));
+        }
+        text.push_str(extra);
+        std::fs::write(&file, text).unwrap();
+    };
+    write(&[a], "");
+    let cfg = Config::load_with_env(Some(&file), Default::default()).unwrap();
+    let s = start(cfg, Some(file.clone()), true);
+    s.wait_ready();
+    let watched = |m: &[Sample], p: u16| metric(m, "portsight_port_info").label("port", p).value();
+    assert_eq!(watched(&s.scrape(), a), Some(1.0));
+
+    write(&[a, b], "");
+    let r = http("POST", s.addr, "/-/reload");
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(Duration::from_secs(5), "the new port to be watched", || {
+        let m = s.scrape();
+        watched(&m, b).ok_or_else(|| "not yet".to_string())
+    });
+
+    write(&[b], "[probe]\ntimeout = \"bogus\"\n");
+    let r = http("POST", s.addr, "/-/reload");
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body.contains("the running configuration is kept")
+            && r.body
+                .contains("probe.timeout: invalid value: string \"bogus\", expected a duration"),
+        "{}",
+        r.body
+    );
+    let m = s.scrape();
+    assert_eq!(
+        metric(&m, "portsight_config_last_reload_successful").value(),
+        Some(0.0)
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let m = s.scrape();
+    assert_eq!(
+        watched(&m, a),
+        Some(1.0),
+        "the running config still watches {a}"
+    );
+    assert_eq!(watched(&m, b), Some(1.0));
+}
+
+#[test]
+fn promtool_finds_nothing_in_real_output() {
+    let Ok(promtool) = which("promtool") else {
+        skip("promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l4.local_addr().unwrap().port();
+    let s = start(config(&[port, closed_port()]), None, true);
+    s.wait_ready();
+    let body = get(s.addr, "/metrics").body;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "promtool: {findings}"
+    );
+}
+
+fn which(cmd: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(cmd))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
