@@ -231,15 +231,16 @@ impl Portsight {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exited with {status}: {}", self.log_text()));
             }
-            self.log
+            let found = self
+                .log
                 .lock()
                 .unwrap()
                 .iter()
                 .find(|l| l.contains("portsight listening"))
                 .and_then(|l| l.split("address=").nth(1))
                 .and_then(|a| a.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| self.log_text())
+                .and_then(|a| a.parse().ok());
+            found.ok_or_else(|| self.log_text())
         })
     }
 }
