@@ -26,12 +26,19 @@ fn config_default_prints_a_config_that_checks() {
     std::fs::write(&path, &text).unwrap();
     let o = portsight(&["config", "check", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{}: OK\n", path.display()));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("{}: OK\n", path.display())
+    );
 }
 
 #[test]
 fn config_check_exits_2_naming_file_key_and_reason() {
-    let o = portsight(&["config", "check", "tests/fixtures/config/invalid-duration.toml"]);
+    let o = portsight(&[
+        "config",
+        "check",
+        "tests/fixtures/config/invalid-duration.toml",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(
         stderr(&o),
@@ -60,7 +67,11 @@ fn serve_with_a_bad_config_exits_2_before_listening() {
 fn serve_with_a_bad_listen_address_exits_2() {
     let o = portsight(&["serve", "--web.listen-address", "nowhere"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--web.listen-address: invalid address \"nowhere\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--web.listen-address: invalid address \"nowhere\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -72,7 +83,9 @@ fn a_bad_environment_override_exits_2_naming_the_variable() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("environment PORTSIGHT__SCAN__INTERVAL: scan.interval: invalid value: string \"often\""),
+        stderr(&o).contains(
+            "environment PORTSIGHT__SCAN__INTERVAL: scan.interval: invalid value: string \"often\""
+        ),
         "{}",
         stderr(&o)
     );
@@ -80,7 +93,10 @@ fn a_bad_environment_override_exits_2_naming_the_variable() {
 
 #[test]
 fn usage_errors_exit_2() {
-    assert_eq!(portsight(&["serve", "--no-such-flag"]).status.code(), Some(2));
+    assert_eq!(
+        portsight(&["serve", "--no-such-flag"]).status.code(),
+        Some(2)
+    );
     assert_eq!(portsight(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(portsight(&["--help"]).status.code(), Some(0));
     assert_eq!(portsight(&["--version"]).status.code(), Some(0));

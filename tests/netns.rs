@@ -37,7 +37,12 @@ fn outcome(m: &[Sample], target: &str) -> Option<String> {
         .all()
         .into_iter()
         .find(|s| s.value == 1.0)
-        .and_then(|s| s.labels.iter().find(|(k, _)| k == "outcome").map(|(_, v)| v.clone()))
+        .and_then(|s| {
+            s.labels
+                .iter()
+                .find(|(k, _)| k == "outcome")
+                .map(|(_, v)| v.clone())
+        })
 }
 
 fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
@@ -55,13 +60,21 @@ fn loopback_bound_listener_is_refused_on_the_interfaces() {
     let host = Host::with_interfaces("ifref");
     let _listener = host.run(|| TcpListener::bind("127.0.0.1:8080").unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(&dir, "[discover]\nenabled = false\n[[port]]\nport = 8080\nname = \"web\"\n");
+    let cfg = config_file(
+        &dir,
+        "[discover]\nenabled = false\n[[port]]\nport = 8080\nname = \"web\"\n",
+    );
     let mut p = host.spawn_portsight(&["serve", "--config", &cfg, "--web.listen-address", WEB]);
     wait_ready(&host, &mut p);
     let m = scrape(&host);
     assert_eq!(outcome(&m, "127.0.0.1:8080").as_deref(), Some("success"));
     assert_eq!(outcome(&m, "[::1]:8080").as_deref(), Some("refused"));
-    for target in ["10.77.0.1:8080", "10.77.0.2:8080", "[fd77::1]:8080", "[fd77::2]:8080"] {
+    for target in [
+        "10.77.0.1:8080",
+        "10.77.0.2:8080",
+        "[fd77::1]:8080",
+        "[fd77::2]:8080",
+    ] {
         assert_eq!(outcome(&m, target).as_deref(), Some("refused"), "{target}");
         assert_eq!(
             metric(&m, "portsight_probe_success")
@@ -74,10 +87,15 @@ fn loopback_bound_listener_is_refused_on_the_interfaces() {
         );
     }
     assert_eq!(
-        metric(&m, "portsight_probe_outcome").label("vantage", "interface").all().len(),
+        metric(&m, "portsight_probe_outcome")
+            .label("vantage", "interface")
+            .all()
+            .len(),
         4 * 5,
         "exactly the four interface addresses, five outcomes each: {:?}",
-        metric(&m, "portsight_probe_outcome").label("vantage", "interface").all()
+        metric(&m, "portsight_probe_outcome")
+            .label("vantage", "interface")
+            .all()
     );
 }
 
@@ -118,7 +136,11 @@ fn default_config_discovers_listeners_and_keeps_a_vanished_one() {
     // The embedded default, as the README's first command runs it.
     let mut p = host.spawn_portsight(&["serve"]);
     let addr = p.address();
-    assert_eq!(addr, "0.0.0.0:10917".parse().unwrap(), "the default listen address");
+    assert_eq!(
+        addr,
+        "0.0.0.0:10917".parse().unwrap(),
+        "the default listen address"
+    );
     wait_ready(&host, &mut p);
     let me = std::fs::read_to_string("/proc/self/comm").unwrap();
     let m = scrape(&host);
@@ -134,28 +156,43 @@ fn default_config_discovers_listeners_and_keeps_a_vanished_one() {
         metric(&m, "portsight_port_info").all()
     );
     assert_eq!(
-        metric(&m, "portsight_port_info").label("port", 10917).label("origin", "discovered").value(),
+        metric(&m, "portsight_port_info")
+            .label("port", 10917)
+            .label("origin", "discovered")
+            .value(),
         Some(1.0),
         "its own port is a listener like any other"
     );
     assert_eq!(
-        metric(&m, "portsight_port_info").label("port", ephemeral_port).value(),
+        metric(&m, "portsight_port_info")
+            .label("port", ephemeral_port)
+            .value(),
         None,
         "ports in the ephemeral range are not discovered"
     );
     assert_eq!(outcome(&m, "10.77.0.1:8080").as_deref(), Some("success"));
 
     drop(listener);
-    wait_for(Duration::from_secs(3), "8080 to be reported not listening", || {
-        let m = scrape(&host);
-        match metric(&m, "portsight_port_listening").label("port", 8080).value() {
-            Some(0.0) => Ok(()),
-            other => Err(format!("listening = {other:?}")),
-        }
-    });
+    wait_for(
+        Duration::from_secs(3),
+        "8080 to be reported not listening",
+        || {
+            let m = scrape(&host);
+            match metric(&m, "portsight_port_listening")
+                .label("port", 8080)
+                .value()
+            {
+                Some(0.0) => Ok(()),
+                other => Err(format!("listening = {other:?}")),
+            }
+        },
+    );
     let m = scrape(&host);
     assert_eq!(
-        metric(&m, "portsight_port_info").label("port", 8080).label("origin", "discovered").value(),
+        metric(&m, "portsight_port_info")
+            .label("port", 8080)
+            .label("origin", "discovered")
+            .value(),
         Some(1.0),
         "a vanished discovered port stays watched"
     );
@@ -175,8 +212,15 @@ fn sigterm_stops_serve_cleanly() {
     let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = wait_for(Duration::from_secs(15), "portsight to exit", || {
-        p.child.try_wait().unwrap().ok_or_else(|| "running".to_string())
+        p.child
+            .try_wait()
+            .unwrap()
+            .ok_or_else(|| "running".to_string())
     });
     assert!(status.success(), "{status}: {}", p.log_text());
-    assert!(p.log_text().contains("SIGTERM: shutting down"), "{}", p.log_text());
+    assert!(
+        p.log_text().contains("SIGTERM: shutting down"),
+        "{}",
+        p.log_text()
+    );
 }
