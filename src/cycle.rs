@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use std::path::PathBuf;
 
 use crate::config::{self, Config};
+use crate::diagnosis::{self, Failure, Input, Vantages};
 use crate::metrics::{Metrics, Stage};
 use crate::probe::scheduler::Prober;
 use crate::probe::{ProbeResult, Target, Vantage};
@@ -43,6 +44,11 @@ struct State {
     probes: BTreeMap<u16, HashMap<Target, ProbeResult>>,
     scanned_at: Option<SystemTime>,
     probed_at: Option<SystemTime>,
+    /// When each port's set of listeners last changed: older probe results
+    /// describe sockets that are gone, and are not shown.
+    changed_at: HashMap<u16, SystemTime>,
+    /// Each port's last reachability failure, for `transient`.
+    failures: HashMap<u16, Failure>,
 }
 
 impl Engine {
@@ -154,8 +160,14 @@ impl Engine {
                 .map(|w| w.port)
                 .filter(|p| before.get(p) != after.get(p))
                 .collect();
+            let now = SystemTime::now();
+            for port in &changed {
+                st.changed_at.insert(*port, now);
+            }
             let watched: HashSet<u16> = st.watch.ports().map(|w| w.port).collect();
             st.probes.retain(|p, _| watched.contains(p));
+            st.changed_at.retain(|p, _| watched.contains(p));
+            st.failures.retain(|p, _| watched.contains(p));
             st.listeners = listeners;
             st.source = Some(source);
             st.scanned_at = Some(SystemTime::now());
@@ -246,9 +258,17 @@ impl Engine {
     /// Builds a snapshot from the current state, renders it into the
     /// metrics, and swaps it in.
     fn publish(&self) -> Arc<Snapshot> {
+        let config = self.config();
+        let vantages = Vantages {
+            loopback: config.vantage.loopback,
+            interface: config.vantage.interfaces,
+            external: false,
+        };
+        let now = SystemTime::now();
         let snapshot = {
-            let st = self.lock();
-            let ports = st
+            let mut st = self.lock();
+            let st = &mut *st;
+            let ports: Vec<PortStatus> = st
                 .watch
                 .ports()
                 .map(|w| {
@@ -259,12 +279,28 @@ impl Engine {
                         .cloned()
                         .collect();
                     listeners.sort_by_key(|l| (l.address, l.inode));
+                    let since = st.changed_at.get(&w.port).copied();
                     let mut probes: Vec<ProbeResult> = st
                         .probes
                         .get(&w.port)
-                        .map(|m| m.values().cloned().collect())
+                        .map(|m| {
+                            m.values()
+                                .filter(|r| since.is_none_or(|t| r.at >= t))
+                                .cloned()
+                                .collect()
+                        })
                         .unwrap_or_default();
                     probes.sort_by(|a, b| a.target.cmp(&b.target));
+                    let diagnosis = diagnosis::diagnose(&Input {
+                        port: w.port,
+                        expect: w.expect,
+                        listeners: &listeners,
+                        probes: &probes,
+                        vantages,
+                        last_failure: st.failures.get(&w.port),
+                        transient_window: config.diagnosis.transient_window,
+                        now,
+                    });
                     PortStatus {
                         port: w.port,
                         name: w.name.clone(),
@@ -272,9 +308,24 @@ impl Engine {
                         origin: w.origin,
                         listeners,
                         probes,
+                        diagnosis,
                     }
                 })
                 .collect();
+            for p in &ports {
+                let d = &p.diagnosis;
+                if d.cause.is_reachability_failure() {
+                    st.failures.insert(
+                        p.port,
+                        Failure {
+                            at: now,
+                            cause: d.cause,
+                            vantage: d.failed.map(|(v, _)| v),
+                            target: d.failed.map(|(_, t)| t),
+                        },
+                    );
+                }
+            }
             Arc::new(Snapshot {
                 ports,
                 source: st.source,

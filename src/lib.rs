@@ -1,11 +1,14 @@
 //! portsight: is this port reachable, from where, and if not, why?
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod config;
 pub mod cycle;
+pub mod diagnosis;
 pub mod metrics;
 pub mod probe;
 pub mod snapshot;
 pub mod sockets;
+pub mod status_page;
 pub mod watch;
 pub mod web;

@@ -20,8 +20,9 @@ use tokio::signal::unix::{SignalKind, signal};
 )]
 struct Cli {
     /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
-    #[arg(long = "log.level", default_value = "info", global = true)]
-    log_level: String,
+    /// Default: info for serve, warn otherwise.
+    #[arg(long = "log.level", global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +37,18 @@ enum Command {
         /// Address to listen on, overriding web.listen_address.
         #[arg(long = "web.listen-address")]
         listen_address: Option<String>,
+    },
+    /// One scan, probe round and diagnosis; exit 0 when every port is ok, 1 when not.
+    Check {
+        /// Ports to check (default: every watched port). Ports the config does
+        /// not list are checked with expect = "public".
+        ports: Vec<u16>,
+        /// Config file (TOML); without it the embedded default applies.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON with the fields of /api/v1/status.
+        #[arg(long)]
+        json: bool,
     },
     /// Check or print configuration.
     Config {
@@ -64,7 +77,11 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(&cli.log_level);
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
     match cli.command {
         Command::Config {
             command: ConfigCommand::Default,
@@ -84,6 +101,31 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Check {
+            ports,
+            config,
+            json,
+        } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("portsight: bad config: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if ports.contains(&0) {
+                eprintln!("portsight: port 0: must be 1 to 65535");
+                return ExitCode::from(2);
+            }
+            match check(cfg, &ports, json) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("portsight: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Serve {
             config,
             listen_address,
@@ -111,6 +153,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+#[tokio::main]
+async fn check(cfg: Config, ports: &[u16], json: bool) -> anyhow::Result<bool> {
+    let snapshot = portsight::check::run(cfg, ports).await?;
+    let selected = portsight::check::selected(&snapshot, ports);
+    if json {
+        let shown: Vec<u16> = selected.iter().map(|p| p.port).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&snapshot.status(Some(&shown)))?
+        );
+    } else {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", portsight::check::table(&selected, color));
+    }
+    Ok(portsight::check::all_ok(&selected))
 }
 
 fn init_logging(level: &str) {

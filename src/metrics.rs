@@ -9,10 +9,9 @@ use prometheus::{
     CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder,
 };
 
+use crate::diagnosis::Cause;
 use crate::probe::{Outcome, ProbeResult};
-use crate::snapshot::{PortStatus, Snapshot};
-
-pub const PROTOCOL: &str = "tcp";
+use crate::snapshot::{PROTOCOL, PortStatus, Snapshot};
 
 const PORT_LABELS: [&str; 3] = ["port", "protocol", "name"];
 const PROBE_LABELS: [&str; 6] = ["port", "protocol", "name", "vantage", "source", "target"];
@@ -40,6 +39,7 @@ pub struct Metrics {
     lock: Mutex<Known>,
     port_info: GaugeVec,
     port_listening: GaugeVec,
+    port_diagnosis: GaugeVec,
     listener_info: GaugeVec,
     accept_queue_length: GaugeVec,
     accept_queue_limit: GaugeVec,
@@ -86,6 +86,14 @@ impl Metrics {
             "portsight_port_listening",
             "1 if a LISTEN socket exists on the port.",
             &PORT_LABELS,
+        )?;
+        let mut cause_labels = PORT_LABELS.to_vec();
+        cause_labels.push("cause");
+        let port_diagnosis = gauge_vec(
+            &r,
+            "portsight_port_diagnosis",
+            "Why the port is (not) reachable, as a state set: 1 on the current cause.",
+            &cause_labels,
         )?;
         let listener_info = gauge_vec(
             &r,
@@ -183,6 +191,7 @@ impl Metrics {
             lock: Mutex::new(Known::default()),
             port_info,
             port_listening,
+            port_diagnosis,
             listener_info,
             accept_queue_length,
             accept_queue_limit,
@@ -203,6 +212,7 @@ impl Metrics {
         for g in [
             &self.port_info,
             &self.port_listening,
+            &self.port_diagnosis,
             &self.listener_info,
             &self.accept_queue_length,
             &self.accept_queue_limit,
@@ -228,6 +238,11 @@ impl Metrics {
             self.port_listening
                 .with_label_values(&port_labels)
                 .set(if p.listening() { 1.0 } else { 0.0 });
+            for cause in Cause::ALL {
+                self.port_diagnosis
+                    .with_label_values(&[port.as_str(), PROTOCOL, &p.name, cause.as_str()])
+                    .set(if cause == p.diagnosis.cause { 1.0 } else { 0.0 });
+            }
             for l in &p.listeners {
                 let address = l.address.to_string();
                 let process = l.owner.as_ref().map_or("", |o| o.name.as_str());

@@ -3,7 +3,6 @@
 //! reads /proc itself.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::cycle::Engine;
 use crate::metrics;
-use crate::snapshot::Snapshot;
+use crate::status_page;
 
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -80,7 +79,19 @@ async fn route(req: Request<Incoming>, engine: &Engine) -> Response<Body> {
     let method = req.method();
     let read_only = [Method::GET, Method::HEAD];
     match req.uri().path() {
-        "/" => only(method, &read_only, || landing(&engine.snapshot())),
+        "/" => only(method, &read_only, || {
+            respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                status_page::render(&engine.snapshot()),
+            )
+        }),
+        "/api/v1/status" => only(method, &read_only, || {
+            match serde_json::to_vec(&engine.snapshot().status(None)) {
+                Ok(body) => respond(StatusCode::OK, "application/json", body),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }),
         "/metrics" => only(method, &read_only, || match engine.metrics().render() {
             Ok(body) => respond(StatusCode::OK, metrics::CONTENT_TYPE, body),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
@@ -157,94 +168,4 @@ fn respond(
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     respond(status, "text/plain; charset=utf-8", body)
-}
-
-/// The landing page: links, and one row per watched port.
-fn landing(snapshot: &Snapshot) -> Response<Body> {
-    let mut h = String::with_capacity(4096);
-    h.push_str(concat!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<title>portsight</title><style>body{font-family:sans-serif;margin:2em}",
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}",
-        "</style></head><body><h1>portsight</h1>",
-        "<p>Is this port reachable, from where, and if not, why?</p><ul>",
-        "<li><a href=\"metrics\">/metrics</a></li>",
-        "<li><a href=\"-/healthy\">/-/healthy</a></li>",
-        "<li><a href=\"-/ready\">/-/ready</a></li></ul>",
-    ));
-    if !snapshot.ready() {
-        h.push_str("<p>The first scan and probe round have not completed yet.</p>");
-    }
-    h.push_str(
-        "<table><thead><tr><th>port</th><th>name</th><th>expect</th><th>origin</th>\
-         <th>listening on</th><th>probes</th></tr></thead><tbody>",
-    );
-    for p in &snapshot.ports {
-        let listening = if p.listeners.is_empty() {
-            "nothing".to_string()
-        } else {
-            p.listeners
-                .iter()
-                .map(|l| match &l.owner {
-                    Some(o) => format!("{} ({}, pid {})", l.address, o.name, o.pid),
-                    None => l.address.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let probes = p
-            .probes
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} {}: {}",
-                    r.target.vantage.as_str(),
-                    r.target.addr,
-                    r.outcome.as_str()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("<br>");
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            p.port,
-            escape(&p.name),
-            p.expect,
-            p.origin.as_str(),
-            escape(&listening),
-            probes,
-        );
-    }
-    h.push_str("</tbody></table></body></html>\n");
-    respond(StatusCode::OK, "text/html; charset=utf-8", h)
-}
-
-/// Escapes text for HTML; process names come from the system and may hold anything.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            escape("<script>a&'\"</script>"),
-            "&lt;script&gt;a&amp;&#39;&quot;&lt;/script&gt;"
-        );
-    }
 }

@@ -53,7 +53,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "invalid-unknown-section.toml",
-        "colour: unknown field `colour`, expected one of `web`, `scan`, `probe`, `vantage`, `discover`, `port`",
+        "colour: unknown field `colour`, expected one of `web`, `scan`, `probe`, `vantage`, `discover`, `diagnosis`, `port`",
     ),
     (
         "invalid-vantage-address.toml",

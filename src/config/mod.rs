@@ -24,6 +24,7 @@ pub struct Config {
     pub probe: Probe,
     pub vantage: Vantage,
     pub discover: Discover,
+    pub diagnosis: DiagnosisConfig,
     #[serde(rename = "port")]
     pub ports: Vec<PortConfig>,
 }
@@ -112,6 +113,22 @@ impl Default for Discover {
         Discover {
             enabled: true,
             forget_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosisConfig {
+    /// A port that recovered less than this long ago is `transient`, not `ok`.
+    #[serde(with = "humantime_serde")]
+    pub transient_window: Duration,
+}
+
+impl Default for DiagnosisConfig {
+    fn default() -> Self {
+        DiagnosisConfig {
+            transient_window: Duration::from_secs(300),
         }
     }
 }

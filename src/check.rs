@@ -1,0 +1,159 @@
+//! `portsight check`: one scan, one probe round and the diagnosis, as a table
+//! for a person or as JSON.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::config::{Config, Expect, PortConfig};
+use crate::cycle::Engine;
+use crate::diagnosis::Cause;
+use crate::metrics::{self, Metrics};
+use crate::probe::{Outcome, ProbeResult, Vantage};
+use crate::snapshot::{PortStatus, Snapshot};
+
+/// Checks `ports` (every watched port when empty) once. Ports the config does
+/// not list are checked with `expect = "public"`; naming ports turns
+/// discovery off, so only they are probed.
+pub async fn run(mut config: Config, ports: &[u16]) -> Result<Arc<Snapshot>, metrics::Error> {
+    if !ports.is_empty() {
+        config.discover.enabled = false;
+        for &port in ports {
+            if config.port(port).is_none() {
+                config.ports.push(PortConfig {
+                    port,
+                    name: String::new(),
+                    expect: Expect::Public,
+                });
+            }
+        }
+    }
+    let engine = Engine::new(config, None, Arc::new(Metrics::new()?));
+    engine.scan().await;
+    engine.probe(None).await;
+    Ok(engine.snapshot())
+}
+
+/// The ports of `snapshot` that `only` names (all when empty).
+pub fn selected<'a>(snapshot: &'a Snapshot, only: &[u16]) -> Vec<&'a PortStatus> {
+    snapshot
+        .ports
+        .iter()
+        .filter(|p| only.is_empty() || only.contains(&p.port))
+        .collect()
+}
+
+/// True when every selected port is `ok`.
+pub fn all_ok(ports: &[&PortStatus]) -> bool {
+    ports.iter().all(|p| p.diagnosis.cause == Cause::Ok)
+}
+
+/// The table: one line per port (port, name, listening on, outcome per
+/// vantage, cause), then its summary and fix, indented.
+pub fn table(ports: &[&PortStatus], color: bool) -> String {
+    let header = [
+        "PORT",
+        "NAME",
+        "LISTENING ON",
+        "LOOPBACK",
+        "INTERFACE",
+        "CAUSE",
+    ];
+    let rows: Vec<[String; 6]> = ports
+        .iter()
+        .map(|p| {
+            [
+                p.port.to_string(),
+                if p.name.is_empty() {
+                    "-".into()
+                } else {
+                    p.name.clone()
+                },
+                listening_on(p),
+                outcomes(&p.probes, Vantage::Loopback),
+                outcomes(&p.probes, Vantage::Interface),
+                p.diagnosis.cause.as_str().to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[String; 6], cause: Option<Cause>| {
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i == 5 {
+                let painted = match cause {
+                    Some(c) if color => paint(c, cell),
+                    _ => cell.clone(),
+                };
+                out.push_str(&painted);
+            } else {
+                let _ = write!(out, "{cell:<w$}  ");
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut out, &header.map(String::from), None);
+    for (p, r) in ports.iter().zip(&rows) {
+        line(&mut out, r, Some(p.diagnosis.cause));
+        let _ = writeln!(out, "      {}", p.diagnosis.summary);
+        if !p.diagnosis.fix.is_empty() {
+            let _ = writeln!(out, "      fix: {}", p.diagnosis.fix);
+        }
+    }
+    if ports.is_empty() {
+        out.push_str("no ports to check: nothing listens outside the ephemeral port range, and the config lists none\n");
+    }
+    out
+}
+
+fn listening_on(p: &PortStatus) -> String {
+    if p.listeners.is_empty() {
+        return "nothing".into();
+    }
+    p.listeners
+        .iter()
+        .map(|l| match &l.owner {
+            Some(o) => format!("{} ({}/{})", l.address, o.name, o.pid),
+            None => l.address.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `success`, `refused`, `1 success, 1 refused`, or `-` when not measured.
+fn outcomes(probes: &[ProbeResult], vantage: Vantage) -> String {
+    let of: Vec<Outcome> = probes
+        .iter()
+        .filter(|r| r.target.vantage == vantage)
+        .map(|r| r.outcome)
+        .collect();
+    if of.is_empty() {
+        return "-".into();
+    }
+    let counts: Vec<(Outcome, usize)> = Outcome::ALL
+        .iter()
+        .map(|o| (*o, of.iter().filter(|x| *x == o).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    if counts.len() == 1 {
+        return counts[0].0.as_str().to_string();
+    }
+    counts
+        .iter()
+        .map(|(o, n)| format!("{n} {}", o.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn paint(cause: Cause, s: &str) -> String {
+    let code = match cause {
+        Cause::Ok => "32",
+        Cause::Transient | Cause::Forwarded => "33",
+        _ => "31;1",
+    };
+    format!("\x1b[{code}m{s}\x1b[0m")
+}

@@ -1,0 +1,402 @@
+use super::*;
+use crate::probe::Target;
+use crate::sockets::Owner;
+
+const PORT: u16 = 8080;
+
+fn l(addr: &str) -> Listener {
+    let address: IpAddr = addr.parse().unwrap();
+    Listener {
+        address,
+        port: PORT,
+        family: family(address),
+        v6only: address.is_ipv6().then_some(!address.is_unspecified()),
+        accept_queue_length: 0,
+        accept_queue_limit: Some(128),
+        inode: 1,
+        owner: Some(Owner {
+            pid: 4242,
+            name: "python3".into(),
+        }),
+    }
+}
+
+fn v6only(mut l: Listener, on: bool) -> Listener {
+    l.v6only = Some(on);
+    l
+}
+
+fn p(vantage: Vantage, ip: &str, outcome: Outcome) -> ProbeResult {
+    let ip: IpAddr = ip.parse().unwrap();
+    ProbeResult {
+        target: Target {
+            vantage,
+            source: if vantage == Vantage::External {
+                "outside-1".into()
+            } else {
+                "local".into()
+            },
+            addr: SocketAddr::new(ip, PORT),
+        },
+        outcome,
+        duration: Duration::from_micros(100),
+        errno: None,
+        error: match outcome {
+            Outcome::Refused => Some("Connection refused (os error 111)".into()),
+            Outcome::Unreachable => Some("No route to host (os error 113)".into()),
+            _ => None,
+        },
+        at: SystemTime::UNIX_EPOCH,
+    }
+}
+
+use Outcome::{Refused, Success, Timeout};
+use Vantage::{External, Interface, Loopback};
+
+const ALL_VANTAGES: Vantages = Vantages {
+    loopback: true,
+    interface: true,
+    external: false,
+};
+
+fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagnosis {
+    diagnose(&Input {
+        port: PORT,
+        expect,
+        listeners,
+        probes,
+        vantages: ALL_VANTAGES,
+        last_failure: None,
+        transient_window: Duration::from_secs(300),
+        now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+    })
+}
+
+/// Loopback v4 + v6, interfaces v4 + v6.
+fn probes(lo4: Outcome, lo6: Outcome, if4: Outcome, if6: Outcome) -> Vec<ProbeResult> {
+    vec![
+        p(Loopback, "127.0.0.1", lo4),
+        p(Loopback, "::1", lo6),
+        p(Interface, "10.77.0.1", if4),
+        p(Interface, "fd77::1", if6),
+    ]
+}
+
+#[test]
+fn nothing_listening() {
+    let d = run(
+        Expect::Public,
+        &[],
+        &probes(Refused, Refused, Refused, Refused),
+    );
+    assert_eq!(d.cause, Cause::NotListening);
+    assert_eq!(
+        d.summary,
+        "nothing listens on port 8080; 127.0.0.1:8080, [::1]:8080, 10.77.0.1:8080 and [fd77::1]:8080 failed"
+    );
+    assert!(d.fix.starts_with("start the service"));
+    assert_eq!(d.evidence[0], "no listener on port 8080");
+}
+
+#[test]
+fn forwarded() {
+    let d = run(
+        Expect::Public,
+        &[],
+        &probes(Success, Refused, Refused, Refused),
+    );
+    assert_eq!(d.cause, Cause::Forwarded);
+    assert!(
+        d.summary.contains("yet 127.0.0.1:8080 answered"),
+        "{}",
+        d.summary
+    );
+}
+
+#[test]
+fn closed_policy() {
+    let d = run(
+        Expect::Closed,
+        &[l("0.0.0.0")],
+        &probes(Success, Refused, Success, Refused),
+    );
+    assert_eq!(d.cause, Cause::UnexpectedListener);
+    assert_eq!(
+        d.summary,
+        "listening on 0.0.0.0:8080 (python3, pid 4242) on a port whose policy is closed"
+    );
+    assert_eq!(
+        d.fix,
+        "stop python3 (pid 4242), or change the port's expect"
+    );
+    let d = run(
+        Expect::Closed,
+        &[],
+        &probes(Refused, Refused, Refused, Refused),
+    );
+    assert_eq!(d.cause, Cause::Ok);
+}
+
+#[test]
+fn accept_queue_full() {
+    let mut full = l("0.0.0.0");
+    full.accept_queue_limit = Some(1);
+    full.accept_queue_length = 2;
+    let d = run(
+        Expect::Public,
+        &[full.clone()],
+        &probes(Timeout, Refused, Timeout, Refused),
+    );
+    assert_eq!(d.cause, Cause::AcceptQueueFull);
+    assert_eq!(
+        d.summary,
+        "the accept queue of 0.0.0.0:8080 (python3, pid 4242) holds 2 connections, limit 1: new connections are dropped"
+    );
+    full.accept_queue_length = 1;
+    assert_eq!(
+        run(Expect::Public, &[full.clone()], &[]).cause,
+        Cause::AcceptQueueFull,
+        "at the limit"
+    );
+    // listen(fd, 0) with an empty queue is not full.
+    full.accept_queue_limit = Some(0);
+    full.accept_queue_length = 0;
+    assert_ne!(
+        run(Expect::Public, &[full.clone()], &[]).cause,
+        Cause::AcceptQueueFull
+    );
+    // An unknown limit (/proc fallback) is never full.
+    full.accept_queue_limit = None;
+    full.accept_queue_length = 5;
+    assert_ne!(
+        run(Expect::Public, &[full], &[]).cause,
+        Cause::AcceptQueueFull
+    );
+}
+
+#[test]
+fn loopback_only_unless_local() {
+    let ps = probes(Success, Refused, Refused, Refused);
+    let d = run(Expect::Public, &[l("127.0.0.1")], &ps);
+    assert_eq!(d.cause, Cause::LoopbackOnly);
+    assert_eq!(
+        d.summary,
+        "listening on 127.0.0.1:8080 (python3, pid 4242) only; [::1]:8080, 10.77.0.1:8080 and [fd77::1]:8080 refused"
+    );
+    assert_eq!(
+        d.fix,
+        "bind to 0.0.0.0 or :: instead of 127.0.0.1, so that other hosts can connect"
+    );
+    assert_eq!(
+        run(Expect::Internal, &[l("127.0.0.1")], &ps).cause,
+        Cause::LoopbackOnly
+    );
+    assert_eq!(
+        run(Expect::Auto, &[l("127.0.0.1")], &ps).cause,
+        Cause::LoopbackOnly
+    );
+    let d = run(Expect::Local, &[l("127.0.0.1")], &ps);
+    assert_eq!(d.cause, Cause::Ok, "{}", d.summary);
+    assert_eq!(
+        d.summary,
+        "reachable as expected (local): loopback 1/2 answered, interface closed as expected, external not measured"
+    );
+}
+
+#[test]
+fn bound_elsewhere() {
+    let ps = vec![
+        p(Loopback, "127.0.0.1", Refused),
+        p(Interface, "10.77.0.1", Success),
+        p(Interface, "10.77.0.2", Refused),
+    ];
+    let d = run(Expect::Public, &[l("10.77.0.1")], &ps);
+    assert_eq!(d.cause, Cause::BoundElsewhere);
+    assert_eq!(
+        d.summary,
+        "listening on 10.77.0.1:8080 (python3, pid 4242) only; 127.0.0.1:8080 and 10.77.0.2:8080 refused"
+    );
+    assert_eq!(
+        d.fix,
+        "bind to 0.0.0.0 / :: (all addresses), or also to 127.0.0.1"
+    );
+    assert_eq!(
+        d.failed,
+        Some((Loopback, "127.0.0.1:8080".parse().unwrap()))
+    );
+}
+
+#[test]
+fn address_family_mismatch() {
+    let ps = probes(Success, Refused, Success, Refused);
+    let d = run(Expect::Public, &[l("0.0.0.0")], &ps);
+    assert_eq!(d.cause, Cause::AddressFamilyMismatch);
+    assert_eq!(
+        d.summary,
+        "listening on 0.0.0.0:8080 (python3, pid 4242) (IPv4 only); [::1]:8080 and [fd77::1]:8080 refused"
+    );
+    assert!(d.fix.starts_with("listen on IPv6 too"));
+    let d = run(
+        Expect::Public,
+        &[v6only(l("::"), true)],
+        &probes(Refused, Success, Refused, Success),
+    );
+    assert_eq!(d.cause, Cause::AddressFamilyMismatch);
+    assert!(
+        d.summary.contains("(IPv6 only (IPV6_V6ONLY))"),
+        "{}",
+        d.summary
+    );
+    assert!(d.fix.starts_with("listen on IPv4 too"));
+}
+
+#[test]
+fn dual_stack_wildcard_is_ok() {
+    let all = probes(Success, Success, Success, Success);
+    let d = run(Expect::Public, &[v6only(l("::"), false)], &all);
+    assert_eq!(d.cause, Cause::Ok);
+    assert_eq!(
+        d.summary,
+        "reachable as expected (public): loopback 2/2 answered, interface 2/2 answered, external not measured"
+    );
+    assert!(
+        d.evidence
+            .contains(&"external: not measured (no peers configured)".to_string())
+    );
+    let d = run(Expect::Public, &[l("0.0.0.0"), v6only(l("::"), true)], &all);
+    assert_eq!(d.cause, Cause::Ok);
+}
+
+#[test]
+fn rejected_when_a_covering_listener_is_refused() {
+    let ps = probes(Success, Success, Refused, Success);
+    let d = run(Expect::Public, &[v6only(l("::"), false)], &ps);
+    assert_eq!(d.cause, Cause::Rejected);
+    assert_eq!(
+        d.summary,
+        "listening on [::]:8080 (python3, pid 4242) covers 10.77.0.1:8080, yet it was refused from the interface vantage: a firewall rejects it"
+    );
+    assert!(d.fix.contains("REJECT rules for port 8080"));
+}
+
+#[test]
+fn filtered_when_a_farther_vantage_times_out() {
+    let ps = probes(Success, Success, Timeout, Success);
+    let d = run(Expect::Public, &[v6only(l("::"), false)], &ps);
+    assert_eq!(d.cause, Cause::Filtered);
+    assert_eq!(
+        d.summary,
+        "10.77.0.1:8080 timed out from the interface vantage while 127.0.0.1:8080 and [::1]:8080 answered: packets to port 8080 are dropped"
+    );
+}
+
+#[test]
+fn unreachable() {
+    let ps = probes(Success, Success, Outcome::Unreachable, Success);
+    let d = run(Expect::Public, &[v6only(l("::"), false)], &ps);
+    assert_eq!(d.cause, Cause::Unreachable);
+    assert!(d.summary.contains("No route to host"), "{}", d.summary);
+}
+
+#[test]
+fn failures_outside_the_policy_do_not_count() {
+    // An internal port that times out from outside is ok.
+    let mut ps = probes(Success, Success, Success, Success);
+    ps.push(p(External, "203.0.113.7", Timeout));
+    let d = run(Expect::Internal, &[v6only(l("::"), false)], &ps);
+    assert_eq!(d.cause, Cause::Ok, "{}", d.summary);
+    assert!(
+        d.summary.contains("external closed as expected"),
+        "{}",
+        d.summary
+    );
+    // The same port public: filtered from outside.
+    let d = run(Expect::Public, &[v6only(l("::"), false)], &ps);
+    assert_eq!(d.cause, Cause::Filtered);
+    assert!(d.summary.contains("from the external vantage"));
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.contains("(probed by outside-1)"))
+    );
+}
+
+#[test]
+fn exposed() {
+    let mut ps = probes(Success, Success, Success, Success);
+    ps.push(p(External, "203.0.113.7", Success));
+    let d = run(Expect::Internal, &[v6only(l("::"), false)], &ps);
+    assert_eq!(d.cause, Cause::Exposed);
+    assert_eq!(
+        d.summary,
+        "the internal port 8080 answers from the external vantage at 203.0.113.7:8080"
+    );
+    assert!(d.fix.starts_with("a security finding"));
+    // A local port answering on an interface address.
+    let d = run(
+        Expect::Local,
+        &[l("0.0.0.0")],
+        &probes(Success, Refused, Success, Refused),
+    );
+    assert_eq!(d.cause, Cause::Exposed);
+    assert!(
+        d.summary
+            .contains("the local port 8080 answers from the interface vantage at 10.77.0.1:8080")
+    );
+}
+
+#[test]
+fn transient_within_the_window_then_ok() {
+    let ls = [v6only(l("::"), false)];
+    let ps = probes(Success, Success, Success, Success);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let failure = Failure {
+        at: now - Duration::from_secs(90),
+        cause: Cause::NotListening,
+        vantage: Some(Loopback),
+        target: Some("127.0.0.1:8080".parse().unwrap()),
+    };
+    let input = Input {
+        port: PORT,
+        expect: Expect::Public,
+        listeners: &ls,
+        probes: &ps,
+        vantages: ALL_VANTAGES,
+        last_failure: Some(&failure),
+        transient_window: Duration::from_secs(300),
+        now,
+    };
+    let d = diagnose(&input);
+    assert_eq!(d.cause, Cause::Transient);
+    assert_eq!(
+        d.summary,
+        "reachable now, but it was not_listening at 1970-01-12T13:45:10Z (127.0.0.1:8080 from the loopback vantage), 1m 30s ago"
+    );
+    let later = Input {
+        now: now + Duration::from_secs(211),
+        ..input
+    };
+    assert_eq!(diagnose(&later).cause, Cause::Ok);
+}
+
+#[test]
+fn not_measured_is_never_assumed() {
+    let d = run(Expect::Public, &[v6only(l("::"), false)], &[]);
+    assert_eq!(d.cause, Cause::Ok);
+    assert_eq!(
+        d.summary,
+        "reachable as expected (public): loopback not measured yet, interface not measured yet, external not measured"
+    );
+}
+
+#[test]
+fn every_cause_is_named_once() {
+    let names: std::collections::HashSet<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(names.len(), 13);
+    for c in Cause::ALL {
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            format!("\"{}\"", c.as_str())
+        );
+    }
+}

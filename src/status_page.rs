@@ -1,0 +1,109 @@
+//! The status page at `/`: one row per port with its cause in words,
+//! readable without Grafana. Everything from the system is escaped.
+
+use std::fmt::Write as _;
+
+use crate::diagnosis::Cause;
+use crate::snapshot::Snapshot;
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse;width:100%}\
+td,th{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-align:top}\
+th{background:#f4f4f4}.cause{font-weight:bold;white-space:nowrap}\
+.ok{color:#1a7f37}.warn{color:#9a6700}.bad{color:#cf222e}\
+details{font-size:.9em;color:#555}ul{margin:.3em 0;padding-left:1.2em}\
+.meta{color:#666;font-size:.9em}";
+
+/// Renders the page.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut h = String::with_capacity(8192);
+    h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    h.push_str("<meta http-equiv=\"refresh\" content=\"15\">");
+    h.push_str("<title>portsight</title><style>");
+    h.push_str(STYLE);
+    h.push_str("</style></head><body><h1>portsight</h1>");
+    h.push_str("<p>Is this port reachable, from where, and if not, why?</p>");
+    h.push_str(
+        "<p class=\"meta\"><a href=\"metrics\">/metrics</a> · \
+         <a href=\"api/v1/status\">/api/v1/status</a> · \
+         <a href=\"-/healthy\">/-/healthy</a> · <a href=\"-/ready\">/-/ready</a></p>",
+    );
+    if !snapshot.ready() {
+        h.push_str(
+            "<p id=\"not-ready\">The first scan and probe round have not completed yet.</p>",
+        );
+    }
+    let not_ok = snapshot
+        .ports
+        .iter()
+        .filter(|p| p.diagnosis.cause != Cause::Ok)
+        .count();
+    let _ = write!(
+        h,
+        "<p id=\"counts\">{} ports watched, {} ok, {} need attention.</p>",
+        snapshot.ports.len(),
+        snapshot.ports.len() - not_ok,
+        not_ok
+    );
+    h.push_str(
+        "<table id=\"ports\"><thead><tr><th>port</th><th>name</th><th>expect</th>\
+         <th>cause</th><th>what</th><th>fix</th></tr></thead><tbody>",
+    );
+    for p in &snapshot.ports {
+        let d = &p.diagnosis;
+        let _ = write!(
+            h,
+            "<tr id=\"port-{port}\"><td>{port}</td><td>{name}</td><td>{expect}</td>\
+             <td class=\"cause {class}\">{cause}</td><td>{summary}<details><summary>evidence</summary><ul>",
+            port = p.port,
+            name = escape(&p.name),
+            expect = p.expect,
+            class = class(d.cause),
+            cause = d.cause.as_str(),
+            summary = escape(&d.summary),
+        );
+        for line in &d.evidence {
+            let _ = write!(h, "<li>{}</li>", escape(line));
+        }
+        let _ = write!(h, "</ul></details></td><td>{}</td></tr>", escape(&d.fix));
+    }
+    h.push_str("</tbody></table></body></html>\n");
+    h
+}
+
+fn class(c: Cause) -> &'static str {
+    match c {
+        Cause::Ok => "ok",
+        Cause::Transient | Cause::Forwarded => "warn",
+        _ => "bad",
+    }
+}
+
+/// Escapes text for HTML; process names come from the system and may hold anything.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<script>a&'\"</script>"),
+            "&lt;script&gt;a&amp;&#39;&quot;&lt;/script&gt;"
+        );
+    }
+}
