@@ -23,6 +23,17 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Why nftables scenarios cannot run here, if they cannot.
+pub fn nft_unavailable() -> Option<String> {
+    unavailable().or_else(|| {
+        Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_err()
+            .then(|| "`nft` (nftables) is not installed".into())
+    })
+}
+
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
@@ -69,6 +80,57 @@ impl Host {
             host.ip(&["link", "set", dev, "up"]);
         }
         host
+    }
+
+    /// A host without IPv6 (`disable_ipv6` in its namespace: no `::1`), with
+    /// `veth-a` 10.77.0.1/24 and `veth-b` 10.77.0.2/24.
+    pub fn ipv4_only(tag: &str) -> Host {
+        let host = Host::new(tag);
+        for key in ["all", "default", "lo"] {
+            host.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+            ]);
+        }
+        host.ip(&[
+            "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b",
+        ]);
+        for (dev, v4) in [("veth-a", "10.77.0.1/24"), ("veth-b", "10.77.0.2/24")] {
+            host.ip(&["addr", "add", v4, "dev", dev]);
+            host.ip(&["link", "set", dev, "up"]);
+        }
+        host
+    }
+
+    /// Runs a command in this namespace (`ip netns exec`), asserting success.
+    pub fn exec(&self, args: &[&str]) {
+        let mut all = vec!["netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// Loads an nftables ruleset into this namespace's own firewall.
+    pub fn nft(&self, ruleset: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs `ip -n <this> ARGS`.
