@@ -2,19 +2,54 @@
 //! for a person or as JSON.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Config, Expect, PortConfig};
+use crate::config::{self, Config, Expect, PeerConfig, PortConfig};
 use crate::cycle::Engine;
 use crate::diagnosis::Cause;
 use crate::metrics::{self, Metrics};
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::snapshot::{PortStatus, Snapshot};
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::Error),
+}
+
 /// Checks `ports` (every watched port when empty) once. Ports the config does
 /// not list are checked with `expect = "public"`; naming ports turns
-/// discovery off, so only they are probed.
-pub async fn run(mut config: Config, ports: &[u16]) -> Result<Arc<Snapshot>, metrics::Error> {
+/// discovery off, so only they are probed. Each of `peers` (URLs) is asked
+/// for the outside view, with the token in `peer_token_file` (else
+/// `peers.token_file`).
+pub async fn run(
+    mut config: Config,
+    ports: &[u16],
+    peers: &[String],
+    peer_token_file: Option<PathBuf>,
+) -> Result<Arc<Snapshot>, Error> {
+    for (i, url) in peers.iter().enumerate() {
+        let uri = config::parse_peer_url(url).map_err(|reason| config::Error::Invalid {
+            origin: "--peer".into(),
+            key: format!("--peer {url}"),
+            reason,
+        })?;
+        config.peer_list.push(PeerConfig {
+            name: uri
+                .authority()
+                .map_or_else(|| format!("peer-{i}"), |a| a.to_string()),
+            url: url.clone(),
+            token_file: peer_token_file
+                .clone()
+                .unwrap_or_else(|| config.peers.token_file.clone()),
+        });
+    }
+    if !peers.is_empty() {
+        config.peers.fanout = config.peers.fanout.max(config.peer_list.len());
+    }
     if !ports.is_empty() {
         config.discover.enabled = false;
         for &port in ports {
@@ -27,7 +62,7 @@ pub async fn run(mut config: Config, ports: &[u16]) -> Result<Arc<Snapshot>, met
             }
         }
     }
-    let engine = Engine::new(config, None, Arc::new(Metrics::new()?));
+    let engine = Engine::new(config, None, Arc::new(Metrics::new()?))?;
     engine.scan().await;
     engine.probe(None).await;
     Ok(engine.snapshot())
@@ -56,9 +91,10 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
         "LISTENING ON",
         "LOOPBACK",
         "INTERFACE",
+        "EXTERNAL",
         "CAUSE",
     ];
-    let rows: Vec<[String; 6]> = ports
+    let rows: Vec<[String; 7]> = ports
         .iter()
         .map(|p| {
             [
@@ -71,6 +107,7 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
                 listening_on(p),
                 outcomes(&p.probes, Vantage::Loopback),
                 outcomes(&p.probes, Vantage::Interface),
+                outcomes(&p.probes, Vantage::External),
                 p.diagnosis.cause.as_str().to_string(),
             ]
         })
@@ -82,9 +119,9 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
         }
     }
     let mut out = String::new();
-    let line = |out: &mut String, cells: &[String; 6], cause: Option<Cause>| {
+    let line = |out: &mut String, cells: &[String; 7], cause: Option<Cause>| {
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i == 5 {
+            if i == 6 {
                 let painted = match cause {
                     Some(c) if color => paint(c, cell),
                     _ => cell.clone(),

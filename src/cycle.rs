@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use crate::config::{self, Config};
 use crate::diagnosis::{self, Failure, Input, Vantages};
 use crate::metrics::{Metrics, Stage};
+use crate::peer::{self, PeerSet, client::PeerClient};
 use crate::probe::scheduler::Prober;
 use crate::probe::{ProbeResult, Target, Vantage};
 use crate::snapshot::{PortStatus, Snapshot};
@@ -27,7 +28,12 @@ pub struct Engine {
     config: RwLock<Arc<Config>>,
     /// The file the config came from, read again on reload.
     config_file: Option<PathBuf>,
+    /// Token files' contents, read with the config.
+    secrets: RwLock<Arc<Secrets>>,
     prober: RwLock<Prober>,
+    /// Probes served to others (`/probe`), with their own concurrency limit.
+    server_prober: RwLock<Prober>,
+    peer_client: PeerClient,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     snapshot: watch::Sender<Arc<Snapshot>>,
@@ -51,29 +57,72 @@ struct State {
     failures: HashMap<u16, Failure>,
 }
 
+/// What the config's token files hold.
+#[derive(Debug, Default)]
+pub struct Secrets {
+    pub peers: PeerSet,
+    /// The bearer token `/probe` clients must send, when the probe server is on.
+    pub server_token: Option<String>,
+}
+
+impl Secrets {
+    /// Reads every token file `config` names; errors name the key.
+    pub fn load(config: &Config) -> Result<Secrets, config::Error> {
+        let server_token = if config.probe_server.enabled {
+            Some(config::read_secret(
+                &config.probe_server.token_file,
+                "probe_server.token_file",
+            )?)
+        } else {
+            None
+        };
+        Ok(Secrets {
+            peers: PeerSet::load(config)?,
+            server_token,
+        })
+    }
+}
+
 impl Engine {
-    pub fn new(config: Config, config_file: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<Engine> {
-        let prober = Prober::new(config.probe.concurrency);
+    /// An engine for `config`; fails when a token file it names cannot be read.
+    pub fn new(
+        config: Config,
+        config_file: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Engine>, config::Error> {
+        let secrets = Secrets::load(&config)?;
         let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
         metrics.set_reload(true, SystemTime::now());
-        Arc::new(Engine {
+        Ok(Arc::new(Engine {
+            prober: RwLock::new(Prober::new(config.probe.concurrency)),
+            server_prober: RwLock::new(Prober::new(config.probe_server.concurrency)),
             config: RwLock::new(Arc::new(config)),
             config_file,
-            prober: RwLock::new(prober),
+            secrets: RwLock::new(Arc::new(secrets)),
+            peer_client: PeerClient::default(),
             state: Mutex::new(State::default()),
             metrics,
             snapshot,
-        })
+        }))
     }
 
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    pub fn secrets(&self) -> Arc<Secrets> {
+        Arc::clone(&self.secrets.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Swaps in a new config; the next scan and probe round use it.
-    pub fn set_config(&self, config: Config) {
+    fn set_config(&self, config: Config, secrets: Secrets) {
         *self.prober.write().unwrap_or_else(|e| e.into_inner()) =
             Prober::new(config.probe.concurrency);
+        *self
+            .server_prober
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Prober::new(config.probe_server.concurrency);
+        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(secrets);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 
@@ -81,9 +130,11 @@ impl Engine {
     /// reported and the running one kept; `portsight_config_last_reload_successful`
     /// tells which happened. The listen address is not changed by a reload.
     pub fn reload(&self) -> Result<(), config::Error> {
-        match Config::load(self.config_file.as_deref()) {
-            Ok(c) => {
-                self.set_config(c);
+        let loaded = Config::load(self.config_file.as_deref())
+            .and_then(|c| Secrets::load(&c).map(|s| (c, s)));
+        match loaded {
+            Ok((c, s)) => {
+                self.set_config(c, s);
                 self.metrics.set_reload(true, SystemTime::now());
                 tracing::info!(file = ?self.config_file, "configuration reloaded");
                 Ok(())
@@ -151,8 +202,13 @@ impl Engine {
                 tracing::info!(source = ?source, "reading listening sockets");
             }
             let before = listener_sets(&st.listeners);
-            st.watch
-                .update(&config, &listeners, &ephemeral, false, Instant::now());
+            st.watch.update(
+                &config,
+                &listeners,
+                &ephemeral,
+                config.has_external_vantage(),
+                Instant::now(),
+            );
             let after = listener_sets(&listeners);
             let changed: Vec<u16> = st
                 .watch
@@ -182,7 +238,8 @@ impl Engine {
         changed
     }
 
-    /// Probes `ports` (every watched port when `None`) from the local vantages.
+    /// Probes `ports` (every watched port when `None`) from the local
+    /// vantages; a full round also asks peers for the external view.
     pub async fn probe(self: &Arc<Self>, ports: Option<&[u16]>) {
         let config = self.config();
         let started = Instant::now();
@@ -194,7 +251,8 @@ impl Engine {
                 .filter(|p| ports.is_none_or(|only| only.contains(p)))
                 .collect()
         };
-        let addrs = local_vantages(&config).await;
+        let (own, ipv6_up) = host_addresses().await;
+        let addrs = local_vantages(&config, &own, ipv6_up);
         let targets: Vec<Target> = watched
             .iter()
             .flat_map(|&port| {
@@ -208,7 +266,22 @@ impl Engine {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let results = prober.run(targets.clone(), config.probe.timeout).await;
+        let full = ports.is_none();
+        let local = prober.run(targets.clone(), config.probe.timeout);
+        let (mut results, external) = if full && config.has_external_vantage() {
+            let external = if config.vantage.external_addresses.is_empty() {
+                own.clone()
+            } else {
+                config.vantage.external_addresses.clone()
+            };
+            tokio::join!(local, self.ask_peers(&config, &watched, &external, &own))
+        } else {
+            (local.await, Vec::new())
+        };
+        // Evidence from peers that answered; peers that did not give none.
+        let mut current: HashSet<Target> = targets.into_iter().collect();
+        current.extend(external.iter().map(|r| r.target.clone()));
+        results.extend(external);
         for r in &results {
             tracing::debug!(target = %r.target.addr, vantage = r.target.vantage.as_str(),
                 outcome = r.outcome.as_str(), duration = ?r.duration, "probe");
@@ -216,7 +289,6 @@ impl Engine {
         let counted = results.clone();
         {
             let mut st = self.lock();
-            let current: HashSet<&Target> = targets.iter().collect();
             for r in results {
                 let port = r.target.addr.port();
                 if st.watch.get(port).is_none() {
@@ -228,10 +300,13 @@ impl Engine {
                     slot.insert(r.target.clone(), r);
                 }
             }
-            // Targets no longer probed (an address went away) drop out.
+            // Targets no longer probed (an address went away, a peer did not
+            // answer) drop out; a partial round keeps the external view.
             for port in &watched {
                 if let Some(slot) = st.probes.get_mut(port) {
-                    slot.retain(|t, _| current.contains(t));
+                    slot.retain(|t, _| {
+                        current.contains(t) || (!full && t.vantage == Vantage::External)
+                    });
                 }
             }
             if ports.is_none() {
@@ -255,6 +330,75 @@ impl Engine {
         }
     }
 
+    /// Asks `peers.fanout` peers to probe `ports` on the external addresses,
+    /// one batch each, at once. Sets `portsight_peer_up` for each.
+    async fn ask_peers(
+        &self,
+        config: &Config,
+        ports: &[u16],
+        external: &[IpAddr],
+        own: &[IpAddr],
+    ) -> Vec<ProbeResult> {
+        let started = Instant::now();
+        let all = self.secrets().peers.resolve(config, own).await;
+        let chosen = peer::choose(&peer::identity(config), &all, config.peers.fanout);
+        let targets: Vec<SocketAddr> = ports
+            .iter()
+            .flat_map(|&p| external.iter().map(move |ip| SocketAddr::new(*ip, p)))
+            .collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for p in chosen {
+            let (client, p, targets) = (self.peer_client.clone(), p.clone(), targets.clone());
+            let (probe_timeout, timeout) = (config.probe.timeout, config.peers.timeout);
+            asks.spawn(async move {
+                let r = client.probe(&p, &targets, probe_timeout, timeout).await;
+                (p.name, r)
+            });
+        }
+        let mut results = Vec::new();
+        let mut up = Vec::new();
+        while let Some(joined) = asks.join_next().await {
+            let Ok((name, answer)) = joined else { continue };
+            match answer {
+                Ok(r) => {
+                    results.extend(r);
+                    up.push((name, true));
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %name, error = %e, "peer did not answer; no external evidence from it");
+                    up.push((name, false));
+                }
+            }
+        }
+        let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+        self.metrics.set_peers(&up, &names);
+        self.metrics.observe_stage(
+            Stage::Peer,
+            started.elapsed().as_secs_f64(),
+            SystemTime::now(),
+        );
+        results
+    }
+
+    /// Probes targets for another client (`/probe`, `/api/v1/probe`) under the
+    /// probe server's concurrency limit. Callers check the allow-list first.
+    pub async fn probe_for_client(
+        &self,
+        targets: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Vec<ProbeResult> {
+        let prober = self
+            .server_prober
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let targets = targets
+            .into_iter()
+            .map(|a| Target::local(Vantage::External, a))
+            .collect();
+        prober.run(targets, timeout).await
+    }
+
     /// Builds a snapshot from the current state, renders it into the
     /// metrics, and swaps it in.
     fn publish(&self) -> Arc<Snapshot> {
@@ -262,7 +406,7 @@ impl Engine {
         let vantages = Vantages {
             loopback: config.vantage.loopback,
             interface: config.vantage.interfaces,
-            external: false,
+            external: config.has_external_vantage(),
         };
         let now = SystemTime::now();
         let snapshot = {
@@ -409,30 +553,39 @@ fn listener_sets(listeners: &[Listener]) -> HashMap<u16, Vec<(IpAddr, u64)>> {
     sets
 }
 
-/// The local vantages and their addresses: loopback (127.0.0.1, and ::1 when
-/// IPv6 is up) and the interface addresses (or the configured list).
-async fn local_vantages(config: &Config) -> Vec<(Vantage, IpAddr)> {
-    let v = config.vantage.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        if v.loopback {
-            out.push((Vantage::Loopback, IpAddr::V4(Ipv4Addr::LOCALHOST)));
-            if interfaces::ipv6_loopback_up() {
-                out.push((Vantage::Loopback, IpAddr::V6(Ipv6Addr::LOCALHOST)));
-            }
-        }
-        if v.interfaces {
-            let addrs = if v.addresses.is_empty() {
-                interfaces::interface_addresses()
-            } else {
-                v.addresses.clone()
-            };
-            out.extend(addrs.into_iter().map(|a| (Vantage::Interface, a)));
-        }
-        out
+/// This host's interface addresses (not loopback, not link-local), and
+/// whether IPv6 is up on loopback.
+async fn host_addresses() -> (Vec<IpAddr>, bool) {
+    tokio::task::spawn_blocking(|| {
+        (
+            interfaces::interface_addresses(),
+            interfaces::ipv6_loopback_up(),
+        )
     })
     .await
     .unwrap_or_default()
+}
+
+/// The local vantages and their addresses: loopback (127.0.0.1, and ::1 when
+/// IPv6 is up) and the interface addresses (or the configured list).
+fn local_vantages(config: &Config, own: &[IpAddr], ipv6_up: bool) -> Vec<(Vantage, IpAddr)> {
+    let v = &config.vantage;
+    let mut out = Vec::new();
+    if v.loopback {
+        out.push((Vantage::Loopback, IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        if ipv6_up {
+            out.push((Vantage::Loopback, IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        }
+    }
+    if v.interfaces {
+        let addrs = if v.addresses.is_empty() {
+            own
+        } else {
+            &v.addresses
+        };
+        out.extend(addrs.iter().map(|a| (Vantage::Interface, *a)));
+    }
+    out
 }
 
 /// `interval` ± 10%, so a fleet started together does not probe in step.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod cycle;
 pub mod diagnosis;
 pub mod metrics;
+pub mod peer;
 pub mod probe;
 pub mod snapshot;
 pub mod sockets;

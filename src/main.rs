@@ -49,6 +49,12 @@ enum Command {
         /// Print JSON with the fields of /api/v1/status.
         #[arg(long)]
         json: bool,
+        /// A remote portsight (http://HOST:PORT) to ask for the outside view; repeatable.
+        #[arg(long = "peer", value_name = "URL")]
+        peers: Vec<String>,
+        /// The peer's bearer token (default: peers.token_file of the config).
+        #[arg(long = "peer.token-file", value_name = "FILE")]
+        peer_token_file: Option<PathBuf>,
     },
     /// Check or print configuration.
     Config {
@@ -105,6 +111,8 @@ fn main() -> ExitCode {
             ports,
             config,
             json,
+            peers,
+            peer_token_file,
         } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -117,7 +125,7 @@ fn main() -> ExitCode {
                 eprintln!("portsight: port 0: must be 1 to 65535");
                 return ExitCode::from(2);
             }
-            match check(cfg, &ports, json) {
+            match check(cfg, &ports, json, &peers, peer_token_file) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
@@ -144,7 +152,21 @@ fn main() -> ExitCode {
                 }
                 cfg.web.listen_address = addr;
             }
-            match serve(cfg, config) {
+            let metrics = match Metrics::new() {
+                Ok(m) => Arc::new(m),
+                Err(e) => {
+                    eprintln!("portsight: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let engine = match Engine::new(cfg, config, metrics) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("portsight: bad config: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match serve(engine) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portsight: {e:#}");
@@ -156,8 +178,14 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn check(cfg: Config, ports: &[u16], json: bool) -> anyhow::Result<bool> {
-    let snapshot = portsight::check::run(cfg, ports).await?;
+async fn check(
+    cfg: Config,
+    ports: &[u16],
+    json: bool,
+    peers: &[String],
+    peer_token_file: Option<PathBuf>,
+) -> anyhow::Result<bool> {
+    let snapshot = portsight::check::run(cfg, ports, peers, peer_token_file).await?;
     let selected = portsight::check::selected(&snapshot, ports);
     if json {
         let shown: Vec<u16> = selected.iter().map(|p| p.port).collect();
@@ -184,14 +212,13 @@ fn init_logging(level: &str) {
 }
 
 #[tokio::main]
-async fn serve(cfg: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
+    let cfg = engine.config();
     let addr = config::parse_listen_address(&cfg.web.listen_address).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     tracing::info!(address = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "portsight listening");
-    let metrics = Arc::new(Metrics::new()?);
-    let engine = Engine::new(cfg, config_file, metrics);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;

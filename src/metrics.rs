@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use prometheus::core::Collector;
 use prometheus::{
     CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder,
 };
@@ -21,6 +22,7 @@ const PROBE_LABELS: [&str; 6] = ["port", "protocol", "name", "vantage", "source"
 pub enum Stage {
     Scan,
     Probe,
+    Peer,
 }
 
 impl Stage {
@@ -28,6 +30,7 @@ impl Stage {
         match self {
             Stage::Scan => "scan",
             Stage::Probe => "probe",
+            Stage::Peer => "peer",
         }
     }
 }
@@ -49,6 +52,8 @@ pub struct Metrics {
     probes_total: CounterVec,
     cycle_duration: HistogramVec,
     last_cycle: GaugeVec,
+    peer_up: GaugeVec,
+    probe_requests: CounterVec,
     reload_successful: Gauge,
     reload_timestamp: Gauge,
 }
@@ -170,6 +175,23 @@ impl Metrics {
                 env!("PORTSIGHT_RUSTC"),
             ])
             .set(1.0);
+        let peer_up = gauge_vec(
+            &r,
+            "portsight_peer_up",
+            "1 if the peer answered the last request for the outside view.",
+            &["peer"],
+        )?;
+        let probe_requests = CounterVec::new(
+            Opts::new(
+                "portsight_probe_requests_total",
+                "Probe requests (/probe, /api/v1/probe) from others, by result.",
+            ),
+            &["result"],
+        )?;
+        r.register(Box::new(probe_requests.clone()))?;
+        for result in RequestResult::ALL {
+            probe_requests.with_label_values(&[result.as_str()]);
+        }
         let reload_successful = Gauge::new(
             "portsight_config_last_reload_successful",
             "1 if the last configuration load succeeded.",
@@ -183,7 +205,7 @@ impl Metrics {
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        for stage in [Stage::Scan, Stage::Probe] {
+        for stage in [Stage::Scan, Stage::Probe, Stage::Peer] {
             cycle_duration.with_label_values(&[stage.as_str()]);
         }
         Ok(Metrics {
@@ -201,6 +223,8 @@ impl Metrics {
             probes_total,
             cycle_duration,
             last_cycle,
+            peer_up,
+            probe_requests,
             reload_successful,
             reload_timestamp,
         })
@@ -318,6 +342,31 @@ impl Metrics {
             .set(unix_seconds(finished));
     }
 
+    /// Sets `portsight_peer_up` for the peers asked, and drops the series of
+    /// peers that no longer exist (`known`).
+    pub fn set_peers(&self, asked: &[(String, bool)], known: &[&str]) {
+        for (name, up) in asked {
+            self.peer_up
+                .with_label_values(&[name.as_str()])
+                .set(if *up { 1.0 } else { 0.0 });
+        }
+        for family in self.peer_up.collect() {
+            for m in family.get_metric() {
+                if let Some(l) = m.get_label().iter().find(|l| l.name() == "peer")
+                    && !known.contains(&l.value())
+                {
+                    let _ = self.peer_up.remove_label_values(&[l.value()]);
+                }
+            }
+        }
+    }
+
+    pub fn count_probe_request(&self, result: RequestResult) {
+        self.probe_requests
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
     pub fn set_reload(&self, ok: bool, at: SystemTime) {
         self.reload_successful.set(if ok { 1.0 } else { 0.0 });
         if ok {
@@ -335,6 +384,74 @@ impl Metrics {
         TextEncoder::new().encode(&families, &mut out)?;
         Ok(out)
     }
+}
+
+/// How a probe request from another client ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestResult {
+    Served,
+    Denied,
+    Unauthorized,
+    Invalid,
+    Limited,
+}
+
+impl RequestResult {
+    pub const ALL: [RequestResult; 5] = [
+        RequestResult::Served,
+        RequestResult::Denied,
+        RequestResult::Unauthorized,
+        RequestResult::Invalid,
+        RequestResult::Limited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestResult::Served => "served",
+            RequestResult::Denied => "denied",
+            RequestResult::Unauthorized => "unauthorized",
+            RequestResult::Invalid => "invalid",
+            RequestResult::Limited => "limited",
+        }
+    }
+}
+
+/// The answer to `/probe` in the text format: blackbox_exporter's
+/// `probe_success` and `probe_duration_seconds`, and the outcome state set.
+pub fn render_probe(r: &ProbeResult) -> Result<Vec<u8>, Error> {
+    let registry = Registry::new();
+    let success = Gauge::new(
+        "probe_success",
+        "Displays whether or not the probe was a success",
+    )?;
+    success.set(if r.outcome == Outcome::Success {
+        1.0
+    } else {
+        0.0
+    });
+    registry.register(Box::new(success))?;
+    let duration = Gauge::new(
+        "probe_duration_seconds",
+        "Returns how long the probe took to complete in seconds",
+    )?;
+    duration.set(r.duration.as_secs_f64());
+    registry.register(Box::new(duration))?;
+    let outcome = GaugeVec::new(
+        Opts::new(
+            "portsight_probe_outcome",
+            "Outcome of the connect attempt, as a state set: 1 on the current outcome.",
+        ),
+        &["outcome"],
+    )?;
+    for o in Outcome::ALL {
+        outcome
+            .with_label_values(&[o.as_str()])
+            .set(if o == r.outcome { 1.0 } else { 0.0 });
+    }
+    registry.register(Box::new(outcome))?;
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out)?;
+    Ok(out)
 }
 
 fn probe_labels(p: &PortStatus, r: &ProbeResult) -> Vec<String> {

@@ -28,6 +28,14 @@ const CASES: &[(&str, &str)] = &[
         "web.listen_address: invalid address \"localhost:80\": want IP:PORT, [IPv6]:PORT or :PORT",
     ),
     (
+        "invalid-peer-token.toml",
+        "peer[0].token_file: required (or set peers.token_file)",
+    ),
+    (
+        "invalid-peer-url.toml",
+        "peer[0].url: \"https://10.77.0.9:10917\": https is not supported yet; use http",
+    ),
+    (
         "invalid-port-duplicate.toml",
         "port[1].port: port 80 is already listed in port[0]",
     ),
@@ -38,6 +46,14 @@ const CASES: &[(&str, &str)] = &[
     (
         "invalid-port-range.toml",
         "port[0].port: must be 1 to 65535, got 70000",
+    ),
+    (
+        "invalid-probe-server-allow.toml",
+        "probe_server.allow[0]: \"10.0.0.1/8:80\": host bits are set; did you mean 10.0.0.0/8?",
+    ),
+    (
+        "invalid-probe-server-no-token.toml",
+        "probe_server.token_file: required when probe_server.enabled: /probe is never served without a token",
     ),
     (
         "invalid-syntax.toml",
@@ -53,7 +69,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "invalid-unknown-section.toml",
-        "colour: unknown field `colour`, expected one of `web`, `scan`, `probe`, `vantage`, `discover`, `diagnosis`, `port`",
+        "colour: unknown field `colour`, expected one of `web`, `scan`, `probe`, `vantage`, `discover`, `diagnosis`, `port`, `peer`, `peers`, `probe_server`",
     ),
     (
         "invalid-vantage-address.toml",

@@ -41,7 +41,7 @@ fn config(ports: &[u16]) -> Config {
 
 fn start(config: Config, file: Option<PathBuf>, run: bool) -> Sidecar {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let engine = Engine::new(config, file, Arc::new(Metrics::new().unwrap()));
+    let engine = Engine::new(config, file, Arc::new(Metrics::new().unwrap())).unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod allow;
+pub use allow::AllowRule;
+
 /// The embedded default configuration, printed by `portsight config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
@@ -27,6 +30,12 @@ pub struct Config {
     pub diagnosis: DiagnosisConfig,
     #[serde(rename = "port")]
     pub ports: Vec<PortConfig>,
+    /// `[[peer]]`: remote portsight instances asked for the outside view.
+    #[serde(rename = "peer")]
+    pub peer_list: Vec<PeerConfig>,
+    /// `[peers]`: DNS discovery and how many peers are asked.
+    pub peers: Peers,
+    pub probe_server: ProbeServer,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -88,6 +97,9 @@ pub struct Vantage {
     pub interfaces: bool,
     /// Non-empty: the interface vantage probes only these local addresses.
     pub addresses: Vec<IpAddr>,
+    /// What outsiders connect to (e.g. the public IP), probed by peers;
+    /// empty: the interface addresses.
+    pub external_addresses: Vec<IpAddr>,
 }
 
 impl Default for Vantage {
@@ -96,6 +108,7 @@ impl Default for Vantage {
             loopback: true,
             interfaces: true,
             addresses: Vec::new(),
+            external_addresses: Vec::new(),
         }
     }
 }
@@ -130,6 +143,85 @@ impl Default for DiagnosisConfig {
         DiagnosisConfig {
             transient_window: Duration::from_secs(300),
         }
+    }
+}
+
+/// One `[[peer]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The `source` label of the probes it makes.
+    pub name: String,
+    /// `http://HOST:PORT` of its portsight.
+    pub url: String,
+    /// Bearer token for its probe server; empty: `peers.token_file`.
+    #[serde(default)]
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Peers {
+    /// A name whose A/AAAA records are peers (e.g. a headless service).
+    pub dns: String,
+    pub dns_port: u16,
+    /// How many peers are asked each probe round.
+    pub fanout: usize,
+    /// Token for peers found through DNS, and for `[[peer]]`s without one.
+    pub token_file: PathBuf,
+    /// How long a peer may take to answer a batch.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// This host's identity for choosing peers (rendezvous hashing); empty: the hostname.
+    pub identity: String,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Peers {
+            dns: String::new(),
+            dns_port: 10917,
+            fanout: 3,
+            token_file: PathBuf::new(),
+            timeout: Duration::from_secs(10),
+            identity: String::new(),
+        }
+    }
+}
+
+/// `[probe_server]`: serving `/probe` and `/api/v1/probe` to others.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeServer {
+    pub enabled: bool,
+    /// Targets that may be probed: `CIDR` or `CIDR:PORT` or `CIDR:LOW-HIGH`.
+    pub allow: Vec<String>,
+    /// The bearer token clients must send.
+    pub token_file: PathBuf,
+    /// Probe requests served at once; more are refused with 429.
+    pub concurrency: usize,
+    /// Requests per second per client address, and the burst above it.
+    pub rate_limit: f64,
+    pub burst: u32,
+}
+
+impl Default for ProbeServer {
+    fn default() -> Self {
+        ProbeServer {
+            enabled: false,
+            allow: Vec::new(),
+            token_file: PathBuf::new(),
+            concurrency: 64,
+            rate_limit: 10.0,
+            burst: 20,
+        }
+    }
+}
+
+impl ProbeServer {
+    /// The parsed allow-list (validated at load, so entries parse).
+    pub fn allow_rules(&self) -> Vec<AllowRule> {
+        self.allow.iter().filter_map(|s| s.parse().ok()).collect()
     }
 }
 
@@ -327,7 +419,12 @@ impl Config {
         if self.probe.concurrency == 0 {
             return err("probe.concurrency", "must be at least 1".to_string());
         }
-        for addr in &self.vantage.addresses {
+        for addr in self
+            .vantage
+            .addresses
+            .iter()
+            .chain(&self.vantage.external_addresses)
+        {
             if addr.is_unspecified() || addr.is_multicast() {
                 return err(
                     "vantage.addresses",
@@ -335,6 +432,8 @@ impl Config {
                 );
             }
         }
+        self.validate_peers()?;
+        self.validate_probe_server()?;
         let mut seen = HashMap::new();
         for (i, p) in self.ports.iter().enumerate() {
             if p.port == 0 {
@@ -348,6 +447,89 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_peers(&self) -> Result<(), (String, String)> {
+        let mut names = HashMap::new();
+        for (i, p) in self.peer_list.iter().enumerate() {
+            let key = |k: &str| format!("peer[{i}].{k}");
+            if p.name.trim().is_empty() {
+                return Err((key("name"), "must not be empty".into()));
+            }
+            if let Some(first) = names.insert(p.name.as_str(), i) {
+                return Err((
+                    key("name"),
+                    format!("{:?} is already the name of peer[{first}]", p.name),
+                ));
+            }
+            if let Err(reason) = parse_peer_url(&p.url) {
+                return Err((key("url"), reason));
+            }
+            if p.token_file.as_os_str().is_empty() && self.peers.token_file.as_os_str().is_empty() {
+                return Err((
+                    key("token_file"),
+                    "required (or set peers.token_file)".into(),
+                ));
+            }
+        }
+        if !self.peers.dns.is_empty() && self.peers.token_file.as_os_str().is_empty() {
+            return Err((
+                "peers.token_file".into(),
+                "required when peers.dns is set".into(),
+            ));
+        }
+        if self.peers.fanout == 0 {
+            return Err(("peers.fanout".into(), "must be at least 1".into()));
+        }
+        if self.peers.timeout.is_zero() {
+            return Err(("peers.timeout".into(), "must be greater than zero".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_probe_server(&self) -> Result<(), (String, String)> {
+        let s = &self.probe_server;
+        for (i, a) in s.allow.iter().enumerate() {
+            if let Err(reason) = a.parse::<AllowRule>() {
+                return Err((format!("probe_server.allow[{i}]"), reason));
+            }
+        }
+        if !s.enabled {
+            return Ok(());
+        }
+        if s.token_file.as_os_str().is_empty() {
+            return Err((
+                "probe_server.token_file".into(),
+                "required when probe_server.enabled: /probe is never served without a token".into(),
+            ));
+        }
+        if s.allow.is_empty() {
+            return Err((
+                "probe_server.allow".into(),
+                "empty: nothing could be probed; list the CIDRs (and ports) peers may probe".into(),
+            ));
+        }
+        if s.concurrency == 0 {
+            return Err((
+                "probe_server.concurrency".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(s.rate_limit > 0.0 && s.rate_limit.is_finite()) {
+            return Err((
+                "probe_server.rate_limit".into(),
+                "must be a positive number of requests per second".into(),
+            ));
+        }
+        if s.burst == 0 {
+            return Err(("probe_server.burst".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// True when an outside view is configured (peers listed or discovered).
+    pub fn has_external_vantage(&self) -> bool {
+        !self.peer_list.is_empty() || !self.peers.dns.is_empty()
     }
 
     /// The configured entry for `port`, if any.
@@ -365,6 +547,45 @@ pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
     };
     full.parse::<SocketAddr>()
         .map_err(|_| format!("invalid address {s:?}: want IP:PORT, [IPv6]:PORT or :PORT"))
+}
+
+/// Checks a peer URL: `http://HOST:PORT` with nothing after the port.
+pub fn parse_peer_url(url: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|_| format!("invalid URL {url:?}: want http://HOST:PORT"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(format!("{url:?}: https is not supported yet; use http")),
+        _ => return Err(format!("invalid URL {url:?}: want http://HOST:PORT")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("invalid URL {url:?}: no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "invalid URL {url:?}: give the server only, without a path"
+        ));
+    }
+    Ok(uri)
+}
+
+/// Reads a secret (a token) from `path`, trimmed; `key` names the config key in errors.
+pub fn read_secret(path: &Path, key: &str) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid {
+        origin: path.display().to_string(),
+        key: key.to_string(),
+        reason: format!("cannot read the token: {e}"),
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(Error::Invalid {
+            origin: path.display().to_string(),
+            key: key.to_string(),
+            reason: "the token file is empty".into(),
+        });
+    }
+    Ok(token)
 }
 
 /// `PORTSIGHT__PROBE__INTERVAL` → `probe.interval`.

@@ -103,6 +103,30 @@ impl Host {
         host
     }
 
+    /// Two IPv4-only hosts joined by a veth pair: the watched host with
+    /// 10.77.0.1/24 and the outside observer with 10.77.0.2/24.
+    pub fn pair(tag: &str) -> (Host, Host) {
+        let (inside, outside) = (Host::new(&format!("{tag}a")), Host::new(&format!("{tag}b")));
+        for h in [&inside, &outside] {
+            for key in ["all", "default", "lo"] {
+                h.exec(&[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+                ]);
+            }
+        }
+        inside.ip(&[
+            "link", "add", "veth-in", "type", "veth", "peer", "name", "veth-out",
+        ]);
+        inside.ip(&["link", "set", "veth-out", "netns", &outside.name]);
+        inside.ip(&["addr", "add", "10.77.0.1/24", "dev", "veth-in"]);
+        inside.ip(&["link", "set", "veth-in", "up"]);
+        outside.ip(&["addr", "add", "10.77.0.2/24", "dev", "veth-out"]);
+        outside.ip(&["link", "set", "veth-out", "up"]);
+        (inside, outside)
+    }
+
     /// Runs a command in this namespace (`ip netns exec`), asserting success.
     pub fn exec(&self, args: &[&str]) {
         let mut all = vec!["netns", "exec", &self.name];

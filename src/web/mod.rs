@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ use crate::cycle::Engine;
 use crate::metrics;
 use crate::status_page;
 
+mod probe_server;
+use probe_server::Gate;
+
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +36,7 @@ type Body = Full<Bytes>;
 /// stops accepting and gives in-flight requests [`DRAIN_GRACE`] to finish.
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
+    let gate = Arc::new(Gate::default());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -45,15 +50,15 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: impl Fu
                         continue;
                     }
                 };
-                let engine = Arc::clone(&engine);
+                let (engine, gate) = (Arc::clone(&engine), Arc::clone(&gate));
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(
                         TokioIo::new(stream),
                         service_fn(move |req| {
-                            let engine = Arc::clone(&engine);
-                            async move { Ok::<_, Infallible>(route(req, &engine).await) }
+                            let (engine, gate) = (Arc::clone(&engine), Arc::clone(&gate));
+                            async move { Ok::<_, Infallible>(route(req, &engine, &gate, peer).await) }
                         }),
                     );
                 let conn = graceful.watch(conn);
@@ -75,8 +80,14 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: impl Fu
     }
 }
 
-async fn route(req: Request<Incoming>, engine: &Engine) -> Response<Body> {
-    let method = req.method();
+async fn route(
+    req: Request<Incoming>,
+    engine: &Engine,
+    gate: &Gate,
+    client: SocketAddr,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let method = &method;
     let read_only = [Method::GET, Method::HEAD];
     match req.uri().path() {
         "/" => only(method, &read_only, || {
@@ -107,6 +118,18 @@ async fn route(req: Request<Incoming>, engine: &Engine) -> Response<Body> {
                 )
             }
         }),
+        "/probe" => {
+            if !read_only.contains(method) {
+                return method_not_allowed(&read_only);
+            }
+            probe_server::probe(req, engine, gate, client.ip()).await
+        }
+        "/api/v1/probe" => {
+            if method != Method::POST {
+                return method_not_allowed(&[Method::POST]);
+            }
+            probe_server::batch(req, engine, gate, client.ip()).await
+        }
         "/-/reload" => {
             if method != Method::POST && method != Method::PUT {
                 return method_not_allowed(&[Method::POST, Method::PUT]);

@@ -1,0 +1,143 @@
+//! Asks one peer to probe a batch of targets.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::Peer;
+use super::wire::{BatchRequest, BatchResponse};
+use crate::probe::{ProbeResult, Target, Vantage};
+
+/// The largest answer accepted from a peer.
+const MAX_RESPONSE: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("request to {peer}: {reason}")]
+    Request { peer: String, reason: String },
+    #[error("{peer} answered {status}: {body}")]
+    Status {
+        peer: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{peer} did not answer within {timeout:?}")]
+    Timeout { peer: String, timeout: Duration },
+}
+
+/// An HTTP client shared by every request to peers.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for PeerClient {
+    fn default() -> Self {
+        PeerClient {
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl PeerClient {
+    /// Asks `peer` to probe `targets` with `probe_timeout` each, waiting at
+    /// most `timeout` for the whole answer. Results carry `vantage="external"`
+    /// and `source=<peer name>`.
+    pub async fn probe(
+        &self,
+        peer: &Peer,
+        targets: &[SocketAddr],
+        probe_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>, Error> {
+        let at = SystemTime::now();
+        let err = |reason: String| Error::Request {
+            peer: peer.name.clone(),
+            reason,
+        };
+        let body = serde_json::to_vec(&BatchRequest {
+            targets: targets.iter().map(ToString::to_string).collect(),
+            timeout: Some(probe_timeout),
+        })
+        .map_err(|e| err(e.to_string()))?;
+        let uri = format!("{}api/v1/probe", with_slash(&peer.url.to_string()));
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(CONTENT_TYPE, "application/json")
+            .header(AUTHORIZATION, format!("Bearer {}", peer.token))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| err(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| err(format!("{e:#}")))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| err(e.to_string()))?
+                .to_bytes();
+            Ok::<_, Error>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Error::Timeout {
+                peer: peer.name.clone(),
+                timeout,
+            })??;
+        if status != StatusCode::OK {
+            return Err(Error::Status {
+                peer: peer.name.clone(),
+                status,
+                body: String::from_utf8_lossy(&body)
+                    .trim()
+                    .chars()
+                    .take(200)
+                    .collect(),
+            });
+        }
+        let answer: BatchResponse =
+            serde_json::from_slice(&body).map_err(|e| err(format!("bad answer: {e}")))?;
+        let mut results = Vec::with_capacity(answer.results.len());
+        for r in answer.results {
+            // Only what we asked for counts as evidence.
+            let Ok(addr) = r.target.parse::<SocketAddr>() else {
+                continue;
+            };
+            if !targets.contains(&addr) {
+                continue;
+            }
+            results.push(ProbeResult {
+                target: Target {
+                    vantage: Vantage::External,
+                    source: peer.name.clone(),
+                    addr,
+                },
+                outcome: r.outcome,
+                duration: Duration::try_from_secs_f64(r.duration_seconds).unwrap_or_default(),
+                errno: None,
+                error: r.error,
+                at,
+            });
+        }
+        Ok(results)
+    }
+}
+
+fn with_slash(base: &str) -> String {
+    if base.ends_with('/') {
+        base.to_string()
+    } else {
+        format!("{base}/")
+    }
+}

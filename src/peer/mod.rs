@@ -1,0 +1,192 @@
+//! The outside view: asking remote portsight instances (peers) to probe this
+//! host's external addresses. Peers come from `[[peer]]` and from DNS; each
+//! round, `fanout` of them are chosen by rendezvous hashing on this host's
+//! identity, so n hosts cost n·k requests, not n².
+
+pub mod client;
+pub mod wire;
+
+use std::net::IpAddr;
+
+use hyper::Uri;
+
+use crate::config::{self, Config};
+
+/// A peer we can ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The `source` label of its probes.
+    pub name: String,
+    /// `http://HOST:PORT`.
+    pub url: Uri,
+    pub token: String,
+}
+
+/// The configured peers with their tokens read; DNS peers are resolved each round.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSet {
+    pub listed: Vec<Peer>,
+    /// Token for DNS-discovered peers.
+    pub dns_token: Option<String>,
+}
+
+impl PeerSet {
+    /// Reads the token files of `config`'s peers. Errors name the key.
+    pub fn load(config: &Config) -> Result<PeerSet, config::Error> {
+        let mut listed = Vec::new();
+        for (i, p) in config.peer_list.iter().enumerate() {
+            let (path, key) = if p.token_file.as_os_str().is_empty() {
+                (&config.peers.token_file, "peers.token_file".to_string())
+            } else {
+                (&p.token_file, format!("peer[{i}].token_file"))
+            };
+            let url = config::parse_peer_url(&p.url).map_err(|reason| config::Error::Invalid {
+                origin: "config".into(),
+                key: format!("peer[{i}].url"),
+                reason,
+            })?;
+            listed.push(Peer {
+                name: p.name.clone(),
+                url,
+                token: config::read_secret(path, &key)?,
+            });
+        }
+        let dns_token = if config.peers.dns.is_empty() {
+            None
+        } else {
+            Some(config::read_secret(
+                &config.peers.token_file,
+                "peers.token_file",
+            )?)
+        };
+        Ok(PeerSet { listed, dns_token })
+    }
+
+    /// The listed peers plus those `peers.dns` resolves to, minus this host's
+    /// own addresses (a headless service lists every member, us included).
+    pub async fn resolve(&self, config: &Config, own: &[IpAddr]) -> Vec<Peer> {
+        let mut peers = self.listed.clone();
+        if let (false, Some(token)) = (config.peers.dns.is_empty(), &self.dns_token) {
+            let name = format!("{}:{}", config.peers.dns, config.peers.dns_port);
+            match tokio::net::lookup_host(&name).await {
+                Ok(addrs) => {
+                    let mut addrs: Vec<_> = addrs.filter(|a| !own.contains(&a.ip())).collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    for a in addrs {
+                        let Ok(url) = format!("http://{a}").parse::<Uri>() else {
+                            continue;
+                        };
+                        peers.push(Peer {
+                            name: a.ip().to_string(),
+                            url,
+                            token: token.clone(),
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(name = %name, error = %e, "peer DNS lookup failed"),
+            }
+        }
+        peers
+    }
+}
+
+/// The `k` peers with the highest rendezvous score for `identity`: every
+/// host spreads its requests over different peers, and a change in the peer
+/// set moves only the choices that involved the changed peer.
+pub fn choose<'a>(identity: &str, peers: &'a [Peer], k: usize) -> Vec<&'a Peer> {
+    let mut scored: Vec<(u64, &Peer)> = peers
+        .iter()
+        .map(|p| (score(identity, &p.name, &p.url.to_string()), p))
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    scored.into_iter().take(k).map(|(_, p)| p).collect()
+}
+
+/// FNV-1a over the identity and the peer, finished with a 64-bit mix: the
+/// same on every host and every build, unlike std's hasher.
+fn score(identity: &str, name: &str, url: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in identity
+        .bytes()
+        .chain([0])
+        .chain(name.bytes())
+        .chain([0])
+        .chain(url.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// This host's identity: `peers.identity`, else the hostname.
+pub fn identity(config: &Config) -> String {
+    if !config.peers.identity.is_empty() {
+        return config.peers.identity.clone();
+    }
+    sysinfo::System::host_name().unwrap_or_else(|_| "portsight".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<Peer> {
+        (0..n)
+            .map(|i| Peer {
+                name: format!("peer-{i}"),
+                url: format!("http://10.77.0.{}:10917", i + 1).parse().unwrap(),
+                token: "t".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chooses_k_stably() {
+        let ps = peers(10);
+        let a = choose("host-a", &ps, 3);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, choose("host-a", &ps, 3), "deterministic");
+        assert_eq!(choose("host-a", &ps, 20).len(), 10);
+    }
+
+    #[test]
+    fn load_is_spread_over_peers() {
+        let ps = peers(10);
+        let mut asked = [0usize; 10];
+        for h in 0..1000 {
+            for p in choose(&format!("host-{h}"), &ps, 3) {
+                asked[p.name.trim_start_matches("peer-").parse::<usize>().unwrap()] += 1;
+            }
+        }
+        // 3000 requests over 10 peers: 300 each on average.
+        assert!(asked.iter().all(|&n| (200..400).contains(&n)), "{asked:?}");
+    }
+
+    #[test]
+    fn removing_a_peer_moves_only_its_hosts() {
+        let ps = peers(10);
+        let fewer: Vec<Peer> = ps.iter().filter(|p| p.name != "peer-3").cloned().collect();
+        for h in 0..200 {
+            let id = format!("host-{h}");
+            let before: Vec<&str> = choose(&id, &ps, 3)
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect();
+            let after: Vec<&str> = choose(&id, &fewer, 3)
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect();
+            let kept: Vec<&&str> = before.iter().filter(|n| **n != "peer-3").collect();
+            assert!(
+                kept.iter().all(|n| after.contains(n)),
+                "{id}: {before:?} -> {after:?}"
+            );
+        }
+    }
+}

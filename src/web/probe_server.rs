@@ -1,0 +1,434 @@
+//! `/probe` and `POST /api/v1/probe`: probes served to others (peers, or
+//! Prometheus using portsight as a blackbox-style prober). Off unless
+//! enabled; then a request passes, in order: the per-client rate limit (429),
+//! the bearer token (401), a well-formed target (400), the allow-list (403,
+//! and no connection is made), the concurrency limit (429). Every refusal
+//! says why and is counted in `portsight_probe_requests_total{result}`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Request, Response, StatusCode};
+
+use super::{Body, respond, text};
+use crate::config::{AllowRule, Config};
+use crate::cycle::Engine;
+use crate::metrics::{self, RequestResult};
+use crate::peer::wire::{BatchRequest, BatchResponse, MAX_TARGETS, TargetResult};
+
+/// The longest timeout a client may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest batch request body.
+const MAX_BODY: usize = 1 << 20;
+/// Client buckets idle this long are forgotten.
+const BUCKET_IDLE: Duration = Duration::from_secs(600);
+
+/// Shared state of the probe server: rate-limit buckets and requests in flight.
+#[derive(Default)]
+pub struct Gate {
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    inflight: AtomicUsize,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// A refusal: status, result for the counter, reason for the client.
+struct Refusal(StatusCode, RequestResult, String);
+
+/// Held while a request is served; frees its concurrency slot on drop.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gate {
+    /// Token bucket per client address: `rate` per second, up to `burst`.
+    fn take(&self, client: IpAddr, rate: f64, burst: u32) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if buckets.len() > 10_000 {
+            buckets.retain(|_, b| now.duration_since(b.last) < BUCKET_IDLE);
+        }
+        let b = buckets.entry(client).or_insert(Bucket {
+            tokens: f64::from(burst),
+            last: now,
+        });
+        b.tokens =
+            (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(f64::from(burst));
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn slot(&self, limit: usize) -> Option<Slot<'_>> {
+        let before = self.inflight.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(&self.inflight);
+        (before < limit).then_some(slot)
+    }
+}
+
+/// `GET /probe?target=IP:PORT[&timeout=2s][&format=json]`.
+pub async fn probe(
+    req: Request<Incoming>,
+    engine: &Engine,
+    gate: &Gate,
+    client: IpAddr,
+) -> Response<Body> {
+    let config = engine.config();
+    if !config.probe_server.enabled {
+        return disabled();
+    }
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let outcome = async {
+        admit(engine, &config, gate, req.headers(), client)?;
+        let target = match query.get("target") {
+            Some(t) => parse_target(t)?,
+            None => {
+                return Err(invalid(
+                    "missing the target parameter: /probe?target=IP:PORT".into(),
+                ));
+            }
+        };
+        let timeout = timeout(
+            &config,
+            query.get("timeout").map(String::as_str),
+            req.headers(),
+        )?;
+        allowed(&config.probe_server.allow_rules(), &[target])?;
+        let _slot = gate
+            .slot(config.probe_server.concurrency)
+            .ok_or_else(busy)?;
+        Ok(engine.probe_for_client(vec![target], timeout).await)
+    };
+    match outcome.await {
+        Err(refusal) => refuse(engine, refusal),
+        Ok(results) => {
+            engine.metrics().count_probe_request(RequestResult::Served);
+            let Some(r) = results.first() else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "the probe did not run\n");
+            };
+            if query.get("format").is_some_and(|f| f == "json") {
+                json(StatusCode::OK, &TargetResult::from(r))
+            } else {
+                match metrics::render_probe(r) {
+                    Ok(body) => respond(StatusCode::OK, metrics::CONTENT_TYPE, body),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
+            }
+        }
+    }
+}
+
+/// `POST /api/v1/probe` with `{"targets": ["IP:PORT", …], "timeout": "2s"}`.
+pub async fn batch(
+    req: Request<Incoming>,
+    engine: &Engine,
+    gate: &Gate,
+    client: IpAddr,
+) -> Response<Body> {
+    let config = engine.config();
+    if !config.probe_server.enabled {
+        return disabled();
+    }
+    let (parts, body) = req.into_parts();
+    let outcome = async {
+        admit(engine, &config, gate, &parts.headers, client)?;
+        let body: Bytes = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| invalid(format!("reading the body: {e} (at most {MAX_BODY} bytes)")))?
+            .to_bytes();
+        let request: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
+            invalid(format!(
+                "the body must be {{\"targets\": [\"IP:PORT\", ...], \"timeout\": \"2s\"}}: {e}"
+            ))
+        })?;
+        if request.targets.is_empty() || request.targets.len() > MAX_TARGETS {
+            return Err(invalid(format!(
+                "{} targets: a batch holds 1 to {MAX_TARGETS}",
+                request.targets.len()
+            )));
+        }
+        let targets = request
+            .targets
+            .iter()
+            .map(|t| parse_target(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let timeout = match request.timeout {
+            Some(t) => checked_timeout(t)?,
+            None => timeout(&config, None, &parts.headers)?,
+        };
+        allowed(&config.probe_server.allow_rules(), &targets)?;
+        let _slot = gate
+            .slot(config.probe_server.concurrency)
+            .ok_or_else(busy)?;
+        Ok(engine.probe_for_client(targets, timeout).await)
+    };
+    match outcome.await {
+        Err(refusal) => refuse(engine, refusal),
+        Ok(results) => {
+            engine.metrics().count_probe_request(RequestResult::Served);
+            json(
+                StatusCode::OK,
+                &BatchResponse {
+                    results: results.iter().map(TargetResult::from).collect(),
+                },
+            )
+        }
+    }
+}
+
+/// The rate limit, then the token.
+fn admit(
+    engine: &Engine,
+    config: &Config,
+    gate: &Gate,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<(), Refusal> {
+    let s = &config.probe_server;
+    if !gate.take(client, s.rate_limit, s.burst) {
+        return Err(Refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            RequestResult::Limited,
+            format!(
+                "rate limit: at most {} requests per second from {client}",
+                s.rate_limit
+            ),
+        ));
+    }
+    let expected = engine.secrets().server_token.clone().unwrap_or_default();
+    let given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        None => Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            RequestResult::Unauthorized,
+            "missing bearer token: send Authorization: Bearer <token>".into(),
+        )),
+        Some(t) if expected.is_empty() || !same(t.as_bytes(), expected.as_bytes()) => Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            RequestResult::Unauthorized,
+            "wrong bearer token".into(),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn allowed(rules: &[AllowRule], targets: &[SocketAddr]) -> Result<(), Refusal> {
+    let denied: Vec<String> = targets
+        .iter()
+        .filter(|t| !rules.iter().any(|r| r.allows(**t)))
+        .map(ToString::to_string)
+        .collect();
+    if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(Refusal(
+            StatusCode::FORBIDDEN,
+            RequestResult::Denied,
+            format!("not in probe_server.allow: {}", denied.join(", ")),
+        ))
+    }
+}
+
+/// `IP:PORT` or `[IPv6]:PORT`; no host names (nothing is resolved).
+fn parse_target(s: &str) -> Result<SocketAddr, Refusal> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(a),
+        Ok(_) => Err(invalid(format!("target {s:?}: port 0"))),
+        Err(_) => Err(invalid(format!(
+            "target {s:?}: want IP:PORT or [IPv6]:PORT (host names are not resolved)"
+        ))),
+    }
+}
+
+/// The timeout: `timeout=` (like `2s`, or seconds), else `probe.timeout`, and
+/// never past Prometheus's scrape timeout (minus 0.5 s) when it sends one.
+fn timeout(config: &Config, param: Option<&str>, headers: &HeaderMap) -> Result<Duration, Refusal> {
+    let mut t =
+        match param {
+            Some(p) => checked_timeout(parse_duration(p).ok_or_else(|| {
+                invalid(format!("timeout {p:?}: want a duration like 2s or 500ms"))
+            })?)?,
+            None => config.probe.timeout,
+        };
+    if let Some(scrape) = headers
+        .get("X-Prometheus-Scrape-Timeout-Seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s - 0.5).ok())
+        .filter(|d| !d.is_zero())
+    {
+        t = t.min(scrape);
+    }
+    Ok(t)
+}
+
+fn checked_timeout(t: Duration) -> Result<Duration, Refusal> {
+    if t.is_zero() || t > MAX_TIMEOUT {
+        Err(invalid(format!(
+            "timeout {}: must be more than 0 and at most {}",
+            humantime::format_duration(t),
+            humantime::format_duration(MAX_TIMEOUT)
+        )))
+    } else {
+        Ok(t)
+    }
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    humantime::parse_duration(s).ok().or_else(|| {
+        s.parse::<f64>()
+            .ok()
+            .and_then(|f| Duration::try_from_secs_f64(f).ok())
+    })
+}
+
+fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+/// Percent-decoding for query values (`%5B%3A%3A1%5D%3A80` → `[::1]:80`).
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn invalid(reason: String) -> Refusal {
+    Refusal(StatusCode::BAD_REQUEST, RequestResult::Invalid, reason)
+}
+
+fn busy() -> Refusal {
+    Refusal(
+        StatusCode::TOO_MANY_REQUESTS,
+        RequestResult::Limited,
+        "too many probe requests in flight (probe_server.concurrency); retry later".into(),
+    )
+}
+
+fn refuse(engine: &Engine, Refusal(status, result, reason): Refusal) -> Response<Body> {
+    engine.metrics().count_probe_request(result);
+    tracing::debug!(status = %status, result = result.as_str(), reason = %reason, "probe request refused");
+    let mut r = text(status, format!("{reason}\n"));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portsight\""),
+        );
+    }
+    r
+}
+
+fn disabled() -> Response<Body> {
+    text(
+        StatusCode::NOT_FOUND,
+        "the probe server is disabled (probe_server.enabled = false)\n",
+    )
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => respond(status, "application/json", body),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding() {
+        let q = parse_query("target=%5B%3A%3A1%5D%3A80&format=json&x");
+        assert_eq!(q["target"], "[::1]:80");
+        assert_eq!(q["format"], "json");
+        assert_eq!(decode("100%"), "100%");
+        assert_eq!(decode("%4"), "%4");
+        assert_eq!(decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn targets() {
+        assert!(parse_target("10.0.0.1:80").is_ok());
+        assert!(parse_target("[fd77::1]:80").is_ok());
+        assert!(parse_target("example.com:80").is_err());
+        assert!(parse_target("10.0.0.1:0").is_err());
+        assert!(parse_target("10.0.0.1").is_err());
+    }
+
+    #[test]
+    fn rate_limit_refills() {
+        let g = Gate::default();
+        let ip: IpAddr = "10.77.0.2".parse().unwrap();
+        assert!(g.take(ip, 1.0, 2));
+        assert!(g.take(ip, 1.0, 2));
+        assert!(!g.take(ip, 1.0, 2), "burst spent");
+        assert!(g.take("10.77.0.3".parse().unwrap(), 1.0, 2), "per client");
+    }
+
+    #[test]
+    fn concurrency_slots() {
+        let g = Gate::default();
+        let a = g.slot(1);
+        assert!(a.is_some());
+        assert!(g.slot(1).is_none());
+        drop(a);
+        assert!(g.slot(1).is_some());
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,504 @@
+//! The outside view: two hosts in two namespaces joined by a veth pair, the
+//! watched host (10.77.0.1) and an outside observer (10.77.0.2), each with a
+//! real portsight. The observer serves /probe; the watched host asks it.
+//! Needs root (and nftables for the firewall cases); fails in CI without.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::netns::{self, Host};
+use support::{Portsight, Sample, get, http_with, metric, parse_metrics, skip, wait_for};
+
+const TOKEN: &str = "s3cret-peer-token";
+const INSIDE_WEB: &str = "127.0.0.1:10917";
+const OUTSIDE_WEB: &str = "10.77.0.2:10917";
+
+struct World {
+    inside: Host,
+    outside: Host,
+    dir: tempfile::TempDir,
+    observer: Option<Portsight>,
+}
+
+macro_rules! needs {
+    ($check:expr) => {
+        if let Some(reason) = $check {
+            skip(&reason);
+            return;
+        }
+    };
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+impl World {
+    /// Both hosts, and the observer's portsight serving /probe for 10.77.0.0/24.
+    fn new(tag: &str, server_extra: &str) -> World {
+        let (inside, outside) = Host::pair(tag);
+        let dir = tempfile::tempdir().unwrap();
+        let token = write(&dir, "token", &format!("{TOKEN}\n"));
+        let cfg = write(
+            &dir,
+            "observer.toml",
+            &format!(
+                "[discover]\nenabled = false\n[probe_server]\nenabled = true\n\
+                 allow = [\"10.77.0.0/24\"]\ntoken_file = \"{token}\"\n{server_extra}\n"
+            ),
+        );
+        let mut observer = outside.spawn_portsight(&[
+            "serve",
+            "--config",
+            &cfg,
+            "--web.listen-address",
+            OUTSIDE_WEB,
+        ]);
+        observer.address();
+        World {
+            inside,
+            outside,
+            dir,
+            observer: Some(observer),
+        }
+    }
+
+    fn token_file(&self) -> String {
+        self.dir.path().join("token").to_string_lossy().into_owned()
+    }
+
+    /// The watched host's config: port 8080 with `expect`, and peer outside-1
+    /// when `peer`.
+    fn inside_config(&self, expect: &str, peer: bool) -> String {
+        let file = if peer { "inside.toml" } else { "check.toml" };
+        let peer = if peer {
+            format!(
+                "[[peer]]\nname = \"outside-1\"\nurl = \"http://{OUTSIDE_WEB}\"\ntoken_file = \"{}\"\n",
+                self.token_file()
+            )
+        } else {
+            String::new()
+        };
+        write(
+            &self.dir,
+            file,
+            &format!(
+                "[scan]\ninterval = \"200ms\"\n[probe]\ninterval = \"2s\"\ntimeout = \"500ms\"\n\
+                 [discover]\nenabled = false\n[peers]\ntimeout = \"3s\"\n{peer}\
+                 [[port]]\nport = 8080\nname = \"web\"\nexpect = \"{expect}\"\n"
+            ),
+        )
+    }
+
+    fn serve_inside(&self, expect: &str) -> Portsight {
+        let cfg = self.inside_config(expect, true);
+        let mut p = self.inside.spawn_portsight(&[
+            "serve",
+            "--config",
+            &cfg,
+            "--web.listen-address",
+            INSIDE_WEB,
+        ]);
+        p.address();
+        p
+    }
+
+    fn scrape_inside(&self) -> Vec<Sample> {
+        self.inside
+            .run(|| parse_metrics(&get(INSIDE_WEB.parse().unwrap(), "/metrics").body))
+    }
+
+    fn cause(&self) -> Option<String> {
+        let m = self.scrape_inside();
+        metric(&m, "portsight_port_diagnosis")
+            .label("port", 8080)
+            .all()
+            .into_iter()
+            .find(|s| s.value == 1.0)
+            .and_then(|s| {
+                s.labels
+                    .iter()
+                    .find(|(k, _)| k == "cause")
+                    .map(|(_, v)| v.clone())
+            })
+    }
+
+    fn status(&self) -> Value {
+        let body = self
+            .inside
+            .run(|| get(INSIDE_WEB.parse().unwrap(), "/api/v1/status").body);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn wait_cause(&self, cause: &str) -> Value {
+        wait_for(Duration::from_secs(20), &format!("cause {cause}"), || {
+            let now = self.cause();
+            if now.as_deref() == Some(cause) {
+                Ok(())
+            } else {
+                Err(format!("{now:?}: {}", self.status()))
+            }
+        });
+        self.status()["ports"][0]["diagnosis"].clone()
+    }
+
+    /// `portsight check --json --peer … 8080` on the watched host, with a
+    /// config that lists no peer.
+    fn check(&self, expect: &str) -> (i32, Value) {
+        let cfg = self.inside_config(expect, false);
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.inside.name,
+                env!("CARGO_BIN_EXE_portsight"),
+            ])
+            .args(["check", "--json", "--config", &cfg, "8080"])
+            .args([
+                "--peer",
+                &format!("http://{OUTSIDE_WEB}"),
+                "--peer.token-file",
+                &self.token_file(),
+            ])
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap_or(-1), json["ports"][0].clone())
+    }
+
+    /// A request to the observer's /probe from the watched host.
+    fn probe_request(&self, path: &str, token: Option<&str>) -> support::HttpResponse {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        self.inside
+            .run(|| http_with("GET", OUTSIDE_WEB.parse().unwrap(), path, &headers, ""))
+    }
+
+    fn listen_inside(&self) -> TcpListener {
+        self.inside
+            .run(|| TcpListener::bind("0.0.0.0:8080").unwrap())
+    }
+
+    fn firewall_inside(&self, verdict: &str) {
+        self.inside.nft(&format!(
+            "table inet portsight_test {{\n chain input {{\n  type filter hook input priority 0;\n  \
+             ip saddr 10.77.0.2 tcp dport 8080 {verdict}\n }}\n}}\n"
+        ));
+    }
+}
+
+fn external(m: &[Sample], what: &str) -> Option<f64> {
+    metric(m, what)
+        .label("vantage", "external")
+        .label("source", "outside-1")
+        .label("target", "10.77.0.1:8080")
+        .value()
+}
+
+#[test]
+fn reachable_from_outside_is_ok() {
+    needs!(netns::unavailable());
+    let w = World::new("pok", "");
+    let _l = w.listen_inside();
+    let _p = w.serve_inside("public");
+    let d = w.wait_cause("ok");
+    assert_eq!(
+        d["summary"],
+        "reachable as expected (public): loopback 1/1 answered, interface 1/1 answered, external 1/1 answered"
+    );
+    let m = w.scrape_inside();
+    assert_eq!(external(&m, "portsight_probe_success"), Some(1.0));
+    assert_eq!(
+        metric(&m, "portsight_peer_up")
+            .label("peer", "outside-1")
+            .value(),
+        Some(1.0)
+    );
+    assert!(
+        metric(&m, "portsight_cycle_duration_seconds_count")
+            .label("stage", "peer")
+            .value()
+            >= Some(1.0)
+    );
+
+    let (code, port) = w.check("public");
+    assert_eq!(
+        (code, port["diagnosis"]["cause"].as_str()),
+        (0, Some("ok")),
+        "{port:#}"
+    );
+    let ext: Vec<&Value> = port["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["vantage"] == "external")
+        .collect();
+    assert_eq!(ext.len(), 1, "{port:#}");
+    assert_eq!(ext[0]["source"], "10.77.0.2:10917");
+    assert_eq!(ext[0]["outcome"], "success");
+}
+
+#[test]
+fn dropped_from_outside_is_filtered() {
+    needs!(netns::nft_unavailable());
+    let w = World::new("pdr", "");
+    let _l = w.listen_inside();
+    w.firewall_inside("drop");
+    let _p = w.serve_inside("public");
+    let d = w.wait_cause("filtered");
+    assert_eq!(
+        d["summary"],
+        "10.77.0.1:8080 timed out from the external vantage while 127.0.0.1:8080 and 10.77.0.1:8080 answered: packets to port 8080 are dropped"
+    );
+    assert_eq!(
+        external(&w.scrape_inside(), "portsight_probe_success"),
+        Some(0.0)
+    );
+    let (code, port) = w.check("public");
+    assert_eq!(
+        (code, port["diagnosis"]["cause"].as_str()),
+        (1, Some("filtered"))
+    );
+}
+
+#[test]
+fn rejected_from_outside_is_rejected() {
+    needs!(netns::nft_unavailable());
+    let w = World::new("prj", "");
+    let _l = w.listen_inside();
+    w.firewall_inside("reject");
+    let _p = w.serve_inside("public");
+    let d = w.wait_cause("rejected");
+    assert!(
+        d["summary"]
+            .as_str()
+            .unwrap()
+            .contains("yet it was refused from the external vantage"),
+        "{d}"
+    );
+    let (_, port) = w.check("public");
+    assert_eq!(port["diagnosis"]["cause"], "rejected");
+}
+
+#[test]
+fn internal_port_open_to_the_outside_is_exposed() {
+    needs!(netns::unavailable());
+    let w = World::new("pex", "");
+    let _l = w.listen_inside();
+    let _p = w.serve_inside("internal");
+    let d = w.wait_cause("exposed");
+    assert_eq!(
+        d["summary"],
+        "the internal port 8080 answers from the external vantage at 10.77.0.1:8080"
+    );
+    let (code, port) = w.check("internal");
+    assert_eq!(
+        (code, port["diagnosis"]["cause"].as_str()),
+        (1, Some("exposed"))
+    );
+}
+
+#[test]
+fn a_dead_peer_gives_no_evidence_and_no_false_cause() {
+    needs!(netns::unavailable());
+    let mut w = World::new("pdd", "");
+    let _l = w.listen_inside();
+    let _p = w.serve_inside("public");
+    w.wait_cause("ok");
+    assert_eq!(
+        external(&w.scrape_inside(), "portsight_probe_success"),
+        Some(1.0)
+    );
+    drop(w.observer.take());
+    wait_for(Duration::from_secs(20), "peer_up 0", || {
+        let m = w.scrape_inside();
+        match metric(&m, "portsight_peer_up")
+            .label("peer", "outside-1")
+            .value()
+        {
+            Some(0.0) => Ok(()),
+            v => Err(format!("{v:?}")),
+        }
+    });
+    let m = w.scrape_inside();
+    assert_eq!(
+        external(&m, "portsight_probe_success"),
+        None,
+        "no external evidence is kept"
+    );
+    assert_eq!(w.cause().as_deref(), Some("ok"), "{}", w.status());
+    assert!(
+        w.status()["ports"][0]["diagnosis"]["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("external not measured yet"),
+        "{}",
+        w.status()
+    );
+}
+
+#[test]
+fn probe_server_refuses_what_it_must() {
+    needs!(netns::unavailable());
+    let w = World::new("psr", "");
+    // A listener outside the allow-list that counts its connections, and one inside it.
+    let (forbidden, allowed) = w.outside.run(|| {
+        let f = TcpListener::bind("127.0.0.1:9999").unwrap();
+        let a = TcpListener::bind("10.77.0.2:9998").unwrap();
+        f.set_nonblocking(true).unwrap();
+        a.set_nonblocking(true).unwrap();
+        (f, a)
+    });
+    let r = w.probe_request("/probe?target=127.0.0.1:9999", Some(TOKEN));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.body, "not in probe_server.allow: 127.0.0.1:9999\n");
+    assert_eq!(
+        forbidden.accept().map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::WouldBlock),
+        "no connection was made to the forbidden target"
+    );
+    // The same request to an allowed target does connect: the counter works.
+    let r = w.probe_request("/probe?target=10.77.0.2:9998", Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        allowed.accept().is_ok(),
+        "the allowed target was connected to"
+    );
+
+    let r = w.probe_request("/probe?target=10.77.0.2:9998", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portsight\"")
+    );
+    assert!(r.body.starts_with("missing bearer token"), "{}", r.body);
+    let r = w.probe_request("/probe?target=10.77.0.2:9998", Some("guess"));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body, "wrong bearer token\n");
+    let r = w.probe_request("/probe?target=example.com:80", Some(TOKEN));
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("host names are not resolved"), "{}", r.body);
+    let r = w.probe_request("/probe", Some(TOKEN));
+    assert_eq!(r.status, 400);
+
+    let m = w
+        .outside
+        .run(|| parse_metrics(&get(OUTSIDE_WEB.parse().unwrap(), "/metrics").body));
+    let count = |result: &str| {
+        metric(&m, "portsight_probe_requests_total")
+            .label("result", result)
+            .value()
+    };
+    assert_eq!(count("denied"), Some(1.0));
+    assert_eq!(count("served"), Some(1.0));
+    assert_eq!(count("unauthorized"), Some(2.0));
+    assert_eq!(count("invalid"), Some(2.0));
+    assert_eq!(count("limited"), Some(0.0));
+}
+
+#[test]
+fn probe_is_blackbox_compatible_and_json_and_batch() {
+    needs!(netns::unavailable());
+    let w = World::new("pbb", "");
+    let _l = w.listen_inside();
+    let r = w.probe_request("/probe?target=10.77.0.1:8080", Some(TOKEN));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let m = parse_metrics(&r.body);
+    assert_eq!(metric(&m, "probe_success").value(), Some(1.0));
+    assert!(metric(&m, "probe_duration_seconds").value() > Some(0.0));
+    assert_eq!(
+        metric(&m, "portsight_probe_outcome")
+            .label("outcome", "success")
+            .value(),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "portsight_probe_outcome").all().len(), 5);
+
+    let r = w.probe_request("/probe?target=10.77.0.1:8081&format=json", Some(TOKEN));
+    let j: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(j["target"], "10.77.0.1:8081");
+    assert_eq!(j["outcome"], "refused");
+    assert_eq!(j["success"], false);
+
+    let post = |body: &str| {
+        let auth = format!("Bearer {TOKEN}");
+        w.inside.run(|| {
+            http_with(
+                "POST",
+                OUTSIDE_WEB.parse().unwrap(),
+                "/api/v1/probe",
+                &[
+                    ("Authorization", auth.as_str()),
+                    ("Content-Type", "application/json"),
+                ],
+                body,
+            )
+        })
+    };
+    let r = post(r#"{"targets": ["10.77.0.1:8080", "10.77.0.1:8081"], "timeout": "1s"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j: Value = serde_json::from_str(&r.body).unwrap();
+    let outcomes: Vec<&str> = j["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["success", "refused"]);
+    let r = post("{not json");
+    assert_eq!(r.status, 400);
+    assert!(r.body.starts_with("the body must be"), "{}", r.body);
+    let r = post(r#"{"targets": ["10.77.0.1:8080", "192.0.2.1:80"]}"#);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body, "not in probe_server.allow: 192.0.2.1:80\n");
+    let r = post(r#"{"targets": ["10.77.0.1:8080"], "timeout": "5m"}"#);
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn probe_server_rate_limits_each_client() {
+    needs!(netns::unavailable());
+    let w = World::new("prl", "rate_limit = 0.01\nburst = 3\n");
+    let codes: Vec<u16> = (0..5)
+        .map(|_| {
+            w.probe_request("/probe?target=10.77.0.2:1", Some(TOKEN))
+                .status
+        })
+        .collect();
+    assert_eq!(codes, [200, 200, 200, 429, 429]);
+}
+
+#[test]
+fn probe_server_is_off_by_default() {
+    needs!(netns::unavailable());
+    let host = Host::new("poff");
+    let mut p = host.spawn_portsight(&["serve", "--web.listen-address", INSIDE_WEB]);
+    p.address();
+    let addr: SocketAddr = INSIDE_WEB.parse().unwrap();
+    let r = host.run(|| {
+        http_with(
+            "GET",
+            addr,
+            "/probe?target=127.0.0.1:1",
+            &[("Authorization", "Bearer x")],
+            "",
+        )
+    });
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.body,
+        "the probe server is disabled (probe_server.enabled = false)\n"
+    );
+}
