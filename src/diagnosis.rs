@@ -215,11 +215,15 @@ fn decide(input: &Input) -> Decision {
         .collect();
 
     if !listening && successes.is_empty() && expect != Expect::Closed {
-        let refused = targets(probes.iter().filter(|r| r.outcome != Outcome::Success));
-        let summary = if refused.is_empty() {
+        let failed: Vec<&ProbeResult> = probes.iter().collect();
+        let summary = if failed.is_empty() {
             format!("nothing listens on port {port}")
         } else {
-            format!("nothing listens on port {port}; {refused} failed")
+            format!(
+                "nothing listens on port {port}; {} {}",
+                targets(failed.iter().copied()),
+                failed_verb(&failed)
+            )
         };
         let failed = probes.first().map(|r| (r.target.vantage, r.target.addr));
         return (

@@ -92,7 +92,7 @@ fn nothing_listening() {
     assert_eq!(d.cause, Cause::NotListening);
     assert_eq!(
         d.summary,
-        "nothing listens on port 8080; 127.0.0.1:8080, [::1]:8080, 10.77.0.1:8080 and [fd77::1]:8080 failed"
+        "nothing listens on port 8080; 127.0.0.1:8080, [::1]:8080, 10.77.0.1:8080 and [fd77::1]:8080 refused"
     );
     assert!(d.fix.starts_with("start the service"));
     assert_eq!(d.evidence[0], "no listener on port 8080");
