@@ -4,72 +4,23 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use portsight::config::{Config, Expect, PortConfig};
-use portsight::cycle::Engine;
-use portsight::metrics::Metrics;
+use portsight::config::{Config, Expect};
+use support::sidecar::{self, start};
 use support::{Sample, get, http, metric, parse_metrics, skip, wait_for};
 
-/// An engine and its HTTP server on 127.0.0.1:0, on a runtime of their own.
-struct Sidecar {
-    addr: SocketAddr,
-    _rt: tokio::runtime::Runtime,
-}
-
+/// Watches `ports`, named `p<port>`, expected public.
 fn config(ports: &[u16]) -> Config {
-    let mut c = Config::default();
-    c.discover.enabled = false;
-    c.vantage.interfaces = false;
-    c.scan.interval = Duration::from_millis(500);
-    // Probe rounds are rare: what a test sees after a change comes from the scan
-    // and the immediate re-probe it triggers.
-    c.probe.interval = Duration::from_secs(600);
-    c.ports = ports
+    let names: Vec<String> = ports.iter().map(|p| format!("p{p}")).collect();
+    let spec: Vec<(u16, &str, Expect)> = ports
         .iter()
-        .map(|&port| PortConfig {
-            port,
-            name: format!("p{port}"),
-            expect: Expect::Public,
-        })
+        .zip(&names)
+        .map(|(p, n)| (*p, n.as_str(), Expect::Public))
         .collect();
-    c
-}
-
-fn start(config: Config, file: Option<PathBuf>, run: bool) -> Sidecar {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let engine = Engine::new(config, file, Arc::new(Metrics::new().unwrap())).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    if run {
-        rt.spawn(Arc::clone(&engine).run(std::future::pending()));
-    }
-    rt.spawn(portsight::web::serve(
-        listener,
-        engine,
-        std::future::pending(),
-    ));
-    Sidecar { addr, _rt: rt }
-}
-
-impl Sidecar {
-    fn scrape(&self) -> Vec<Sample> {
-        let r = get(self.addr, "/metrics");
-        assert_eq!(r.status, 200);
-        parse_metrics(&r.body)
-    }
-
-    fn wait_ready(&self) {
-        wait_for(Duration::from_secs(10), "/-/ready", || {
-            let r = get(self.addr, "/-/ready");
-            if r.status == 200 { Ok(()) } else { Err(r.body) }
-        });
-    }
+    sidecar::config(&spec)
 }
 
 fn closed_port() -> u16 {
@@ -88,15 +39,7 @@ fn outcome(m: &[Sample], port: u16, target: &str) -> Option<String> {
     metric(m, "portsight_probe_outcome")
         .label("port", port)
         .label("target", target)
-        .all()
-        .into_iter()
-        .find(|s| s.value == 1.0)
-        .and_then(|s| {
-            s.labels
-                .iter()
-                .find(|(k, _)| k == "outcome")
-                .map(|(_, v)| v.clone())
-        })
+        .state("outcome")
 }
 
 #[test]

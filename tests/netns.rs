@@ -34,15 +34,7 @@ fn wait_ready(host: &Host, p: &mut support::Portsight) {
 fn outcome(m: &[Sample], target: &str) -> Option<String> {
     metric(m, "portsight_probe_outcome")
         .label("target", target)
-        .all()
-        .into_iter()
-        .find(|s| s.value == 1.0)
-        .and_then(|s| {
-            s.labels
-                .iter()
-                .find(|(k, _)| k == "outcome")
-                .map(|(_, v)| v.clone())
-        })
+        .state("outcome")
 }
 
 fn config_file(dir: &tempfile::TempDir, text: &str) -> String {

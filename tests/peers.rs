@@ -118,15 +118,7 @@ impl World {
         let m = self.scrape_inside();
         metric(&m, "portsight_port_diagnosis")
             .label("port", 8080)
-            .all()
-            .into_iter()
-            .find(|s| s.value == 1.0)
-            .and_then(|s| {
-                s.labels
-                    .iter()
-                    .find(|(k, _)| k == "cause")
-                    .map(|(_, v)| v.clone())
-            })
+            .state("cause")
     }
 
     fn status(&self) -> Value {

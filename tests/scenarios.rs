@@ -64,14 +64,6 @@ fn web() -> SocketAddr {
 /// The cause /metrics reports for the port now.
 fn served_cause(host: &Host) -> Option<String> {
     let m = host.run(|| parse_metrics(&get(web(), "/metrics").body));
-    let on: Vec<_> = metric(&m, "portsight_port_diagnosis")
-        .label("port", PORT)
-        .all()
-        .into_iter()
-        .filter(|s| s.value == 1.0)
-        .cloned()
-        .collect();
-    assert!(on.len() <= 1, "a state set has one cause at 1: {on:?}");
     let total = metric(&m, "portsight_port_diagnosis")
         .label("port", PORT)
         .all()
@@ -80,12 +72,9 @@ fn served_cause(host: &Host) -> Option<String> {
         total == 0 || total == 13,
         "every cause has a series: {total}"
     );
-    on.first().and_then(|s| {
-        s.labels
-            .iter()
-            .find(|(k, _)| k == "cause")
-            .map(|(_, v)| v.clone())
-    })
+    metric(&m, "portsight_port_diagnosis")
+        .label("port", PORT)
+        .state("cause")
 }
 
 /// Polls /metrics until the port's cause is `cause`.

@@ -8,19 +8,16 @@
 mod support;
 
 use std::fs::{self, File};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use portsight::config::{Config, Expect, PortConfig};
-use portsight::cycle::Engine;
-use portsight::metrics::Metrics;
-use support::{get, skip, wait_for};
+use portsight::config::Expect;
+use support::{sidecar, skip};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// A hang of Chromium must not stall the suite.
@@ -32,45 +29,6 @@ const HOSTILE_NAME: &str = r#"<img src=x onerror="document.title='pwned'">"#;
 /// A process name (at most 15 bytes, the kernel's limit for `comm`) that,
 /// were it not escaped, would become an element of its own.
 const HOSTILE_PROCESS: &str = "<s id=pwn>";
-
-/// An engine and its HTTP server on 127.0.0.1:0, on a runtime of their own.
-struct Sidecar {
-    addr: SocketAddr,
-    _rt: tokio::runtime::Runtime,
-}
-
-fn config(ports: &[(u16, &str, Expect)]) -> Config {
-    let mut c = Config::default();
-    c.discover.enabled = false;
-    c.vantage.interfaces = false;
-    c.scan.interval = Duration::from_millis(500);
-    c.probe.interval = Duration::from_secs(600);
-    c.ports = ports
-        .iter()
-        .map(|&(port, name, expect)| PortConfig {
-            port,
-            name: name.to_string(),
-            expect,
-        })
-        .collect();
-    c
-}
-
-fn start(config: Config) -> Sidecar {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let engine = Engine::new(config, None, Arc::new(Metrics::new().unwrap())).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(Arc::clone(&engine).run(std::future::pending()));
-    rt.spawn(portsight::web::serve(
-        listener,
-        engine,
-        std::future::pending(),
-    ));
-    Sidecar { addr, _rt: rt }
-}
 
 /// The DOM of `url` once loaded (after any script ran), as Chromium's
 /// `--dump-dom` serializes it. Panics when Chromium fails or takes longer
@@ -252,15 +210,16 @@ fn chromium_shows_one_row_per_port_with_its_cause_and_runs_nothing_from_the_syst
         .local_addr()
         .unwrap()
         .port();
-    let s = start(config(&[
-        (public_port, HOSTILE_NAME, Expect::Public),
-        (closed_port, "gone", Expect::Public),
-        (local_port, "admin", Expect::Local),
-    ]));
-    wait_for(Duration::from_secs(10), "/-/ready", || {
-        let r = get(s.addr, "/-/ready");
-        if r.status == 200 { Ok(()) } else { Err(r.body) }
-    });
+    let s = sidecar::start(
+        sidecar::config(&[
+            (public_port, HOSTILE_NAME, Expect::Public),
+            (closed_port, "gone", Expect::Public),
+            (local_port, "admin", Expect::Local),
+        ]),
+        None,
+        true,
+    );
+    s.wait_ready();
 
     let dom = dump_dom(&format!("http://{}/", s.addr));
 

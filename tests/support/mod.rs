@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod prom;
+pub mod sidecar;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -184,6 +186,22 @@ impl<'a> Query<'a> {
                     .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
             })
             .collect()
+    }
+
+    /// The value of `label` on the one matching series that is 1 (a state
+    /// set's current state); `None` when none is. Panics when several are.
+    pub fn state(&self, label: &str) -> Option<String> {
+        let on: Vec<&Sample> = self.all().into_iter().filter(|s| s.value == 1.0).collect();
+        assert!(
+            on.len() <= 1,
+            "{} {:?}: {} states at 1",
+            self.name,
+            self.labels,
+            on.len()
+        );
+        on.first()
+            .and_then(|s| s.labels.iter().find(|(k, _)| k == label))
+            .map(|(_, v)| v.clone())
     }
 
     /// The value of the one matching sample; `None` when there is none.

@@ -1,0 +1,74 @@
+//! The engine and its HTTP server in the test process, on 127.0.0.1:0, with
+//! a config that watches only the ports a test opened (discovery off,
+//! interface vantage off: everything stays on loopback).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portsight::config::{Config, Expect, PortConfig};
+use portsight::cycle::Engine;
+use portsight::metrics::Metrics;
+
+use super::{Sample, get, parse_metrics, wait_for};
+
+/// An engine and its HTTP server, on a runtime of their own.
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    _rt: tokio::runtime::Runtime,
+}
+
+/// Watches `ports` (port, name, expect) on loopback; scans every 500 ms and
+/// probes rarely, so what a test sees after a change comes from the scan and
+/// the re-probe it triggers.
+pub fn config(ports: &[(u16, &str, Expect)]) -> Config {
+    let mut c = Config::default();
+    c.discover.enabled = false;
+    c.vantage.interfaces = false;
+    c.scan.interval = Duration::from_millis(500);
+    c.probe.interval = Duration::from_secs(600);
+    c.ports = ports
+        .iter()
+        .map(|&(port, name, expect)| PortConfig {
+            port,
+            name: name.to_string(),
+            expect,
+        })
+        .collect();
+    c
+}
+
+/// Starts the web server, and the engine's loops when `run`.
+pub fn start(config: Config, file: Option<PathBuf>, run: bool) -> Sidecar {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = Engine::new(config, file, Arc::new(Metrics::new().unwrap())).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    if run {
+        rt.spawn(Arc::clone(&engine).run(std::future::pending()));
+    }
+    rt.spawn(portsight::web::serve(
+        listener,
+        engine,
+        std::future::pending(),
+    ));
+    Sidecar { addr, _rt: rt }
+}
+
+impl Sidecar {
+    pub fn scrape(&self) -> Vec<Sample> {
+        let r = get(self.addr, "/metrics");
+        assert_eq!(r.status, 200);
+        parse_metrics(&r.body)
+    }
+
+    pub fn wait_ready(&self) {
+        wait_for(Duration::from_secs(10), "/-/ready", || {
+            let r = get(self.addr, "/-/ready");
+            if r.status == 200 { Ok(()) } else { Err(r.body) }
+        });
+    }
+}
