@@ -239,6 +239,57 @@ fn reachable_from_outside_is_ok() {
 }
 
 #[test]
+fn peers_found_through_dns_are_asked_except_this_host() {
+    needs!(netns::unavailable());
+    let w = World::new("pdns", "");
+    // The name resolves to the observer and to the watched host itself.
+    w.inside.hosts_file(
+        "127.0.0.1 localhost\n10.77.0.2 observers.portsight.test\n10.77.0.1 observers.portsight.test\n",
+    );
+    let _l = w.listen_inside();
+    let cfg = write(
+        &w.dir,
+        "dns.toml",
+        &format!(
+            "[scan]\ninterval = \"200ms\"\n[probe]\ninterval = \"2s\"\ntimeout = \"500ms\"\n\
+             [discover]\nenabled = false\n[peers]\ndns = \"observers.portsight.test\"\n\
+             token_file = \"{}\"\n[[port]]\nport = 8080\nexpect = \"public\"\n",
+            w.token_file()
+        ),
+    );
+    let mut p = w.inside.spawn_portsight(&[
+        "serve",
+        "--config",
+        &cfg,
+        "--web.listen-address",
+        INSIDE_WEB,
+    ]);
+    p.address();
+    w.wait_cause("ok");
+    let m = w.scrape_inside();
+    assert_eq!(
+        metric(&m, "portsight_peer_up")
+            .label("peer", "10.77.0.2")
+            .value(),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "portsight_peer_up").all().len(),
+        1,
+        "this host's own address is not a peer: {:?}",
+        metric(&m, "portsight_peer_up").all()
+    );
+    assert_eq!(
+        metric(&m, "portsight_probe_success")
+            .label("vantage", "external")
+            .label("source", "10.77.0.2")
+            .label("target", "10.77.0.1:8080")
+            .value(),
+        Some(1.0)
+    );
+}
+
+#[test]
 fn dropped_from_outside_is_filtered() {
     needs!(netns::nft_unavailable());
     let w = World::new("pdr", "");

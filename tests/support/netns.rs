@@ -127,6 +127,14 @@ impl Host {
         (inside, outside)
     }
 
+    /// This host's own `/etc/hosts`: `ip netns exec` binds
+    /// `/etc/netns/<name>/hosts` over `/etc/hosts` for what it runs.
+    pub fn hosts_file(&self, text: &str) {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), text).unwrap();
+    }
+
     /// Runs a command in this namespace (`ip netns exec`), asserting success.
     pub fn exec(&self, args: &[&str]) {
         let mut all = vec!["netns", "exec", &self.name];
@@ -202,5 +210,6 @@ impl Drop for Host {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
 }
