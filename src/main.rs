@@ -215,9 +215,8 @@ fn init_logging(level: &str) {
 async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     let cfg = engine.config();
     let addr = config::parse_listen_address(&cfg.web.listen_address).map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
+    let listener = portsight::web::bind(addr)
+        .with_context(|| format!("listening on {}", cfg.web.listen_address))?;
     tracing::info!(address = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "portsight listening");
 
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -20,7 +20,7 @@ fn config_default_prints_a_config_that_checks() {
     let o = portsight(&["config", "default"]);
     assert!(o.status.success());
     let text = String::from_utf8(o.stdout).unwrap();
-    assert!(text.contains("listen_address = \"0.0.0.0:10917\""));
+    assert!(text.contains("listen_address = \":10917\""));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("default.toml");
     std::fs::write(&path, &text).unwrap();

@@ -130,8 +130,8 @@ fn default_config_discovers_listeners_and_keeps_a_vanished_one() {
     let addr = p.address();
     assert_eq!(
         addr,
-        "0.0.0.0:10917".parse().unwrap(),
-        "the default listen address"
+        "[::]:10917".parse().unwrap(),
+        "the default listen address: every address of both families"
     );
     wait_ready(&host, &mut p);
     let me = std::fs::read_to_string("/proc/self/comm").unwrap();
@@ -163,6 +163,14 @@ fn default_config_discovers_listeners_and_keeps_a_vanished_one() {
         "ports in the ephemeral range are not discovered"
     );
     assert_eq!(outcome(&m, "10.77.0.1:8080").as_deref(), Some("success"));
+    assert_eq!(
+        metric(&m, "portsight_port_diagnosis")
+            .label("port", 10917)
+            .state("cause")
+            .as_deref(),
+        Some("ok"),
+        "its own port answers on both families"
+    );
 
     drop(listener);
     wait_for(

@@ -41,14 +41,14 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Web {
-    /// `HOST:PORT`, `[V6]:PORT` or `:PORT` (all IPv4 addresses).
+    /// `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all addresses, both families).
     pub listen_address: String,
 }
 
 impl Default for Web {
     fn default() -> Self {
         Web {
-            listen_address: "0.0.0.0:10917".to_string(),
+            listen_address: ":10917".to_string(),
         }
     }
 }
@@ -538,15 +538,23 @@ impl Config {
     }
 }
 
-/// Parses `HOST:PORT`, `[V6]:PORT`, or `:PORT` (meaning `0.0.0.0:PORT`).
-pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_string()
-    };
-    full.parse::<SocketAddr>()
-        .map_err(|_| format!("invalid address {s:?}: want IP:PORT, [IPv6]:PORT or :PORT"))
+/// Where the HTTP server listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// `:PORT`: every address of both families (`::` with IPV6_V6ONLY off,
+    /// or `0.0.0.0` where IPv6 is not available), as Prometheus exporters do.
+    All(u16),
+    /// `IP:PORT` or `[IPv6]:PORT`: that address only.
+    Socket(SocketAddr),
+}
+
+/// Parses `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all addresses, both families).
+pub fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
+    let bad = || format!("invalid address {s:?}: want IP:PORT, [IPv6]:PORT or :PORT");
+    match s.strip_prefix(':') {
+        Some(port) => port.parse().map(ListenAddress::All).map_err(|_| bad()),
+        None => s.parse().map(ListenAddress::Socket).map_err(|_| bad()),
+    }
 }
 
 /// Checks a peer URL: `http://HOST:PORT` with nothing after the port.
@@ -683,12 +691,13 @@ mod tests {
     fn listen_addresses() {
         assert_eq!(
             parse_listen_address(":10917").unwrap(),
-            "0.0.0.0:10917".parse().unwrap()
+            ListenAddress::All(10917)
         );
         assert_eq!(
             parse_listen_address("[::1]:80").unwrap(),
-            "[::1]:80".parse().unwrap()
+            ListenAddress::Socket("[::1]:80".parse().unwrap())
         );
+        assert!(parse_listen_address(":http").is_err());
         assert!(parse_listen_address("localhost:80").is_err());
     }
 }

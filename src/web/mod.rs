@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,10 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
+
+use crate::config::ListenAddress;
 
 use crate::cycle::Engine;
 use crate::metrics;
@@ -31,6 +34,38 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = Full<Bytes>;
+
+/// Binds the HTTP listener. `:PORT` is `[::]:PORT` with IPV6_V6ONLY off, so
+/// that IPv4 and IPv6 clients both connect, or `0.0.0.0:PORT` where IPv6 is
+/// not available.
+pub fn bind(addr: ListenAddress) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        ListenAddress::Socket(a) => bind_socket(a, None)?,
+        ListenAddress::All(port) => {
+            match bind_socket(
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+                Some(false),
+            ) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e),
+                Err(_) => bind_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port), None)?,
+            }
+        }
+    };
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn bind_socket(addr: SocketAddr, v6only: Option<bool>) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let Some(only) = v6only {
+        socket.set_only_v6(only)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
 
 /// Serves HTTP on an already bound `listener` until `shutdown` resolves, then
 /// stops accepting and gives in-flight requests [`DRAIN_GRACE`] to finish.
