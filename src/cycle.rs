@@ -286,7 +286,10 @@ impl Engine {
             tracing::debug!(target = %r.target.addr, vantage = r.target.vantage.as_str(),
                 outcome = r.outcome.as_str(), duration = ?r.duration, "probe");
         }
-        let counted = results.clone();
+        let mut counted: HashMap<u16, Vec<ProbeResult>> = HashMap::new();
+        for r in &results {
+            counted.entry(r.target.addr.port()).or_default().push(r.clone());
+        }
         {
             let mut st = self.lock();
             for r in results {
@@ -314,12 +317,10 @@ impl Engine {
             }
         }
         let snapshot = self.publish();
-        for p in snapshot.ports.iter().filter(|p| watched.contains(&p.port)) {
-            let attempts: Vec<&ProbeResult> = counted
-                .iter()
-                .filter(|r| r.target.addr.port() == p.port)
-                .collect();
-            self.metrics.count_probes(p, &attempts);
+        for p in &snapshot.ports {
+            if let Some(attempts) = counted.get(&p.port) {
+                self.metrics.count_probes(p, attempts);
+            }
         }
         if ports.is_none() {
             self.metrics.observe_stage(

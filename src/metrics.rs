@@ -315,7 +315,7 @@ impl Metrics {
 
     /// Counts attempts in `portsight_probes_total`; every attempt, so failures
     /// between two scrapes are not lost.
-    pub fn count_probes(&self, port: &PortStatus, results: &[&ProbeResult]) {
+    pub fn count_probes(&self, port: &PortStatus, results: &[ProbeResult]) {
         let _known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         for r in results {
             let labels = probe_labels(port, r);
