@@ -86,7 +86,9 @@ impl Service {
 /// `ip netns exec HOST PROGRAM ARGS`, killed on drop (stderr collected).
 fn spawn_in(host: &Host, program: &Path, args: &[String]) -> Portsight {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &host.name]).arg(program).args(args);
+    cmd.args(["netns", "exec", &host.name])
+        .arg(program)
+        .args(args);
     Portsight::spawn(cmd)
 }
 
@@ -116,7 +118,9 @@ fn wait_ready(host: &Host, server: &str, p: &mut Portsight) {
 }
 
 fn unix(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64()
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// An instant query's result vector.
@@ -129,7 +133,8 @@ fn query(host: &Host, q: &str) -> Result<Vec<Value>, String> {
     Ok(d["result"].as_array().cloned().unwrap_or_default())
 }
 
-/// A range query's result matrix, [start, now] every second.
+/// A range query's result matrix, every second from `start` to a second
+/// from now (the last step then covers the newest sample).
 fn query_range(host: &Host, q: &str, start: SystemTime) -> Result<Vec<Value>, String> {
     let d = data(api(
         host,
@@ -138,7 +143,7 @@ fn query_range(host: &Host, q: &str, start: SystemTime) -> Result<Vec<Value>, St
             "/api/v1/query_range?query={}&start={:.3}&end={:.3}&step=1",
             encode(q),
             unix(start),
-            unix(SystemTime::now())
+            unix(SystemTime::now()) + 1.0
         ),
     ))?;
     Ok(d["result"].as_array().cloned().unwrap_or_default())
@@ -172,20 +177,43 @@ fn stopped_service_alerts_with_its_cause_and_every_panel_has_data() {
     // portsight: scans every 200ms, probes every 2s, watches 8080 only.
     std::fs::write(
         path("portsight.toml"),
-        "[scan]\ninterval = \"200ms\"\n[probe]\ninterval = \"2s\"\ntimeout = \"500ms\"\n\
-         [discover]\nenabled = false\n\
-         [[port]]\nport = 8080\nname = \"web\"\nexpect = \"public\"\n",
+        r#"
+[scan]
+interval = "200ms"
+[probe]
+interval = "2s"
+timeout = "500ms"
+[discover]
+enabled = false
+[[port]]
+port = 8080
+name = "web"
+expect = "public"
+"#,
     )
     .unwrap();
     // Prometheus: the rules of alerts/ as they are, evaluated every second.
+    let rules = repo("alerts/*.yml");
+    let rules = rules.display();
     std::fs::write(
         path("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             rule_files:\n  - {rules}\n\
-             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{ALERTMANAGER}']\n\
-             scrape_configs:\n  - job_name: portsight\n    static_configs:\n      - targets: ['{PORTSIGHT}']\n",
-            rules = repo("alerts/*.yml").display()
+            r#"
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - {rules}
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["{ALERTMANAGER}"]
+scrape_configs:
+  - job_name: portsight
+    static_configs:
+      - targets: ["{PORTSIGHT}"]
+"#
         ),
     )
     .unwrap();
@@ -193,10 +221,19 @@ fn stopped_service_alerts_with_its_cause_and_every_panel_has_data() {
     std::fs::write(
         path("alertmanager.yml"),
         format!(
-            "route:\n  receiver: webhook\n  group_by: [alertname, instance, port]\n\
-             group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-             receivers:\n  - name: webhook\n    webhook_configs:\n\
-             \x20     - url: http://{WEBHOOK}/alerts\n        send_resolved: true\n"
+            r#"
+route:
+  receiver: webhook
+  group_by: [alertname, instance, port]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: webhook
+    webhook_configs:
+      - url: http://{WEBHOOK}/alerts
+        send_resolved: true
+"#
         ),
     )
     .unwrap();
@@ -340,6 +377,20 @@ fn stopped_service_alerts_with_its_cause_and_every_panel_has_data() {
         .collect();
     assert!(others.is_empty(), "no other alert: {others:#?}");
 
+    // portsight stops too, so that "Hosts down" has something to show.
+    drop(portsight);
+    wait_for(
+        Duration::from_secs(20),
+        "Prometheus to see portsight down",
+        || {
+            if query(&host, r#"up{job="portsight"} == 0"#)?.is_empty() {
+                Err("up is not 0 yet".into())
+            } else {
+                Ok(())
+            }
+        },
+    );
+
     // Every panel and variable query of dashboards/ parses and has data.
     let checked = check_dashboards(&host, dashboards_start);
     eprintln!(
@@ -352,8 +403,9 @@ fn stopped_service_alerts_with_its_cause_and_every_panel_has_data() {
 /// Runs every expression of dashboards/*.json (panel targets and variable
 /// queries, template variables substituted as Grafana would for this host)
 /// against Prometheus over [start, now]: each must parse and return data at
-/// some point of the run (instant-query panels show one such point). Returns
-/// how many were checked.
+/// some point of the run (instant-query panels show one such point); a
+/// stat's `… or vector(0)` also without its fallback. Returns how many
+/// queries were checked.
 fn check_dashboards(host: &Host, start: SystemTime) -> usize {
     let mut checked = 0;
     let mut failures = Vec::new();
@@ -366,23 +418,31 @@ fn check_dashboards(host: &Host, start: SystemTime) -> usize {
                 failures.push(format!("{file} {what}: {q}: {e}"));
                 continue;
             }
-            match query_range(host, &q, start) {
-                Ok(r) if r.iter().any(|s| {
-                    s["values"].as_array().is_some_and(|v| !v.is_empty())
-                        && what.label.as_ref().is_none_or(|l| {
-                            s["metric"][l.as_str()].as_str().is_some_and(|v| !v.is_empty())
-                        })
-                }) =>
-                {
-                    checked += 1
+            // A stat's `or vector(0)` shows 0 when nothing matches: what it
+            // counts must have had data too, or a typo would show 0 forever.
+            let mut variants = vec![q.clone()];
+            if let Some(counted) = q.strip_suffix(" or vector(0)") {
+                variants.push(counted.to_string());
+            }
+            for q in variants {
+                match query_range(host, &q, start) {
+                    Ok(r) if has_data(&r, what.label.as_deref()) => checked += 1,
+                    Ok(r) => failures.push(format!("{file} {what}: no data: {q} -> {r:?}")),
+                    Err(e) => failures.push(format!("{file} {what}: {q}: {e}")),
                 }
-                Ok(r) => failures.push(format!("{file} {what}: no data: {q} -> {r:?}")),
-                Err(e) => failures.push(format!("{file} {what}: {q}: {e}")),
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     checked
+}
+
+/// Some series of a range result has samples (and a non-empty `label`).
+fn has_data(result: &[Value], label: Option<&str>) -> bool {
+    result.iter().any(|s| {
+        s["values"].as_array().is_some_and(|v| !v.is_empty())
+            && label.is_none_or(|l| s["metric"][l].as_str().is_some_and(|v| !v.is_empty()))
+    })
 }
 
 /// Where an expression comes from; `label` is set for a variable's
@@ -512,11 +572,7 @@ fn run_ok(program: &str, args: &[&str]) -> Option<String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "{program} {}: {text}",
-        args.join(" ")
-    );
+    assert!(out.status.success(), "{program} {}: {text}", args.join(" "));
     Some(text)
 }
 
@@ -593,20 +649,41 @@ fn example_configs_are_valid_and_route_by_severity_and_cause() {
     run_ok("amtool", &["check-config", "config/alertmanager.yml"]);
     for (labels, receiver) in [
         (
-            &["alertname=PortsightPortNotListening", "severity=critical", "cause=not_listening"][..],
+            &[
+                "alertname=PortsightPortNotListening",
+                "severity=critical",
+                "cause=not_listening",
+            ][..],
             "oncall-pager",
         ),
         (
-            &["alertname=PortsightPortExposed", "severity=warning", "cause=exposed"][..],
+            &[
+                "alertname=PortsightPortExposed",
+                "severity=warning",
+                "cause=exposed",
+            ][..],
             "security",
         ),
         (
-            &["alertname=PortsightPortUnexpectedListener", "severity=warning", "cause=unexpected_listener"][..],
+            &[
+                "alertname=PortsightPortUnexpectedListener",
+                "severity=warning",
+                "cause=unexpected_listener",
+            ][..],
             "security",
         ),
-        (&["alertname=PortsightPortFlapping", "severity=warning"][..], "team-chat"),
-        (&["alertname=PortsightPortNeverListening", "severity=info"][..], "team-chat"),
-        (&["alertname=PortsightDown", "severity=critical"][..], "oncall-pager"),
+        (
+            &["alertname=PortsightPortFlapping", "severity=warning"][..],
+            "team-chat",
+        ),
+        (
+            &["alertname=PortsightPortNeverListening", "severity=info"][..],
+            "team-chat",
+        ),
+        (
+            &["alertname=PortsightDown", "severity=critical"][..],
+            "oncall-pager",
+        ),
     ] {
         let mut args = vec![
             "config",
@@ -653,7 +730,10 @@ fn dashboards_are_importable_and_every_panel_has_a_purpose() {
         for p in &panels {
             let title = p["title"].as_str().unwrap_or("");
             assert!(!title.is_empty(), "{file}: a panel without title");
-            assert!(ids.insert(p["id"].as_u64().unwrap()), "{file}: duplicate id");
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{file}: duplicate id"
+            );
             assert!(
                 p["description"].as_str().is_some_and(|s| s.len() > 20),
                 "{file} {title}: say what the panel is for"

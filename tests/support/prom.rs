@@ -68,8 +68,37 @@ pub fn api(host: &Host, addr: SocketAddr, path: &str) -> Result<Value, String> {
             return Err(format!("{addr} does not accept connections yet"));
         }
         let r = get(addr, &path);
-        serde_json::from_str(&r.body).map_err(|e| format!("{} {e}: {}", r.status, r.body))
+        let body = if r
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+        {
+            dechunk(&r.body)
+        } else {
+            r.body.clone()
+        };
+        serde_json::from_str(&body).map_err(|e| {
+            let head: String = body.chars().take(500).collect();
+            format!("{} {e}: {head}", r.status)
+        })
     })
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        let (Some(chunk), Some(next)) = (after.get(..size), after.get(size..)) else {
+            break;
+        };
+        if size == 0 {
+            break;
+        }
+        out.push_str(chunk);
+        rest = next.strip_prefix("\r\n").unwrap_or(next);
+    }
+    out
 }
 
 /// A Prometheus HTTP API response's `data`, or the error it reports.
