@@ -288,7 +288,10 @@ impl Engine {
         }
         let mut counted: HashMap<u16, Vec<ProbeResult>> = HashMap::new();
         for r in &results {
-            counted.entry(r.target.addr.port()).or_default().push(r.clone());
+            counted
+                .entry(r.target.addr.port())
+                .or_default()
+                .push(r.clone());
         }
         {
             let mut st = self.lock();

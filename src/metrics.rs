@@ -1,10 +1,13 @@
-//! The only place that knows metric names: renders snapshots and probe
-//! results into a Prometheus registry, and the registry into text.
+//! The only place that knows metric names: writes the latest snapshot and the
+//! probe counters as text at scrape time, and keeps the fixed-size families
+//! (cycle stages, peers, requests, reload, process) in a Prometheus registry.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use prometheus::core::Collector;
 use prometheus::{
     CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder,
@@ -13,9 +16,6 @@ use prometheus::{
 use crate::diagnosis::Cause;
 use crate::probe::{Outcome, ProbeResult};
 use crate::snapshot::{PROTOCOL, PortStatus, Snapshot};
-
-const PORT_LABELS: [&str; 3] = ["port", "protocol", "name"];
-const PROBE_LABELS: [&str; 6] = ["port", "protocol", "name", "vantage", "source", "target"];
 
 /// Cycle stages with a duration histogram and a completion timestamp.
 #[derive(Debug, Clone, Copy)]
@@ -40,16 +40,9 @@ pub struct Metrics {
     /// Held while a snapshot is written and while the registry is gathered, so a
     /// scrape never sees a half-written snapshot.
     lock: Mutex<Known>,
-    port_info: GaugeVec,
-    port_listening: GaugeVec,
-    port_diagnosis: GaugeVec,
-    listener_info: GaugeVec,
-    accept_queue_length: GaugeVec,
-    accept_queue_limit: GaugeVec,
-    probe_success: GaugeVec,
-    probe_outcome: GaugeVec,
-    probe_duration: GaugeVec,
-    probes_total: CounterVec,
+    /// The text of [`Known`] as of its `generation`: scrapes between two
+    /// changes (a scan or a probe round) share one rendering.
+    rendered: Mutex<Option<(u64, Bytes)>>,
     cycle_duration: HistogramVec,
     last_cycle: GaugeVec,
     peer_up: GaugeVec,
@@ -58,11 +51,20 @@ pub struct Metrics {
     reload_timestamp: Gauge,
 }
 
-/// Probe label sets with a counter, so counters of targets no longer probed
-/// can be removed.
+/// The per-port and per-probe series. They are written as text from the
+/// latest snapshot at scrape time rather than kept as registry children: a
+/// registry child costs about 2 KiB and a rebuild on every scan, which for
+/// 1,000 ports × 3 vantages (some 60,000 series) took hundreds of MiB and
+/// most of a core under scrape load (see BENCHMARKS.md).
 #[derive(Default)]
 struct Known {
-    probe_series: HashSet<Vec<String>>,
+    snapshot: Arc<Snapshot>,
+    /// `portsight_probes_total` per probe label set (port, protocol, name,
+    /// vantage, source, target), one count per [`Outcome::ALL`]; label sets
+    /// of targets no longer probed are removed.
+    probes_total: HashMap<[String; 6], [u64; 5]>,
+    /// Bumped on every change of the above.
+    generation: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,70 +82,6 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<Ga
 impl Metrics {
     pub fn new() -> Result<Metrics, Error> {
         let r = Registry::new();
-        let port_info = gauge_vec(
-            &r,
-            "portsight_port_info",
-            "A watched port: its policy and where it comes from.",
-            &["port", "protocol", "name", "expect", "origin"],
-        )?;
-        let port_listening = gauge_vec(
-            &r,
-            "portsight_port_listening",
-            "1 if a LISTEN socket exists on the port.",
-            &PORT_LABELS,
-        )?;
-        let mut cause_labels = PORT_LABELS.to_vec();
-        cause_labels.push("cause");
-        let port_diagnosis = gauge_vec(
-            &r,
-            "portsight_port_diagnosis",
-            "Why the port is (not) reachable, as a state set: 1 on the current cause.",
-            &cause_labels,
-        )?;
-        let listener_info = gauge_vec(
-            &r,
-            "portsight_listener_info",
-            "One per listening socket of a watched port: bind address, its scope and owning process.",
-            &["port", "protocol", "address", "scope", "process"],
-        )?;
-        let queue = ["port", "protocol", "address"];
-        let accept_queue_length = gauge_vec(
-            &r,
-            "portsight_listener_accept_queue_length",
-            "Connections waiting in the listener's accept queue.",
-            &queue,
-        )?;
-        let accept_queue_limit = gauge_vec(
-            &r,
-            "portsight_listener_accept_queue_limit",
-            "The listener's accept queue limit (listen backlog).",
-            &queue,
-        )?;
-        let probe_success = gauge_vec(
-            &r,
-            "portsight_probe_success",
-            "1 if the last connect attempt to the target succeeded.",
-            &PROBE_LABELS,
-        )?;
-        let mut outcome_labels = PROBE_LABELS.to_vec();
-        outcome_labels.push("outcome");
-        let probe_outcome = gauge_vec(
-            &r,
-            "portsight_probe_outcome",
-            "Outcome of the last connect attempt, as a state set: 1 on the current outcome.",
-            &outcome_labels,
-        )?;
-        let probe_duration = gauge_vec(
-            &r,
-            "portsight_probe_duration_seconds",
-            "Duration of the last connect attempt.",
-            &PROBE_LABELS,
-        )?;
-        let probes_total = CounterVec::new(
-            Opts::new("portsight_probes_total", "Connect attempts, by outcome."),
-            &outcome_labels,
-        )?;
-        r.register(Box::new(probes_total.clone()))?;
         let cycle_duration = HistogramVec::new(
             HistogramOpts::new(
                 "portsight_cycle_duration_seconds",
@@ -211,16 +149,7 @@ impl Metrics {
         Ok(Metrics {
             registry: r,
             lock: Mutex::new(Known::default()),
-            port_info,
-            port_listening,
-            port_diagnosis,
-            listener_info,
-            accept_queue_length,
-            accept_queue_limit,
-            probe_success,
-            probe_outcome,
-            probe_duration,
-            probes_total,
+            rendered: Mutex::new(None),
             cycle_duration,
             last_cycle,
             peer_up,
@@ -231,104 +160,31 @@ impl Metrics {
     }
 
     /// Replaces every per-port series with those of `snapshot`.
-    pub fn set_snapshot(&self, snapshot: &Snapshot) {
+    pub fn set_snapshot(&self, snapshot: &Arc<Snapshot>) {
+        let current: HashSet<[String; 6]> = snapshot
+            .ports
+            .iter()
+            .flat_map(|p| p.probes.iter().map(move |r| probe_labels(p, r)))
+            .collect();
         let mut known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        for g in [
-            &self.port_info,
-            &self.port_listening,
-            &self.port_diagnosis,
-            &self.listener_info,
-            &self.accept_queue_length,
-            &self.accept_queue_limit,
-            &self.probe_success,
-            &self.probe_outcome,
-            &self.probe_duration,
-        ] {
-            g.reset();
-        }
-        let mut current = HashSet::new();
-        for p in &snapshot.ports {
-            let port = p.port.to_string();
-            let port_labels = [port.as_str(), PROTOCOL, p.name.as_str()];
-            self.port_info
-                .with_label_values(&[
-                    port.as_str(),
-                    PROTOCOL,
-                    &p.name,
-                    p.expect.as_str(),
-                    p.origin.as_str(),
-                ])
-                .set(1.0);
-            self.port_listening
-                .with_label_values(&port_labels)
-                .set(if p.listening() { 1.0 } else { 0.0 });
-            for cause in Cause::ALL {
-                self.port_diagnosis
-                    .with_label_values(&[port.as_str(), PROTOCOL, &p.name, cause.as_str()])
-                    .set(if cause == p.diagnosis.cause { 1.0 } else { 0.0 });
-            }
-            for l in &p.listeners {
-                let address = l.address.to_string();
-                let process = l.owner.as_ref().map_or("", |o| o.name.as_str());
-                self.listener_info
-                    .with_label_values(&[&port, PROTOCOL, &address, l.scope().as_str(), process])
-                    .set(1.0);
-                let q = [port.as_str(), PROTOCOL, address.as_str()];
-                self.accept_queue_length
-                    .with_label_values(&q)
-                    .set(f64::from(l.accept_queue_length));
-                if let Some(limit) = l.accept_queue_limit {
-                    self.accept_queue_limit
-                        .with_label_values(&q)
-                        .set(f64::from(limit));
-                }
-            }
-            for r in &p.probes {
-                let labels = probe_labels(p, r);
-                let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-                let success = r.outcome == Outcome::Success;
-                self.probe_success
-                    .with_label_values(&l)
-                    .set(if success { 1.0 } else { 0.0 });
-                self.probe_duration
-                    .with_label_values(&l)
-                    .set(r.duration.as_secs_f64());
-                for o in Outcome::ALL {
-                    let mut lo = l.clone();
-                    lo.push(o.as_str());
-                    self.probe_outcome
-                        .with_label_values(&lo)
-                        .set(if o == r.outcome { 1.0 } else { 0.0 });
-                }
-                current.insert(labels);
-            }
-        }
-        for gone in known.probe_series.difference(&current) {
-            for o in Outcome::ALL {
-                let mut lo: Vec<&str> = gone.iter().map(String::as_str).collect();
-                lo.push(o.as_str());
-                let _ = self.probes_total.remove_label_values(&lo);
-            }
-        }
-        known.probe_series = current;
+        known.snapshot = Arc::clone(snapshot);
+        known
+            .probes_total
+            .retain(|labels, _| current.contains(labels));
+        known.generation += 1;
     }
 
     /// Counts attempts in `portsight_probes_total`; every attempt, so failures
     /// between two scrapes are not lost.
     pub fn count_probes(&self, port: &PortStatus, results: &[ProbeResult]) {
-        let _known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        known.generation += 1;
         for r in results {
-            let labels = probe_labels(port, r);
-            let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
             // Every outcome of a target exists from its first attempt on, so
             // `increase()` sees the first failure too.
-            for o in Outcome::ALL {
-                l.push(o.as_str());
-                let c = self.probes_total.with_label_values(&l);
-                if o == r.outcome {
-                    c.inc();
-                }
-                l.pop();
+            let counts = known.probes_total.entry(probe_labels(port, r)).or_default();
+            if let Some(i) = Outcome::ALL.iter().position(|o| *o == r.outcome) {
+                counts[i] += 1;
             }
         }
     }
@@ -376,12 +232,31 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> Result<Vec<u8>, Error> {
-        let families = {
-            let _known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.registry.gather()
+        let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self
+            .lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation;
+        let cached = rendered.take().filter(|(g, _)| *g == generation);
+        let (generation, text) = match cached {
+            Some(c) => c,
+            None => {
+                let mut text = String::with_capacity(64 * 1024);
+                let (snapshot, generation) = {
+                    let known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                    write_probes_total(&mut text, &known.probes_total);
+                    (Arc::clone(&known.snapshot), known.generation)
+                };
+                write_snapshot(&mut text, &snapshot);
+                (generation, Bytes::from(text))
+            }
         };
-        let mut out = Vec::with_capacity(64 * 1024);
-        TextEncoder::new().encode(&families, &mut out)?;
+        let mut out = Vec::with_capacity(text.len() + 16 * 1024);
+        out.extend_from_slice(&text);
+        *rendered = Some((generation, text));
+        drop(rendered);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(out)
     }
 }
@@ -454,8 +329,9 @@ pub fn render_probe(r: &ProbeResult) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-fn probe_labels(p: &PortStatus, r: &ProbeResult) -> Vec<String> {
-    vec![
+/// Probe labels: port, protocol, name, vantage, source, target.
+fn probe_labels(p: &PortStatus, r: &ProbeResult) -> [String; 6] {
+    [
         p.port.to_string(),
         PROTOCOL.to_string(),
         p.name.clone(),
@@ -463,6 +339,295 @@ fn probe_labels(p: &PortStatus, r: &ProbeResult) -> Vec<String> {
         r.target.source.clone(),
         r.target.addr.to_string(),
     ]
+}
+
+/// `# HELP` and `# TYPE` of one family.
+fn family(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// One sample; `labels` in alphabetical order of their names, as the
+/// prometheus crate writes them.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    out.push_str(name);
+    out.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push_str("} ");
+    if value.is_infinite() {
+        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{value}");
+    }
+    out.push('\n');
+}
+
+fn bool_value(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+fn write_probes_total(out: &mut String, counts: &HashMap<[String; 6], [u64; 5]>) {
+    if counts.is_empty() {
+        return;
+    }
+    let name = "portsight_probes_total";
+    family(out, name, "Connect attempts, by outcome.", "counter");
+    let mut rows: Vec<_> = counts.iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for ([port, protocol, pname, vantage, source, target], n) in rows {
+        for (o, n) in Outcome::ALL.iter().zip(n) {
+            let labels = [
+                ("name", pname.as_str()),
+                ("outcome", o.as_str()),
+                ("port", port.as_str()),
+                ("protocol", protocol.as_str()),
+                ("source", source.as_str()),
+                ("target", target.as_str()),
+                ("vantage", vantage.as_str()),
+            ];
+            sample(out, name, &labels, *n as f64);
+        }
+    }
+}
+
+/// The listening sockets of one address of a port, as one series: sockets
+/// sharing an address (SO_REUSEPORT) would otherwise repeat a label set.
+struct ListenerSeries<'a> {
+    address: String,
+    scope: &'static str,
+    /// The owning processes' names (empty where not visible), each once.
+    processes: BTreeSet<&'a str>,
+    /// The fullest socket's accept queue and its limit.
+    length: u32,
+    limit: Option<u32>,
+}
+
+fn listener_series(p: &PortStatus) -> Vec<ListenerSeries<'_>> {
+    let mut by_address: BTreeMap<std::net::IpAddr, ListenerSeries<'_>> = BTreeMap::new();
+    for l in &p.listeners {
+        let process = l.owner.as_ref().map_or("", |o| o.name.as_str());
+        let series = by_address
+            .entry(l.address)
+            .or_insert_with(|| ListenerSeries {
+                address: l.address.to_string(),
+                scope: l.scope().as_str(),
+                processes: BTreeSet::new(),
+                length: l.accept_queue_length,
+                limit: l.accept_queue_limit,
+            });
+        series.processes.insert(process);
+        if l.accept_queue_length > series.length {
+            series.length = l.accept_queue_length;
+            series.limit = l.accept_queue_limit;
+        }
+    }
+    by_address.into_values().collect()
+}
+
+/// The per-port, per-listener and per-probe families of `snapshot`.
+fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
+    let ports = &snapshot.ports;
+    if ports.is_empty() {
+        return;
+    }
+    let names: Vec<String> = ports.iter().map(|p| p.port.to_string()).collect();
+    let each = || ports.iter().zip(&names);
+
+    let name = "portsight_port_info";
+    family(
+        out,
+        name,
+        "A watched port: its policy and where it comes from.",
+        "gauge",
+    );
+    for (p, port) in each() {
+        let labels = [
+            ("expect", p.expect.as_str()),
+            ("name", p.name.as_str()),
+            ("origin", p.origin.as_str()),
+            ("port", port.as_str()),
+            ("protocol", PROTOCOL),
+        ];
+        sample(out, name, &labels, 1.0);
+    }
+    let name = "portsight_port_listening";
+    family(
+        out,
+        name,
+        "1 if a LISTEN socket exists on the port.",
+        "gauge",
+    );
+    for (p, port) in each() {
+        let labels = [
+            ("name", p.name.as_str()),
+            ("port", port),
+            ("protocol", PROTOCOL),
+        ];
+        sample(out, name, &labels, bool_value(p.listening()));
+    }
+    let name = "portsight_port_diagnosis";
+    family(
+        out,
+        name,
+        "Why the port is (not) reachable, as a state set: 1 on the current cause.",
+        "gauge",
+    );
+    for (p, port) in each() {
+        for cause in Cause::ALL {
+            let labels = [
+                ("cause", cause.as_str()),
+                ("name", p.name.as_str()),
+                ("port", port),
+                ("protocol", PROTOCOL),
+            ];
+            sample(out, name, &labels, bool_value(cause == p.diagnosis.cause));
+        }
+    }
+
+    let listeners: Vec<(&str, ListenerSeries)> = each()
+        .flat_map(|(p, port)| {
+            listener_series(p)
+                .into_iter()
+                .map(move |l| (port.as_str(), l))
+        })
+        .collect();
+    if !listeners.is_empty() {
+        let name = "portsight_listener_info";
+        family(
+            out,
+            name,
+            "One per listening socket of a watched port: bind address, its scope and owning process.",
+            "gauge",
+        );
+        for (port, l) in &listeners {
+            for process in &l.processes {
+                let labels = [
+                    ("address", l.address.as_str()),
+                    ("port", port),
+                    ("process", process),
+                    ("protocol", PROTOCOL),
+                    ("scope", l.scope),
+                ];
+                sample(out, name, &labels, 1.0);
+            }
+        }
+        let name = "portsight_listener_accept_queue_length";
+        family(
+            out,
+            name,
+            "Connections waiting in the listener's accept queue.",
+            "gauge",
+        );
+        for (port, l) in &listeners {
+            let labels = [
+                ("address", l.address.as_str()),
+                ("port", port),
+                ("protocol", PROTOCOL),
+            ];
+            sample(out, name, &labels, f64::from(l.length));
+        }
+        if listeners.iter().any(|(_, l)| l.limit.is_some()) {
+            let name = "portsight_listener_accept_queue_limit";
+            family(
+                out,
+                name,
+                "The listener's accept queue limit (listen backlog).",
+                "gauge",
+            );
+            for (port, l) in &listeners {
+                if let Some(limit) = l.limit {
+                    let labels = [
+                        ("address", l.address.as_str()),
+                        ("port", port),
+                        ("protocol", PROTOCOL),
+                    ];
+                    sample(out, name, &labels, f64::from(limit));
+                }
+            }
+        }
+    }
+
+    if ports.iter().all(|p| p.probes.is_empty()) {
+        return;
+    }
+    let probes = || {
+        each().flat_map(|(p, port)| {
+            p.probes
+                .iter()
+                .map(move |r| (p, port.as_str(), r, r.target.addr.to_string()))
+        })
+    };
+    let name = "portsight_probe_success";
+    family(
+        out,
+        name,
+        "1 if the last connect attempt to the target succeeded.",
+        "gauge",
+    );
+    for (p, port, r, target) in probes() {
+        let labels = [
+            ("name", p.name.as_str()),
+            ("port", port),
+            ("protocol", PROTOCOL),
+            ("source", r.target.source.as_str()),
+            ("target", target.as_str()),
+            ("vantage", r.target.vantage.as_str()),
+        ];
+        sample(
+            out,
+            name,
+            &labels,
+            bool_value(r.outcome == Outcome::Success),
+        );
+    }
+    let name = "portsight_probe_outcome";
+    family(
+        out,
+        name,
+        "Outcome of the last connect attempt, as a state set: 1 on the current outcome.",
+        "gauge",
+    );
+    for (p, port, r, target) in probes() {
+        for o in Outcome::ALL {
+            let labels = [
+                ("name", p.name.as_str()),
+                ("outcome", o.as_str()),
+                ("port", port),
+                ("protocol", PROTOCOL),
+                ("source", r.target.source.as_str()),
+                ("target", target.as_str()),
+                ("vantage", r.target.vantage.as_str()),
+            ];
+            sample(out, name, &labels, bool_value(o == r.outcome));
+        }
+    }
+    let name = "portsight_probe_duration_seconds";
+    family(out, name, "Duration of the last connect attempt.", "gauge");
+    for (p, port, r, target) in probes() {
+        let labels = [
+            ("name", p.name.as_str()),
+            ("port", port),
+            ("protocol", PROTOCOL),
+            ("source", r.target.source.as_str()),
+            ("target", target.as_str()),
+            ("vantage", r.target.vantage.as_str()),
+        ];
+        sample(out, name, &labels, r.duration.as_secs_f64());
+    }
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {

@@ -367,9 +367,29 @@ fn promtool_finds_nothing_in_real_output() {
     };
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l4.local_addr().unwrap().port();
-    let s = start(config(&[port, closed_port()]), None, true);
+    // Two SO_REUSEPORT sockets on one address, as pre-forked servers have:
+    // one series, not a repeated label set.
+    let shared = reuseport("127.0.0.1:0".parse().unwrap());
+    let shared_port = shared.local_addr().unwrap().as_socket().unwrap().port();
+    let _twin = reuseport(format!("127.0.0.1:{shared_port}").parse().unwrap());
+    let s = start(config(&[port, shared_port, closed_port()]), None, true);
     s.wait_ready();
     let body = get(s.addr, "/metrics").body;
+    let m = parse_metrics(&body);
+    assert_eq!(
+        metric(&m, "portsight_listener_info")
+            .label("port", shared_port)
+            .all()
+            .len(),
+        1
+    );
+    assert_eq!(
+        metric(&m, "portsight_listener_accept_queue_length")
+            .label("port", shared_port)
+            .all()
+            .len(),
+        1
+    );
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -394,6 +414,14 @@ fn promtool_finds_nothing_in_real_output() {
         out.status.success() && findings.trim().is_empty(),
         "promtool: {findings}"
     );
+}
+
+fn reuseport(addr: std::net::SocketAddr) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.bind(&addr.into()).unwrap();
+    s.listen(16).unwrap();
+    s
 }
 
 fn which(cmd: &str) -> Result<PathBuf, ()> {

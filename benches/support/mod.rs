@@ -1,0 +1,386 @@
+//! What the benchmarks share: the world they run in (a network namespace of
+//! their own), medians, CPU and memory of a process, a small HTTP client and
+//! the report lines `bench/run` collects.
+//!
+//! Every benchmark runs in a network namespace that is not the host's: when
+//! started in the host's namespace (plain `cargo bench`), it unshares a fresh
+//! one, which the kernel deletes when the process exits; `bench/run` runs
+//! them inside one it made with `ip netns add`.
+
+#![allow(dead_code)] // each bench uses a part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Source ports the kernel picks inside the benchmark namespace; fixed
+/// listener ports sit below.
+pub const EPHEMERAL: (u16, u16) = (30000, 65000);
+
+/// The interface address of the benchmark host (a veth pair, both ends in
+/// the namespace: this kernel has no dummy links).
+pub const HOST_ADDR: &str = "10.77.0.1";
+
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and
+/// then the benchmarks only say so (they need root and minutes).
+pub fn bench_mode(name: &str) -> bool {
+    if std::env::args().any(|a| a == "--bench") {
+        return true;
+    }
+    println!("{name}: benchmark; run with `cargo bench --bench {name}` or bench/run");
+    false
+}
+
+/// Enters the benchmark world: a network namespace of its own with `lo` up,
+/// a veth pair holding [`HOST_ADDR`], the ephemeral port range widened, and
+/// the open-file limit raised to its hard limit. Exits with a message
+/// without root.
+pub fn enter_world() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("benchmarks need root (network namespaces, rlimits)");
+        std::process::exit(2);
+    }
+    if in_host_namespace() {
+        use nix::sched::CloneFlags;
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+            .expect("unshare(CLONE_NEWNET | CLONE_NEWNS)");
+        // As `ip netns exec` does: /sys shows this namespace's interfaces.
+        run("mount", &["--make-rprivate", "/"]);
+        run("mount", &["-t", "sysfs", "sysfs", "/sys"]);
+    }
+    assert!(
+        !in_host_namespace(),
+        "refusing to run in the host's network namespace"
+    );
+    ip(&["link", "set", "lo", "up"]);
+    if !Command::new("ip")
+        .args(["link", "show", "psb0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        ip(&[
+            "link", "add", "psb0", "type", "veth", "peer", "name", "psb1",
+        ]);
+        ip(&["addr", "add", &format!("{HOST_ADDR}/24"), "dev", "psb0"]);
+        ip(&["link", "set", "psb0", "up"]);
+        ip(&["link", "set", "psb1", "up"]);
+    }
+    std::fs::write(
+        "/proc/sys/net/ipv4/ip_local_port_range",
+        format!("{} {}", EPHEMERAL.0, EPHEMERAL.1),
+    )
+    .expect("widen ip_local_port_range");
+    raise_fd_limit();
+}
+
+fn in_host_namespace() -> bool {
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    ns("/proc/self/ns/net") == ns("/proc/1/ns/net")
+}
+
+fn ip(args: &[&str]) {
+    run("ip", args);
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let st = Command::new(cmd).args(args).status().expect(cmd);
+    assert!(st.success(), "{cmd} {args:?} failed");
+}
+
+/// Raises the soft open-file limit to the hard one (this sandbox lacks
+/// `CAP_SYS_RESOURCE`, so the hard limit, 20,000 here, stays): benchmarks
+/// that need more file descriptors spread them over several processes.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit read and write the rlimit struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        lim.rlim_cur
+    }
+}
+
+/// Interface and kernel of this machine, for the report.
+pub fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    format!(
+        "{} cores ({model}), Linux {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    )
+}
+
+/// The median of `xs` (the mean of the middle two for an even count).
+pub fn median(xs: &[f64]) -> f64 {
+    assert!(!xs.is_empty(), "median of nothing");
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Times `f` `n` times and returns each run's wall time in seconds.
+pub fn time_each(n: usize, mut f: impl FnMut()) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// CPU time (user + system) of this whole process, every thread.
+pub fn cpu_self() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    assert_eq!(rc, 0, "getrusage");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time (utime + stime) of process `pid`, from `/proc/<pid>/stat`.
+pub fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
+/// A `VmRSS`-style field of `/proc/<pid>/status`, in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| {
+            v.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        Proc(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `f` returns `Some`, up to `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP/1.1 client on one kept-alive connection.
+pub struct Http {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr) -> Http {
+        Http { addr, conn: None }
+    }
+
+    /// `GET path`: the status and body. Reconnects once if the kept-alive
+    /// connection was closed.
+    pub fn get(&mut self, path: &str) -> std::io::Result<(u16, String)> {
+        match self.try_get(path) {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                self.conn = None;
+                self.try_get(path)
+            }
+        }
+    }
+
+    fn try_get(&mut self, path: &str) -> std::io::Result<(u16, String)> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.set_nodelay(true)?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        write!(
+            conn.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portsight-bench\r\n\r\n",
+            self.addr
+        )?;
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        let mut line = String::new();
+        if conn.read_line(&mut line)? == 0 {
+            return Err(bad("connection closed"));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("bad status line"))?;
+        let (mut length, mut chunked, mut close) = (None, false, false);
+        loop {
+            line.clear();
+            conn.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').ok_or_else(|| bad("bad header"))?;
+            let (k, v) = (k.to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+            match k.as_str() {
+                "content-length" => length = v.parse::<usize>().ok(),
+                "transfer-encoding" => chunked = v.contains("chunked"),
+                "connection" => close = v == "close",
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                conn.read_line(&mut line)?;
+                let n = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("bad chunk"))?;
+                let start = body.len();
+                body.resize(start + n + 2, 0);
+                conn.read_exact(&mut body[start..])?;
+                body.truncate(start + n);
+                if n == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            conn.read_exact(&mut body)?;
+        } else {
+            conn.read_to_end(&mut body)?;
+            close = true;
+        }
+        if close {
+            self.conn = None;
+        }
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// The value of the first sample of `name` whose labels contain every
+/// `key="value"` in `labels`, in a text exposition.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && labels.iter().all(|kv| l.contains(kv))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The path of the `portsight` binary cargo built for this benchmark.
+pub fn portsight_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portsight")
+}
+
+/// Blackbox exporter's binary, if installed (`prometheus-blackbox-exporter`).
+pub fn blackbox_bin() -> Option<String> {
+    let p = std::env::var("BLACKBOX_EXPORTER")
+        .unwrap_or_else(|_| "/usr/bin/prometheus-blackbox-exporter".into());
+    std::path::Path::new(&p).exists().then_some(p)
+}
+
+/// Starts blackbox_exporter on `listen` with a `tcp_connect` module; its
+/// config goes into `dir`. Returns once it answers.
+pub fn start_blackbox(bin: &str, dir: &std::path::Path, listen: SocketAddr) -> Proc {
+    let cfg = dir.join("blackbox.yml");
+    std::fs::write(
+        &cfg,
+        "modules:\n  tcp_connect:\n    prober: tcp\n    timeout: 2s\n    tcp:\n      preferred_ip_protocol: ip4\n",
+    )
+    .expect("write blackbox.yml");
+    let p = Proc::spawn(
+        Command::new(bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--web.listen-address={listen}"))
+            .arg("--log.level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for(Duration::from_secs(10), "blackbox_exporter", || {
+        Http::new(listen)
+            .get("/-/healthy")
+            .ok()
+            .filter(|(s, _)| *s == 200)
+    });
+    p
+}
+
+/// Prints a markdown table.
+pub fn table(title: &str, header: &[&str], rows: &[Vec<String>]) {
+    println!("\n#### {title}\n");
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
+    for r in rows {
+        println!("| {} |", r.join(" | "));
+    }
+    println!();
+}
+
+/// A duration in seconds, written with a fitting unit.
+pub fn fmt_secs(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.2} µs", s * 1e6)
+    }
+}
+
+/// `PASS`/`FAIL` for a target.
+pub fn verdict(ok: bool) -> String {
+    if ok { "PASS".into() } else { "**FAIL**".into() }
+}
