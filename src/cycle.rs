@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use crate::config::{self, Config};
 use crate::diagnosis::{self, Failure, Input, Vantages};
 use crate::metrics::{Metrics, Stage};
-use crate::peer::{self, PeerSet, client::PeerClient};
+use crate::peer::{self, Peer, PeerSet, client::PeerClient, wire};
 use crate::probe::scheduler::Prober;
 use crate::probe::{ProbeResult, Target, Vantage};
 use crate::snapshot::{PortStatus, Snapshot};
@@ -34,6 +34,8 @@ pub struct Engine {
     /// Probes served to others (`/probe`), with their own concurrency limit.
     server_prober: RwLock<Prober>,
     peer_client: PeerClient,
+    /// The peers `peers.dns` last resolved to.
+    dns_peers: Mutex<Vec<Peer>>,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     snapshot: watch::Sender<Arc<Snapshot>>,
@@ -55,6 +57,8 @@ struct State {
     changed_at: HashMap<u16, SystemTime>,
     /// Each port's last reachability failure, for `transient`.
     failures: HashMap<u16, Failure>,
+    /// This host's interface addresses, as of the last probe round.
+    own_addresses: Vec<IpAddr>,
 }
 
 /// What the config's token files hold.
@@ -100,6 +104,7 @@ impl Engine {
             config_file,
             secrets: RwLock::new(Arc::new(secrets)),
             peer_client: PeerClient::default(),
+            dns_peers: Mutex::new(Vec::new()),
             state: Mutex::new(State::default()),
             metrics,
             snapshot,
@@ -239,10 +244,12 @@ impl Engine {
     }
 
     /// Probes `ports` (every watched port when `None`) from the local
-    /// vantages; a full round also asks peers for the external view.
+    /// vantages and publishes the results; then, with peers configured, asks
+    /// them for the external view of the same ports and publishes that too.
     pub async fn probe(self: &Arc<Self>, ports: Option<&[u16]>) {
         let config = self.config();
         let started = Instant::now();
+        let full = ports.is_none();
         let watched: Vec<u16> = {
             let st = self.lock();
             st.watch
@@ -266,97 +273,125 @@ impl Engine {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let full = ports.is_none();
-        let local = prober.run(targets.clone(), config.probe.timeout);
-        let (mut results, external) = if full && config.has_external_vantage() {
-            let external = if config.vantage.external_addresses.is_empty() {
-                own.clone()
-            } else {
-                config.vantage.external_addresses.clone()
-            };
-            tokio::join!(local, self.ask_peers(&config, &watched, &external, &own))
-        } else {
-            (local.await, Vec::new())
-        };
-        // Evidence from peers that answered; peers that did not give none.
-        let mut current: HashSet<Target> = targets.into_iter().collect();
-        current.extend(external.iter().map(|r| r.target.clone()));
-        results.extend(external);
-        for r in &results {
-            tracing::debug!(target = %r.target.addr, vantage = r.target.vantage.as_str(),
-                outcome = r.outcome.as_str(), duration = ?r.duration, "probe");
-        }
-        let mut counted: HashMap<u16, Vec<ProbeResult>> = HashMap::new();
-        for r in &results {
-            counted
-                .entry(r.target.addr.port())
-                .or_default()
-                .push(r.clone());
-        }
-        {
-            let mut st = self.lock();
-            for r in results {
-                let port = r.target.addr.port();
-                if st.watch.get(port).is_none() {
-                    continue;
-                }
-                let slot = st.probes.entry(port).or_default();
-                // A round that started earlier must not overwrite a newer result.
-                if slot.get(&r.target).is_none_or(|old| old.at <= r.at) {
-                    slot.insert(r.target.clone(), r);
-                }
-            }
-            // Targets no longer probed (an address went away, a peer did not
-            // answer) drop out; a partial round keeps the external view.
-            for port in &watched {
-                if let Some(slot) = st.probes.get_mut(port) {
-                    slot.retain(|t, _| {
-                        current.contains(t) || (!full && t.vantage == Vantage::External)
-                    });
-                }
-            }
-            if ports.is_none() {
-                st.probed_at = Some(SystemTime::now());
-            }
-        }
-        let snapshot = self.publish();
-        for p in &snapshot.ports {
-            if let Some(attempts) = counted.get(&p.port) {
-                self.metrics.count_probes(p, attempts);
-            }
-        }
-        if ports.is_none() {
+        let results = prober.run(targets.clone(), config.probe.timeout).await;
+        self.lock().own_addresses.clone_from(&own);
+        // Targets no longer probed (an address went away) drop out.
+        let local: HashSet<Target> = targets.into_iter().collect();
+        self.merge(&watched, results, |t| {
+            t.vantage == Vantage::External || local.contains(t)
+        });
+        if full {
+            self.lock().probed_at = Some(SystemTime::now());
             self.metrics.observe_stage(
                 Stage::Probe,
                 started.elapsed().as_secs_f64(),
                 SystemTime::now(),
             );
         }
+        self.publish();
+
+        if config.has_external_vantage() && !watched.is_empty() {
+            let external = if config.vantage.external_addresses.is_empty() {
+                own.clone()
+            } else {
+                config.vantage.external_addresses.clone()
+            };
+            let (results, asked) = self.ask_peers(&config, &watched, &external, &own).await;
+            // Evidence only from peers that answered: a peer that did not
+            // answer gives none, and its old results go.
+            let answered: HashSet<Target> = results.iter().map(|r| r.target.clone()).collect();
+            self.merge(&watched, results, |t| {
+                t.vantage != Vantage::External
+                    || (answered.contains(t) || !asked.contains(&t.source))
+            });
+            self.publish();
+        }
     }
 
-    /// Asks `peers.fanout` peers to probe `ports` on the external addresses,
-    /// one batch each, at once. Sets `portsight_peer_up` for each.
+    /// Stores `results` (a result never overwrites a newer one), keeps of
+    /// `ports`' other results those `keep` says, and counts the attempts.
+    fn merge(&self, ports: &[u16], results: Vec<ProbeResult>, keep: impl Fn(&Target) -> bool) {
+        let mut attempts: HashMap<u16, Vec<ProbeResult>> = HashMap::new();
+        let mut names: HashMap<u16, String> = HashMap::new();
+        {
+            let mut st = self.lock();
+            for r in results {
+                let port = r.target.addr.port();
+                let Some(w) = st.watch.get(port) else {
+                    continue;
+                };
+                names.entry(port).or_insert_with(|| w.name.clone());
+                tracing::debug!(target = %r.target.addr, vantage = r.target.vantage.as_str(),
+                    source = %r.target.source, outcome = r.outcome.as_str(), duration = ?r.duration, "probe");
+                attempts.entry(port).or_default().push(r.clone());
+                let slot = st.probes.entry(port).or_default();
+                if slot.get(&r.target).is_none_or(|old| old.at <= r.at) {
+                    slot.insert(r.target.clone(), r);
+                }
+            }
+            for port in ports {
+                if let Some(slot) = st.probes.get_mut(port) {
+                    slot.retain(|t, _| keep(t));
+                }
+            }
+        }
+        for (port, results) in attempts {
+            self.metrics.count_probes(port, &names[&port], &results);
+        }
+    }
+
+    /// Asks `peers.fanout` peers at once to probe `ports` on the external
+    /// addresses, in batches of at most [`wire::MAX_TARGETS`] targets. Sets
+    /// `portsight_peer_up` for each peer asked; returns the results and the
+    /// names of the peers asked.
     async fn ask_peers(
         &self,
         config: &Config,
         ports: &[u16],
         external: &[IpAddr],
         own: &[IpAddr],
-    ) -> Vec<ProbeResult> {
+    ) -> (Vec<ProbeResult>, HashSet<String>) {
         let started = Instant::now();
-        let all = self.secrets().peers.resolve(config, own).await;
-        let chosen = peer::choose(&peer::identity(config), &all, config.peers.fanout);
         let targets: Vec<SocketAddr> = ports
             .iter()
             .flat_map(|&p| external.iter().map(move |ip| SocketAddr::new(*ip, p)))
             .collect();
+        let secrets = self.secrets();
+        let mut all = secrets.peers.listed.clone();
+        match secrets.peers.resolve_dns(config, own).await {
+            Some(Ok(found)) => {
+                all.extend(found.iter().cloned());
+                *self.dns_peers.lock().unwrap_or_else(|e| e.into_inner()) = found;
+            }
+            Some(Err(e)) => {
+                // Keep asking the peers the name had: a DNS outage must not
+                // make dead peers vanish from portsight_peer_up.
+                tracing::warn!(error = %e, "peer DNS lookup failed; using the last answer");
+                all.extend(
+                    self.dns_peers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .cloned(),
+                );
+            }
+            None => {}
+        }
+        let chosen = peer::choose(&peer::identity(config), &all, config.peers.fanout);
+        let asked: HashSet<String> = chosen.iter().map(|p| p.name.clone()).collect();
         let mut asks = tokio::task::JoinSet::new();
-        for p in chosen {
+        for p in chosen.into_iter().filter(|_| !targets.is_empty()) {
             let (client, p, targets) = (self.peer_client.clone(), p.clone(), targets.clone());
             let (probe_timeout, timeout) = (config.probe.timeout, config.peers.timeout);
             asks.spawn(async move {
-                let r = client.probe(&p, &targets, probe_timeout, timeout).await;
-                (p.name, r)
+                let mut results = Vec::new();
+                for batch in targets.chunks(wire::MAX_TARGETS) {
+                    match client.probe(&p, batch, probe_timeout, timeout).await {
+                        Ok(r) => results.extend(r),
+                        Err(e) => return (p.name, Err(e)),
+                    }
+                }
+                (p.name, Ok(results))
             });
         }
         let mut results = Vec::new();
@@ -381,7 +416,7 @@ impl Engine {
             started.elapsed().as_secs_f64(),
             SystemTime::now(),
         );
-        results
+        (results, asked)
     }
 
     /// Probes targets for another client (`/probe`, `/api/v1/probe`) under the
@@ -446,6 +481,7 @@ impl Engine {
                         probes: &probes,
                         vantages,
                         last_failure: st.failures.get(&w.port),
+                        own_addresses: &st.own_addresses,
                         transient_window: config.diagnosis.transient_window,
                         now,
                     });

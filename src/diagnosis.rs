@@ -112,6 +112,10 @@ pub struct Input<'a> {
     pub vantages: Vantages,
     /// The port's last failure, if any.
     pub last_failure: Option<&'a Failure>,
+    /// This host's own addresses. An external target that is not one of
+    /// them (a public IP NATed to the host) reaches whatever listens on a
+    /// non-loopback address.
+    pub own_addresses: &'a [IpAddr],
     pub transient_window: Duration,
     pub now: SystemTime,
 }
@@ -173,6 +177,28 @@ fn family(a: IpAddr) -> Family {
     } else {
         Family::Ipv6
     }
+}
+
+/// Whether a listener takes connections to `r`'s target. An external target
+/// that is not an address of this host (NAT) reaches every non-loopback listener.
+fn reached(input: &Input, r: &ProbeResult) -> bool {
+    let ip = r.target.addr.ip();
+    let nat = r.target.vantage == Vantage::External && !input.own_addresses.contains(&ip);
+    input
+        .listeners
+        .iter()
+        .any(|l| covers(l, ip) || (nat && l.scope() != Scope::Loopback))
+}
+
+/// True when no listener takes `target`'s family at all while a wildcard
+/// takes the other one: an address family mismatch, not a bind address
+/// elsewhere.
+fn family_missing(listeners: &[Listener], target: IpAddr) -> bool {
+    let takes_family = listeners.iter().any(|l| {
+        family(l.address) == family(target)
+            || (target.is_ipv4() && l.scope() == Scope::Any && l.v6only != Some(true))
+    });
+    !takes_family && other_family_wildcard(listeners, target).is_some()
 }
 
 /// A wildcard listener that covers one family only (`0.0.0.0`, or `::` with
@@ -311,25 +337,14 @@ fn decide(input: &Input) -> Decision {
     }
 
     // Each failure of a target the policy wants reachable, by what explains it.
-    let uncovered = |r: &&&ProbeResult| !listeners.iter().any(|l| covers(l, r.target.addr.ip()));
-    let covered = |r: &&&ProbeResult| listeners.iter().any(|l| covers(l, r.target.addr.ip()));
+    let covered = |r: &&&ProbeResult| reached(input, r);
     let unreachable =
         |r: &&&ProbeResult| matches!(r.outcome, Outcome::Unreachable | Outcome::Error);
-
-    let mismatched: Vec<&ProbeResult> = failures
+    let (mismatched, elsewhere): (Vec<&ProbeResult>, Vec<&ProbeResult>) = failures
         .iter()
-        .filter(uncovered)
-        .filter(|r| !unreachable(r))
-        .filter(|r| other_family_wildcard(listeners, r.target.addr.ip()).is_some())
+        .filter(|r| !covered(r) && !unreachable(r))
         .copied()
-        .collect();
-    let elsewhere: Vec<&ProbeResult> = failures
-        .iter()
-        .filter(uncovered)
-        .filter(|r| !unreachable(r))
-        .filter(|r| other_family_wildcard(listeners, r.target.addr.ip()).is_none())
-        .copied()
-        .collect();
+        .partition(|r| family_missing(listeners, r.target.addr.ip()));
     if let Some(first) = elsewhere.first() {
         let wanted = first.target.addr.ip();
         return (

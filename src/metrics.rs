@@ -160,29 +160,35 @@ impl Metrics {
     }
 
     /// Replaces every per-port series with those of `snapshot`.
+    /// Counters live as long as their port is watched under the same name:
+    /// the snapshot leaves out results from before a port's listeners
+    /// changed, and a restart must not reset its counts.
     pub fn set_snapshot(&self, snapshot: &Arc<Snapshot>) {
-        let current: HashSet<[String; 6]> = snapshot
+        let current: HashSet<(String, &str)> = snapshot
             .ports
             .iter()
-            .flat_map(|p| p.probes.iter().map(move |r| probe_labels(p, r)))
+            .map(|p| (p.port.to_string(), p.name.as_str()))
             .collect();
         let mut known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         known.snapshot = Arc::clone(snapshot);
         known
             .probes_total
-            .retain(|labels, _| current.contains(labels));
+            .retain(|labels, _| current.contains(&(labels[0].clone(), labels[2].as_str())));
         known.generation += 1;
     }
 
     /// Counts attempts in `portsight_probes_total`; every attempt, so failures
     /// between two scrapes are not lost.
-    pub fn count_probes(&self, port: &PortStatus, results: &[ProbeResult]) {
+    pub fn count_probes(&self, port: u16, name: &str, results: &[ProbeResult]) {
         let mut known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         known.generation += 1;
         for r in results {
             // Every outcome of a target exists from its first attempt on, so
-            // `increase()` sees the first failure too.
-            let counts = known.probes_total.entry(probe_labels(port, r)).or_default();
+            // `increase()` sees every later failure.
+            let counts = known
+                .probes_total
+                .entry(probe_labels(port, name, r))
+                .or_default();
             if let Some(i) = Outcome::ALL.iter().position(|o| *o == r.outcome) {
                 counts[i] += 1;
             }
@@ -330,11 +336,11 @@ pub fn render_probe(r: &ProbeResult) -> Result<Vec<u8>, Error> {
 }
 
 /// Probe labels: port, protocol, name, vantage, source, target.
-fn probe_labels(p: &PortStatus, r: &ProbeResult) -> [String; 6] {
+fn probe_labels(port: u16, name: &str, r: &ProbeResult) -> [String; 6] {
     [
-        p.port.to_string(),
+        port.to_string(),
         PROTOCOL.to_string(),
-        p.name.clone(),
+        name.to_string(),
         r.target.vantage.as_str().to_string(),
         r.target.source.clone(),
         r.target.addr.to_string(),

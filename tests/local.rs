@@ -156,6 +156,26 @@ fn a_closed_listener_flips_to_not_listening_within_two_scan_intervals() {
         .label("outcome", "refused")
         .value();
     assert!(refused >= Some(1.0), "the refusal is counted: {refused:?}");
+
+    // The service comes back on the same port: the count of its refusals stays.
+    let _back = TcpListener::bind(format!("127.0.0.1:{port}")).unwrap();
+    wait_for(two_scans, "success again", || {
+        let o = outcome(&s.scrape(), port, &target);
+        if o.as_deref() == Some("success") {
+            Ok(())
+        } else {
+            Err(format!("{o:?}"))
+        }
+    });
+    let m = s.scrape();
+    let after = metric(&m, "portsight_probes_total")
+        .label("target", &target)
+        .label("outcome", "refused")
+        .value();
+    assert_eq!(
+        after, refused,
+        "a restart does not reset portsight_probes_total"
+    );
 }
 
 #[test]

@@ -53,6 +53,12 @@ fn p(vantage: Vantage, ip: &str, outcome: Outcome) -> ProbeResult {
 use Outcome::{Refused, Success, Timeout};
 use Vantage::{External, Interface, Loopback};
 
+/// This host's addresses in these tests; 203.0.113.7 is a public IP NATed to it.
+const OWN: [IpAddr; 2] = [
+    IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 1)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1)),
+];
+
 const ALL_VANTAGES: Vantages = Vantages {
     loopback: true,
     interface: true,
@@ -67,6 +73,7 @@ fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagno
         probes,
         vantages: ALL_VANTAGES,
         last_failure: None,
+        own_addresses: &OWN,
         transient_window: Duration::from_secs(300),
         now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
     })
@@ -363,6 +370,7 @@ fn transient_within_the_window_then_ok() {
         probes: &ps,
         vantages: ALL_VANTAGES,
         last_failure: Some(&failure),
+        own_addresses: &OWN,
         transient_window: Duration::from_secs(300),
         now,
     };
@@ -399,4 +407,37 @@ fn every_cause_is_named_once() {
             format!("\"{}\"", c.as_str())
         );
     }
+}
+
+#[test]
+fn a_listener_of_the_family_elsewhere_is_bound_elsewhere_not_a_family_mismatch() {
+    let ls = [l("10.77.0.1"), v6only(l("::"), true)];
+    let ps = vec![
+        p(Loopback, "127.0.0.1", Refused),
+        p(Loopback, "::1", Success),
+        p(Interface, "10.77.0.1", Success),
+        p(Interface, "10.77.0.2", Refused),
+    ];
+    let d = run(Expect::Public, &ls, &ps);
+    assert_eq!(d.cause, Cause::BoundElsewhere, "{}", d.summary);
+}
+
+#[test]
+fn a_natted_public_address_that_times_out_is_filtered() {
+    // 203.0.113.7 is not this host's address: it reaches the listener through NAT.
+    let mut ps = probes(Success, Success, Success, Success);
+    ps.push(p(External, "203.0.113.7", Timeout));
+    let d = run(Expect::Public, &[v6only(l("::"), false)], &ps);
+    assert_eq!(d.cause, Cause::Filtered, "{}", d.summary);
+    let d = run(
+        Expect::Public,
+        &[l("10.77.0.1"), v6only(l("::"), true)],
+        &ps,
+    );
+    assert_eq!(
+        d.cause,
+        Cause::Filtered,
+        "a specific address is NATed to as well: {}",
+        d.summary
+    );
 }

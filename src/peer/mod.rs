@@ -62,32 +62,38 @@ impl PeerSet {
         Ok(PeerSet { listed, dns_token })
     }
 
-    /// The listed peers plus those `peers.dns` resolves to, minus this host's
-    /// own addresses (a headless service lists every member, us included).
-    pub async fn resolve(&self, config: &Config, own: &[IpAddr]) -> Vec<Peer> {
-        let mut peers = self.listed.clone();
-        if let (false, Some(token)) = (config.peers.dns.is_empty(), &self.dns_token) {
-            let name = format!("{}:{}", config.peers.dns, config.peers.dns_port);
-            match tokio::net::lookup_host(&name).await {
-                Ok(addrs) => {
-                    let mut addrs: Vec<_> = addrs.filter(|a| !own.contains(&a.ip())).collect();
-                    addrs.sort();
-                    addrs.dedup();
-                    for a in addrs {
-                        let Ok(url) = format!("http://{a}").parse::<Uri>() else {
-                            continue;
-                        };
-                        peers.push(Peer {
-                            name: a.ip().to_string(),
-                            url,
-                            token: token.clone(),
-                        });
-                    }
-                }
-                Err(e) => tracing::warn!(name = %name, error = %e, "peer DNS lookup failed"),
-            }
-        }
-        peers
+    /// The peers `peers.dns` resolves to, minus this host's own addresses (a
+    /// headless service lists every member, us included); `None` when no
+    /// name is configured. The lookup is bounded by `peers.timeout`.
+    pub async fn resolve_dns(
+        &self,
+        config: &Config,
+        own: &[IpAddr],
+    ) -> Option<Result<Vec<Peer>, String>> {
+        let token = self
+            .dns_token
+            .as_ref()
+            .filter(|_| !config.peers.dns.is_empty())?;
+        let name = format!("{}:{}", config.peers.dns, config.peers.dns_port);
+        let lookup = tokio::time::timeout(config.peers.timeout, tokio::net::lookup_host(&name));
+        let addrs = match lookup.await {
+            Ok(Ok(addrs)) => addrs,
+            Ok(Err(e)) => return Some(Err(format!("looking up {name}: {e}"))),
+            Err(_) => return Some(Err(format!("looking up {name}: no answer in time"))),
+        };
+        let mut addrs: Vec<_> = addrs.filter(|a| !own.contains(&a.ip())).collect();
+        addrs.sort();
+        addrs.dedup();
+        Some(Ok(addrs
+            .into_iter()
+            .filter_map(|a| {
+                Some(Peer {
+                    name: a.ip().to_string(),
+                    url: format!("http://{a}").parse::<Uri>().ok()?,
+                    token: token.clone(),
+                })
+            })
+            .collect()))
     }
 }
 
