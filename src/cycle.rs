@@ -121,12 +121,18 @@ impl Engine {
 
     /// Swaps in a new config; the next scan and probe round use it.
     fn set_config(&self, config: Config, secrets: Secrets) {
-        *self.prober.write().unwrap_or_else(|e| e.into_inner()) =
-            Prober::new(config.probe.concurrency);
-        *self
-            .server_prober
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Prober::new(config.probe_server.concurrency);
+        let old = self.config();
+        // New limits only when they change: rounds in flight keep the old ones.
+        if old.probe.concurrency != config.probe.concurrency {
+            *self.prober.write().unwrap_or_else(|e| e.into_inner()) =
+                Prober::new(config.probe.concurrency);
+        }
+        if old.probe_server.concurrency != config.probe_server.concurrency {
+            *self
+                .server_prober
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = Prober::new(config.probe_server.concurrency);
+        }
         *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(secrets);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }

@@ -37,6 +37,9 @@ enum Command {
         /// Address to listen on, overriding web.listen_address.
         #[arg(long = "web.listen-address")]
         listen_address: Option<String>,
+        /// Serve POST /-/reload, overriding web.enable_lifecycle.
+        #[arg(long = "web.enable-lifecycle")]
+        enable_lifecycle: bool,
     },
     /// One scan, probe round and diagnosis; exit 0 when every port is ok, 1 when not.
     Check {
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             listen_address,
+            enable_lifecycle,
         } => {
             let mut cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
                 }
                 cfg.web.listen_address = addr;
             }
+            cfg.web.enable_lifecycle |= enable_lifecycle;
             let metrics = match Metrics::new() {
                 Ok(m) => Arc::new(m),
                 Err(e) => {

@@ -125,7 +125,7 @@ impl WatchList {
             w.origin == Origin::Config
                 || (config.discover.enabled
                     && w.last_seen
-                        .is_some_and(|seen| now.duration_since(seen) < forget_after))
+                        .is_some_and(|seen| now.duration_since(seen) <= forget_after))
         });
     }
 }

@@ -8,6 +8,18 @@ use portsight::config::Config;
 
 const CASES: &[(&str, &str)] = &[
     (
+        "invalid-concurrency-huge.toml",
+        "probe.concurrency: must be 1 to 65536",
+    ),
+    (
+        "invalid-external-address.toml",
+        "vantage.external_addresses: 0.0.0.0 is not a unicast address",
+    ),
+    (
+        "invalid-interval-huge.toml",
+        "probe.interval: must be at most 7days",
+    ),
+    (
         "invalid-bool.toml",
         "discover.enabled: invalid type: string \"yes please\", expected a boolean",
     ),
@@ -98,7 +110,8 @@ fn every_invalid_fixture_is_covered() {
         .filter(|n| n.starts_with("invalid-"))
         .collect();
     on_disk.sort();
-    let covered: Vec<String> = CASES.iter().map(|(f, _)| f.to_string()).collect();
+    let mut covered: Vec<String> = CASES.iter().map(|(f, _)| f.to_string()).collect();
+    covered.sort();
     assert_eq!(on_disk, covered);
 }
 

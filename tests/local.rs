@@ -321,6 +321,13 @@ fn http_endpoints() {
     let r = http("GET", s.addr, "/-/reload");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST, PUT"));
+    let r = http("POST", s.addr, "/-/reload");
+    assert_eq!(r.status, 403, "reload is off unless web.enable_lifecycle");
+    assert!(
+        r.body.starts_with("Lifecycle API is not enabled"),
+        "{}",
+        r.body
+    );
     let r = get(s.addr, "/nothing-here");
     assert_eq!(r.status, 404);
     assert!(r.body.contains("Not found"));
@@ -332,7 +339,9 @@ fn reload_applies_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("portsight.toml");
     let write = |ports: &[u16], extra: &str| {
-        let mut text = String::from("[discover]\nenabled = false\n[vantage]\ninterfaces = false\n");
+        let mut text = String::from(
+            "[web]\nenable_lifecycle = true\n[discover]\nenabled = false\n[vantage]\ninterfaces = false\n",
+        );
         for p in ports {
             text.push_str(&format!("[[port]]\nport = {p}\n"));
         }

@@ -15,6 +15,11 @@ pub use allow::AllowRule;
 /// The embedded default configuration, printed by `portsight config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
+/// The most connect attempts (or probe requests) in flight that a config may ask for.
+pub const MAX_CONCURRENCY: usize = 65_536;
+/// The longest interval, window or timeout a config may set.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Prefix of environment overrides: `PORTSIGHT__PROBE__INTERVAL=5s`.
 pub const ENV_PREFIX: &str = "PORTSIGHT";
 const ENV_SEPARATOR: &str = "__";
@@ -43,12 +48,16 @@ pub struct Config {
 pub struct Web {
     /// `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all addresses, both families).
     pub listen_address: String,
+    /// Serve `POST /-/reload` (as Prometheus's `--web.enable-lifecycle`);
+    /// off, anyone who reaches the port could make portsight reload.
+    pub enable_lifecycle: bool,
 }
 
 impl Default for Web {
     fn default() -> Self {
         Web {
             listen_address: ":10917".to_string(),
+            enable_lifecycle: false,
         }
     }
 }
@@ -416,20 +425,38 @@ impl Config {
                 ),
             );
         }
-        if self.probe.concurrency == 0 {
-            return err("probe.concurrency", "must be at least 1".to_string());
+        if !(1..=MAX_CONCURRENCY).contains(&self.probe.concurrency) {
+            return err(
+                "probe.concurrency",
+                format!("must be 1 to {MAX_CONCURRENCY}"),
+            );
         }
-        for addr in self
-            .vantage
-            .addresses
-            .iter()
-            .chain(&self.vantage.external_addresses)
-        {
-            if addr.is_unspecified() || addr.is_multicast() {
+        for (key, value) in [
+            ("scan.interval", self.scan.interval),
+            ("probe.interval", self.probe.interval),
+            ("discover.forget_after", self.discover.forget_after),
+            (
+                "diagnosis.transient_window",
+                self.diagnosis.transient_window,
+            ),
+            ("peers.timeout", self.peers.timeout),
+        ] {
+            if value > MAX_DURATION {
                 return err(
-                    "vantage.addresses",
-                    format!("{addr} is not a unicast address of this host"),
+                    key,
+                    format!("must be at most {}", fmt_duration(MAX_DURATION)),
                 );
+            }
+        }
+        for (key, list) in [
+            ("vantage.addresses", &self.vantage.addresses),
+            (
+                "vantage.external_addresses",
+                &self.vantage.external_addresses,
+            ),
+        ] {
+            if let Some(addr) = list.iter().find(|a| a.is_unspecified() || a.is_multicast()) {
+                return err(key, format!("{addr} is not a unicast address"));
             }
         }
         self.validate_peers()?;
@@ -481,8 +508,15 @@ impl Config {
         if self.peers.fanout == 0 {
             return Err(("peers.fanout".into(), "must be at least 1".into()));
         }
-        if self.peers.timeout.is_zero() {
-            return Err(("peers.timeout".into(), "must be greater than zero".into()));
+        if self.has_external_vantage() && self.peers.timeout <= self.probe.timeout {
+            return Err((
+                "peers.timeout".into(),
+                format!(
+                    "must be longer than probe.timeout ({} <= {}): a peer probes for that long",
+                    fmt_duration(self.peers.timeout),
+                    fmt_duration(self.probe.timeout)
+                ),
+            ));
         }
         Ok(())
     }
@@ -509,10 +543,10 @@ impl Config {
                 "empty: nothing could be probed; list the CIDRs (and ports) peers may probe".into(),
             ));
         }
-        if s.concurrency == 0 {
+        if !(1..=MAX_CONCURRENCY).contains(&s.concurrency) {
             return Err((
                 "probe_server.concurrency".into(),
-                "must be at least 1".into(),
+                format!("must be 1 to {MAX_CONCURRENCY}"),
             ));
         }
         if !(s.rate_limit > 0.0 && s.rate_limit.is_finite()) {

@@ -169,6 +169,12 @@ async fn route(
             if method != Method::POST && method != Method::PUT {
                 return method_not_allowed(&[Method::POST, Method::PUT]);
             }
+            if !engine.config().web.enable_lifecycle {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "Lifecycle API is not enabled (web.enable_lifecycle, --web.enable-lifecycle); SIGHUP reloads\n",
+                );
+            }
             match engine.reload() {
                 Ok(()) => text(StatusCode::OK, "Configuration reloaded\n"),
                 Err(e) => text(

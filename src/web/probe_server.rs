@@ -27,8 +27,9 @@ use crate::peer::wire::{BatchRequest, BatchResponse, MAX_TARGETS, TargetResult};
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest batch request body.
 const MAX_BODY: usize = 1 << 20;
-/// Client buckets idle this long are forgotten.
-const BUCKET_IDLE: Duration = Duration::from_secs(600);
+/// Buckets kept before full ones are dropped; beyond it (after dropping),
+/// new clients are refused until old ones go quiet.
+const MAX_BUCKETS: usize = 10_000;
 
 /// Shared state of the probe server: rate-limit buckets and requests in flight.
 #[derive(Default)]
@@ -55,12 +56,27 @@ impl Drop for Slot<'_> {
 }
 
 impl Gate {
-    /// Token bucket per client address: `rate` per second, up to `burst`.
+    /// Token bucket per client (an IPv4 address, or an IPv6 /64, so that a
+    /// client cannot get a fresh bucket per address): `rate` per second, up
+    /// to `burst`. The map holds at most [`MAX_BUCKETS`]: buckets that have
+    /// refilled (the same as none) go first, then new clients wait.
     fn take(&self, client: IpAddr, rate: f64, burst: u32) -> bool {
+        let client = match client {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
+            },
+            v4 => v4,
+        };
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if buckets.len() > 10_000 {
-            buckets.retain(|_, b| now.duration_since(b.last) < BUCKET_IDLE);
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&client) {
+            let refill =
+                Duration::try_from_secs_f64(f64::from(burst) / rate).unwrap_or(Duration::MAX);
+            buckets.retain(|_, b| now.duration_since(b.last) < refill);
+            if buckets.len() >= MAX_BUCKETS {
+                return false;
+            }
         }
         let b = buckets.entry(client).or_insert(Bucket {
             tokens: f64::from(burst),
@@ -260,8 +276,11 @@ fn allowed(rules: &[AllowRule], targets: &[SocketAddr]) -> Result<(), Refusal> {
 /// `IP:PORT` or `[IPv6]:PORT`; no host names (nothing is resolved).
 fn parse_target(s: &str) -> Result<SocketAddr, Refusal> {
     match s.parse::<SocketAddr>() {
-        Ok(a) if a.port() != 0 => Ok(a),
-        Ok(_) => Err(invalid(format!("target {s:?}: port 0"))),
+        Ok(a) if a.port() == 0 => Err(invalid(format!("target {s:?}: port 0"))),
+        Ok(a) if !unicast(a.ip()) => Err(invalid(format!(
+            "target {s:?}: not a unicast address (unspecified, multicast or broadcast)"
+        ))),
+        Ok(a) => Ok(a),
         Err(_) => Err(invalid(format!(
             "target {s:?}: want IP:PORT or [IPv6]:PORT (host names are not resolved)"
         ))),
@@ -288,6 +307,17 @@ fn timeout(config: &Config, param: Option<&str>, headers: &HeaderMap) -> Result<
         t = t.min(scrape);
     }
     Ok(t)
+}
+
+fn unicast(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
+    }
 }
 
 fn checked_timeout(t: Duration) -> Result<Duration, Refusal> {
@@ -403,6 +433,16 @@ mod tests {
         assert!(parse_target("example.com:80").is_err());
         assert!(parse_target("10.0.0.1:0").is_err());
         assert!(parse_target("10.0.0.1").is_err());
+        for bad in [
+            "0.0.0.0:80",
+            "[::]:80",
+            "224.0.0.1:80",
+            "255.255.255.255:80",
+            "[::ffff:0.0.0.0]:80",
+            "[ff02::1]:80",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -413,6 +453,14 @@ mod tests {
         assert!(g.take(ip, 1.0, 2));
         assert!(!g.take(ip, 1.0, 2), "burst spent");
         assert!(g.take("10.77.0.3".parse().unwrap(), 1.0, 2), "per client");
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(g.take(v6("fd77::1"), 1.0, 2));
+        assert!(g.take(v6("fd77::2"), 1.0, 2));
+        assert!(
+            !g.take(v6("fd77::ffff:3"), 1.0, 2),
+            "one bucket per IPv6 /64"
+        );
+        assert!(g.take(v6("fd77:0:0:1::1"), 1.0, 2), "another /64");
     }
 
     #[test]
