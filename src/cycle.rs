@@ -54,7 +54,7 @@ struct State {
     probed_at: Option<SystemTime>,
     /// When each port's set of listeners last changed: older probe results
     /// describe sockets that are gone, and are not shown.
-    changed_at: HashMap<u16, SystemTime>,
+    changed_at: HashMap<u16, Instant>,
     /// Each port's last reachability failure, for `transient`.
     failures: HashMap<u16, Failure>,
     /// This host's interface addresses, as of the last probe round.
@@ -227,7 +227,7 @@ impl Engine {
                 .map(|w| w.port)
                 .filter(|p| before.get(p) != after.get(p))
                 .collect();
-            let now = SystemTime::now();
+            let now = Instant::now();
             for port in &changed {
                 st.changed_at.insert(*port, now);
             }
@@ -331,7 +331,10 @@ impl Engine {
                     source = %r.target.source, outcome = r.outcome.as_str(), duration = ?r.duration, "probe");
                 attempts.entry(port).or_default().push(r.clone());
                 let slot = st.probes.entry(port).or_default();
-                if slot.get(&r.target).is_none_or(|old| old.at <= r.at) {
+                if slot
+                    .get(&r.target)
+                    .is_none_or(|old| old.started <= r.started)
+                {
                     slot.insert(r.target.clone(), r);
                 }
             }
@@ -474,7 +477,7 @@ impl Engine {
                         .get(&w.port)
                         .map(|m| {
                             m.values()
-                                .filter(|r| since.is_none_or(|t| r.at >= t))
+                                .filter(|r| since.is_none_or(|t| r.started >= t))
                                 .cloned()
                                 .collect()
                         })

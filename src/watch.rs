@@ -35,6 +35,9 @@ pub struct WatchedPort {
     pub name: String,
     /// The policy; `auto` is resolved on the first sight of a listener.
     pub expect: Expect,
+    /// The policy as configured (`auto` for discovered ports), so that a
+    /// reload that changes it is applied.
+    pub policy: Expect,
     pub origin: Origin,
     /// When a listener was last seen on the port.
     pub last_seen: Option<Instant>,
@@ -80,6 +83,7 @@ impl WatchList {
                 port: p.port,
                 name: p.name.clone(),
                 expect: p.expect,
+                policy: p.expect,
                 origin: Origin::Config,
                 last_seen: None,
             });
@@ -87,7 +91,8 @@ impl WatchList {
             if !p.name.is_empty() {
                 entry.name = p.name.clone();
             }
-            if p.expect != Expect::Auto {
+            if entry.policy != p.expect {
+                entry.policy = p.expect;
                 entry.expect = p.expect;
             }
         }
@@ -100,6 +105,7 @@ impl WatchList {
                             port,
                             name: String::new(),
                             expect: Expect::Auto,
+                            policy: Expect::Auto,
                             origin: Origin::Discovered,
                             last_seen: None,
                         },
@@ -289,6 +295,23 @@ mod tests {
             w.get(40001).is_some(),
             "configured ports are never forgotten"
         );
+    }
+
+    #[test]
+    fn a_reload_to_auto_resolves_again() {
+        let mut config = Config::default();
+        config.ports.push(PortConfig {
+            port: 8080,
+            name: String::new(),
+            expect: Expect::Public,
+        });
+        let mut w = WatchList::default();
+        let ls = [listener("127.0.0.1", 8080, None)];
+        w.update(&config, &ls, &EPHEMERAL, false, Instant::now());
+        assert_eq!(w.get(8080).unwrap().expect, Expect::Public);
+        config.ports[0].expect = Expect::Auto;
+        w.update(&config, &ls, &EPHEMERAL, false, Instant::now());
+        assert_eq!(w.get(8080).unwrap().expect, Expect::Local);
     }
 
     #[test]

@@ -47,6 +47,7 @@ fn p(vantage: Vantage, ip: &str, outcome: Outcome) -> ProbeResult {
             _ => None,
         },
         at: SystemTime::UNIX_EPOCH,
+        started: std::time::Instant::now(),
     }
 }
 

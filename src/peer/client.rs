@@ -1,7 +1,7 @@
 //! Asks one peer to probe a batch of targets.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -57,7 +57,7 @@ impl PeerClient {
         probe_timeout: Duration,
         timeout: Duration,
     ) -> Result<Vec<ProbeResult>, Error> {
-        let at = SystemTime::now();
+        let (at, started) = (SystemTime::now(), Instant::now());
         let err = |reason: String| Error::Request {
             peer: peer.name.clone(),
             reason,
@@ -128,6 +128,7 @@ impl PeerClient {
                 errno: None,
                 error: r.error,
                 at,
+                started,
             });
         }
         Ok(results)

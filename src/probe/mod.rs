@@ -5,7 +5,7 @@ pub mod scheduler;
 pub mod tcp;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +99,8 @@ pub struct ProbeResult {
     pub errno: Option<i32>,
     /// What went wrong, in words; `None` on success.
     pub error: Option<String>,
-    /// When the attempt started.
+    /// When the attempt started, for display.
     pub at: SystemTime,
+    /// When the attempt started, for ordering: unlike `at`, it never steps.
+    pub started: Instant,
 }

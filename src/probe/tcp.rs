@@ -35,6 +35,7 @@ pub async fn connect(target: Target, timeout: Duration) -> ProbeResult {
         errno,
         error,
         at,
+        started: start,
     }
 }
 
