@@ -25,6 +25,8 @@ use crate::peer::wire::{BatchRequest, BatchResponse, MAX_TARGETS, TargetResult};
 
 /// The longest timeout a client may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a batch request may take, all its probes together.
+const MAX_BATCH_TIME: Duration = Duration::from_secs(60);
 /// The largest batch request body.
 const MAX_BODY: usize = 1 << 20;
 /// Buckets kept before full ones are dropped; beyond it (after dropping),
@@ -195,7 +197,21 @@ pub async fn batch(
         let _slot = gate
             .slot(config.probe_server.concurrency)
             .ok_or_else(busy)?;
-        Ok(engine.probe_for_client(targets, timeout).await)
+        // A batch may not hold the shared connect slots for ever: when the
+        // deadline passes, its unfinished probes are dropped (and their
+        // slots freed) and the client is told to send less.
+        tokio::time::timeout(MAX_BATCH_TIME, engine.probe_for_client(targets, timeout))
+            .await
+            .map_err(|_| {
+                Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    RequestResult::Limited,
+                    format!(
+                        "the batch did not finish within {}: send fewer targets or a shorter timeout",
+                        humantime::format_duration(MAX_BATCH_TIME)
+                    ),
+                )
+            })
     };
     match outcome.await {
         Err(refusal) => refuse(engine, refusal),
