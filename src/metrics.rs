@@ -585,14 +585,7 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
         "gauge",
     );
     for (p, port, r, target) in probes() {
-        let labels = [
-            ("name", p.name.as_str()),
-            ("port", port),
-            ("protocol", PROTOCOL),
-            ("source", r.target.source.as_str()),
-            ("target", target.as_str()),
-            ("vantage", r.target.vantage.as_str()),
-        ];
+        let labels = probe_series(p, port, r, &target);
         sample(
             out,
             name,
@@ -608,15 +601,17 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
         "gauge",
     );
     for (p, port, r, target) in probes() {
+        let [name_label, rest @ ..] = probe_series(p, port, r, &target);
         for o in Outcome::ALL {
+            let [port_label, protocol, source, target, vantage] = rest;
             let labels = [
-                ("name", p.name.as_str()),
+                name_label,
                 ("outcome", o.as_str()),
-                ("port", port),
-                ("protocol", PROTOCOL),
-                ("source", r.target.source.as_str()),
-                ("target", target.as_str()),
-                ("vantage", r.target.vantage.as_str()),
+                port_label,
+                protocol,
+                source,
+                target,
+                vantage,
             ];
             sample(out, name, &labels, bool_value(o == r.outcome));
         }
@@ -624,16 +619,26 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
     let name = "portsight_probe_duration_seconds";
     family(out, name, "Duration of the last connect attempt.", "gauge");
     for (p, port, r, target) in probes() {
-        let labels = [
-            ("name", p.name.as_str()),
-            ("port", port),
-            ("protocol", PROTOCOL),
-            ("source", r.target.source.as_str()),
-            ("target", target.as_str()),
-            ("vantage", r.target.vantage.as_str()),
-        ];
+        let labels = probe_series(p, port, r, &target);
         sample(out, name, &labels, r.duration.as_secs_f64());
     }
+}
+
+/// The probe labels of one result, in the order they are written (by name).
+fn probe_series<'a>(
+    p: &'a PortStatus,
+    port: &'a str,
+    r: &'a ProbeResult,
+    target: &'a str,
+) -> [(&'static str, &'a str); 6] {
+    [
+        ("name", p.name.as_str()),
+        ("port", port),
+        ("protocol", PROTOCOL),
+        ("source", r.target.source.as_str()),
+        ("target", target),
+        ("vantage", r.target.vantage.as_str()),
+    ]
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
