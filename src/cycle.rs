@@ -281,10 +281,12 @@ impl Engine {
             .clone();
         let results = prober.run(targets.clone(), config.probe.timeout).await;
         self.lock().own_addresses.clone_from(&own);
-        // Targets no longer probed (an address went away) drop out.
+        // Targets no longer probed (an address went away) drop out, and the
+        // external view goes with the last peer.
         let local: HashSet<Target> = targets.into_iter().collect();
+        let external_on = config.has_external_vantage();
         self.merge(&watched, results, |t| {
-            t.vantage == Vantage::External || local.contains(t)
+            (t.vantage == Vantage::External && external_on) || local.contains(t)
         });
         if full {
             self.lock().probed_at = Some(SystemTime::now());
@@ -296,19 +298,24 @@ impl Engine {
         }
         self.publish();
 
-        if config.has_external_vantage() && !watched.is_empty() {
+        if !external_on {
+            // No peers (any more): no peer_up series either.
+            self.metrics.set_peers(&[], &[]);
+        } else if !watched.is_empty() {
             let external = if config.vantage.external_addresses.is_empty() {
                 own.clone()
             } else {
                 config.vantage.external_addresses.clone()
             };
-            let (results, asked) = self.ask_peers(&config, &watched, &external, &own).await;
+            let (results, asked, known) = self.ask_peers(&config, &watched, &external, &own).await;
             // Evidence only from peers that answered: a peer that did not
-            // answer gives none, and its old results go.
+            // answer gives none, and its old results go, as do those of peers
+            // that no longer exist. Peers not asked this time keep theirs.
             let answered: HashSet<Target> = results.iter().map(|r| r.target.clone()).collect();
             self.merge(&watched, results, |t| {
                 t.vantage != Vantage::External
-                    || (answered.contains(t) || !asked.contains(&t.source))
+                    || answered.contains(t)
+                    || (!asked.contains(&t.source) && known.contains(&t.source))
             });
             self.publish();
         }
@@ -351,15 +358,15 @@ impl Engine {
 
     /// Asks `peers.fanout` peers at once to probe `ports` on the external
     /// addresses, in batches of at most [`wire::MAX_TARGETS`] targets. Sets
-    /// `portsight_peer_up` for each peer asked; returns the results and the
-    /// names of the peers asked.
+    /// `portsight_peer_up` for each peer asked; returns the results, the
+    /// names of the peers asked, and the names of all peers.
     async fn ask_peers(
         &self,
         config: &Config,
         ports: &[u16],
         external: &[IpAddr],
         own: &[IpAddr],
-    ) -> (Vec<ProbeResult>, HashSet<String>) {
+    ) -> (Vec<ProbeResult>, HashSet<String>, HashSet<String>) {
         let started = Instant::now();
         let targets: Vec<SocketAddr> = ports
             .iter()
@@ -425,7 +432,8 @@ impl Engine {
             started.elapsed().as_secs_f64(),
             SystemTime::now(),
         );
-        (results, asked)
+        let known = all.into_iter().map(|p| p.name).collect();
+        (results, asked, known)
     }
 
     /// Probes targets for another client (`/probe`, `/api/v1/probe`) under the

@@ -389,6 +389,45 @@ fn a_dead_peer_gives_no_evidence_and_no_false_cause() {
 }
 
 #[test]
+fn peers_removed_by_a_reload_leave_no_evidence_behind() {
+    needs!(netns::unavailable());
+    let w = World::new("prm", "");
+    let _l = w.listen_inside();
+    let p = w.serve_inside("public");
+    w.wait_cause("ok");
+    assert_eq!(
+        external(&w.scrape_inside(), "portsight_probe_success"),
+        Some(1.0)
+    );
+    // The same config without the peer, then SIGHUP.
+    let text = std::fs::read_to_string(w.inside_config("public", false)).unwrap();
+    write(&w.dir, "inside.toml", &text);
+    let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    wait_for(Duration::from_secs(20), "the external view to go", || {
+        let m = w.scrape_inside();
+        let ext = metric(&m, "portsight_probe_success")
+            .label("vantage", "external")
+            .all()
+            .len();
+        let up = metric(&m, "portsight_peer_up").all().len();
+        if ext == 0 && up == 0 {
+            Ok(())
+        } else {
+            Err(format!("{ext} external series, {up} peer_up series"))
+        }
+    });
+    assert!(
+        w.status()["ports"][0]["diagnosis"]["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("external not measured"),
+        "{}",
+        w.status()
+    );
+}
+
+#[test]
 fn probe_server_refuses_what_it_must() {
     needs!(netns::unavailable());
     let w = World::new("psr", "");
