@@ -120,7 +120,10 @@ fn loopback_listener_is_listening_and_answers_on_loopback_only() {
 fn a_closed_listener_flips_to_not_listening_within_two_scan_intervals() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let cfg = config(&[port]);
+    let mut cfg = config(&[port]);
+    // The default scan interval: "within two scan intervals" is then 2 s,
+    // which a loaded CI machine meets as well.
+    cfg.scan.interval = Duration::from_secs(1);
     let two_scans = cfg.scan.interval * 2;
     let s = start(cfg, None, true);
     s.wait_ready();
