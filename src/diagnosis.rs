@@ -101,6 +101,17 @@ pub struct Vantages {
     pub external: bool,
 }
 
+impl Vantages {
+    /// Each vantage, nearest first, and whether it is configured.
+    pub fn each(self) -> [(Vantage, bool); 3] {
+        [
+            (Vantage::Loopback, self.loopback),
+            (Vantage::Interface, self.interface),
+            (Vantage::External, self.external),
+        ]
+    }
+}
+
 /// What the diagnosis of one port looks at.
 #[derive(Debug, Clone)]
 pub struct Input<'a> {
@@ -538,11 +549,7 @@ fn queue_full(l: &Listener) -> bool {
 
 fn ok_summary(input: &Input) -> String {
     let mut parts = Vec::new();
-    for (v, configured) in [
-        (Vantage::Loopback, input.vantages.loopback),
-        (Vantage::Interface, input.vantages.interface),
-        (Vantage::External, input.vantages.external),
-    ] {
+    for (v, configured) in input.vantages.each() {
         let of: Vec<&ProbeResult> = input
             .probes
             .iter()
@@ -602,11 +609,7 @@ fn evidence(input: &Input) -> Vec<String> {
         }
         lines.push(line);
     }
-    for (v, configured) in [
-        (Vantage::Loopback, input.vantages.loopback),
-        (Vantage::Interface, input.vantages.interface),
-        (Vantage::External, input.vantages.external),
-    ] {
+    for (v, configured) in input.vantages.each() {
         if !input.probes.iter().any(|r| r.target.vantage == v) {
             lines.push(if configured {
                 format!("{}: not measured yet", v.as_str())
