@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use portsight::config::{self, Config};
 use portsight::cycle::Engine;
 use portsight::metrics::Metrics;
+use portsight::web::WebConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -40,6 +41,9 @@ enum Command {
         /// Serve POST /-/reload, overriding web.enable_lifecycle.
         #[arg(long = "web.enable-lifecycle")]
         enable_lifecycle: bool,
+        /// exporter-toolkit web-config.yml (TLS, basic auth), overriding web.config_file.
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<PathBuf>,
     },
     /// One scan, probe round and diagnosis; exit 0 when every port is ok, 1 when not.
     Check {
@@ -101,7 +105,13 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match Config::load(Some(&file)) {
-            Ok(_) => {
+            Ok(cfg) => {
+                if !cfg.web.config_file.as_os_str().is_empty()
+                    && let Err(e) = WebConfig::load(&cfg.web.config_file)
+                {
+                    eprintln!("portsight: bad web config: {e}");
+                    return ExitCode::from(2);
+                }
                 println!("{}: OK", file.display());
                 ExitCode::SUCCESS
             }
@@ -141,6 +151,7 @@ fn main() -> ExitCode {
             config,
             listen_address,
             enable_lifecycle,
+            web_config_file,
         } => {
             let mut cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -157,6 +168,20 @@ fn main() -> ExitCode {
                 cfg.web.listen_address = addr;
             }
             cfg.web.enable_lifecycle |= enable_lifecycle;
+            if let Some(file) = web_config_file {
+                cfg.web.config_file = file;
+            }
+            let web_config = if cfg.web.config_file.as_os_str().is_empty() {
+                WebConfig::default()
+            } else {
+                match WebConfig::load(&cfg.web.config_file) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        eprintln!("portsight: bad web config: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            };
             let metrics = match Metrics::new() {
                 Ok(m) => Arc::new(m),
                 Err(e) => {
@@ -171,7 +196,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match serve(engine) {
+            match serve(engine, web_config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portsight: {e:#}");
@@ -217,12 +242,18 @@ fn init_logging(level: &str) {
 }
 
 #[tokio::main]
-async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
+async fn serve(engine: Arc<Engine>, web_config: WebConfig) -> anyhow::Result<()> {
     let cfg = engine.config();
     let addr = config::parse_listen_address(&cfg.web.listen_address).map_err(anyhow::Error::msg)?;
     let listener = portsight::web::bind(addr)
         .with_context(|| format!("listening on {}", cfg.web.listen_address))?;
-    tracing::info!(address = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "portsight listening");
+    tracing::info!(
+        address = %listener.local_addr()?,
+        tls = web_config.tls().is_some(),
+        basic_auth = web_config.basic_auth().is_some(),
+        version = env!("CARGO_PKG_VERSION"),
+        "portsight listening"
+    );
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -248,6 +279,7 @@ async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
         tokio::spawn(portsight::web::serve(
             listener,
             Arc::clone(&engine),
+            web_config,
             async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             },

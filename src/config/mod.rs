@@ -51,6 +51,9 @@ pub struct Web {
     /// Serve `POST /-/reload` (as Prometheus's `--web.enable-lifecycle`);
     /// off, anyone who reaches the port could make portsight reload.
     pub enable_lifecycle: bool,
+    /// exporter-toolkit web-config.yml with TLS and basic auth; empty: plain
+    /// HTTP, no auth. Read at start-up only.
+    pub config_file: PathBuf,
 }
 
 impl Default for Web {
@@ -58,6 +61,7 @@ impl Default for Web {
         Web {
             listen_address: ":10917".to_string(),
             enable_lifecycle: false,
+            config_file: PathBuf::new(),
         }
     }
 }

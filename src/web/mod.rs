@@ -1,6 +1,7 @@
 //! The HTTP server: routes, and graceful shutdown with a bounded drain. It
 //! only reads the engine's latest snapshot and metrics; it never probes or
-//! reads /proc itself.
+//! reads /proc itself. With a web config ([`WebConfig`]) it speaks TLS and
+//! asks for basic auth.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,12 +12,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 
@@ -27,7 +28,13 @@ use crate::metrics;
 use crate::status_page;
 
 mod probe_server;
+mod web_config;
 use probe_server::Gate;
+pub use web_config::{BasicAuth, Error as WebConfigError, Spec, TlsFiles, WebConfig, parse};
+
+/// Paths that basic auth does not cover: they carry the probe server's
+/// bearer token in the same `Authorization` header, and check it.
+const BEARER_PATHS: [&str; 2] = ["/probe", "/api/v1/probe"];
 
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -67,11 +74,28 @@ fn bind_socket(addr: SocketAddr, v6only: Option<bool>) -> std::io::Result<Socket
     Ok(socket)
 }
 
-/// Serves HTTP on an already bound `listener` until `shutdown` resolves, then
-/// stops accepting and gives in-flight requests [`DRAIN_GRACE`] to finish.
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: impl Future<Output = ()>) {
+/// What every connection shares.
+struct Shared {
+    engine: Arc<Engine>,
+    gate: Gate,
+    web: WebConfig,
+}
+
+/// Serves HTTP (HTTPS when `web` has TLS) on an already bound `listener`
+/// until `shutdown` resolves, then stops accepting and gives in-flight
+/// requests [`DRAIN_GRACE`] to finish.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    web: WebConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
-    let gate = Arc::new(Gate::default());
+    let shared = Arc::new(Shared {
+        engine,
+        gate: Gate::default(),
+        web,
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -85,23 +109,23 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: impl Fu
                         continue;
                     }
                 };
-                let (engine, gate) = (Arc::clone(&engine), Arc::clone(&gate));
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| {
-                            let (engine, gate) = (Arc::clone(&engine), Arc::clone(&gate));
-                            async move { Ok::<_, Infallible>(route(req, &engine, &gate, peer).await) }
-                        }),
-                    );
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                let (shared, watcher) = (Arc::clone(&shared), graceful.watcher());
+                match shared.web.tls().cloned() {
+                    None => {
+                        tokio::spawn(connection(TokioIo::new(stream), shared, watcher, peer));
                     }
-                });
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            // The handshake runs in the connection's task, so
+                            // that a slow client does not hold up accepting.
+                            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => connection(TokioIo::new(tls), shared, watcher, peer).await,
+                                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             () = &mut shutdown => break,
         }
@@ -113,6 +137,43 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: impl Fu
             tracing::warn!(grace = ?DRAIN_GRACE, "HTTP drain timed out; closing remaining connections");
         }
     }
+}
+
+/// Serves one connection (plain or TLS) until it ends or shutdown drains it.
+async fn connection<I>(io: I, shared: Arc<Shared>, watcher: Watcher, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(
+            io,
+            service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(authorized(req, &shared, peer).await) }
+            }),
+        );
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Basic auth first when users are configured (except on [`BEARER_PATHS`]),
+/// then the route.
+async fn authorized(req: Request<Incoming>, shared: &Shared, client: SocketAddr) -> Response<Body> {
+    if let Some(auth) = shared.web.basic_auth()
+        && !BEARER_PATHS.contains(&req.uri().path())
+        && !auth.allows(req.headers()).await
+    {
+        let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"portsight\""),
+        );
+        return r;
+    }
+    route(req, &shared.engine, &shared.gate, client).await
 }
 
 async fn route(

@@ -10,6 +10,7 @@ use std::time::Duration;
 use portsight::config::{Config, Expect, PortConfig};
 use portsight::cycle::Engine;
 use portsight::metrics::Metrics;
+use portsight::web::WebConfig;
 
 use super::{Sample, get, parse_metrics, wait_for};
 
@@ -41,6 +42,11 @@ pub fn config(ports: &[(u16, &str, Expect)]) -> Config {
 
 /// Starts the web server, and the engine's loops when `run`.
 pub fn start(config: Config, file: Option<PathBuf>, run: bool) -> Sidecar {
+    start_with(config, file, run, WebConfig::default())
+}
+
+/// As [`start`], with TLS and basic auth from `web`.
+pub fn start_with(config: Config, file: Option<PathBuf>, run: bool, web: WebConfig) -> Sidecar {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let engine = Engine::new(config, file, Arc::new(Metrics::new().unwrap())).unwrap();
     let listener = rt
@@ -53,6 +59,7 @@ pub fn start(config: Config, file: Option<PathBuf>, run: bool) -> Sidecar {
     rt.spawn(portsight::web::serve(
         listener,
         engine,
+        web,
         std::future::pending(),
     ));
     Sidecar { addr, _rt: rt }

@@ -1,0 +1,333 @@
+//! `--web.config.file`: the server speaks TLS with a generated self-signed
+//! certificate and asks for basic auth (bcrypt), everything on loopback; a
+//! bad web config stops `portsight serve` with exit 2 and file, key, reason.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use portsight::config::Expect;
+use portsight::web::WebConfig;
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::sidecar::{self, Sidecar};
+use support::{HttpResponse, http_with};
+
+const PASSWORD: &str = "s3cr3t";
+const TOKEN: &str = "probe-token";
+
+/// A sidecar with TLS and the user `alice`, and the certificate to trust.
+struct Secured {
+    sidecar: Sidecar,
+    cert: CertificateDer<'static>,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes a self-signed certificate for `localhost`, its key and a web
+/// config naming them relatively (plus `users`); returns the web config's path.
+fn write_web_config(dir: &Path, users: &str) -> (PathBuf, CertificateDer<'static>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::create_dir(dir.join("tls")).unwrap();
+    std::fs::write(dir.join("tls/server.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("tls/server.key"), ck.signing_key.serialize_pem()).unwrap();
+    let path = dir.join("tls/web.yml");
+    std::fs::write(
+        &path,
+        format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{users}"),
+    )
+    .unwrap();
+    (path, ck.cert.der().clone())
+}
+
+fn secured(users: bool) -> Secured {
+    let dir = tempfile::tempdir().unwrap();
+    let users = if users {
+        // Cost 4: the lowest bcrypt allows, so that tests stay fast.
+        format!(
+            "basic_auth_users:\n  alice: {}\n",
+            bcrypt::hash(PASSWORD, 4).unwrap()
+        )
+    } else {
+        String::new()
+    };
+    let (path, cert) = write_web_config(dir.path(), &users);
+    std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+    let mut config = sidecar::config(&[]);
+    config.probe_server.enabled = true;
+    config.probe_server.allow = vec!["127.0.0.0/8".to_string()];
+    config.probe_server.token_file = dir.path().join("token");
+    let web = WebConfig::load(&path).unwrap();
+    Secured {
+        sidecar: sidecar::start_with(config, None, false, web),
+        cert,
+        _dir: dir,
+    }
+}
+
+/// One HTTPS request (`Connection: close`) trusting only `cert`, for `localhost`.
+fn https(
+    addr: SocketAddr,
+    cert: &CertificateDer<'static>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A peer that closes without close_notify; what came before is whole.
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => panic!("reading the HTTPS response: {e}"),
+    }
+    parse_response(&String::from_utf8_lossy(&raw))
+}
+
+fn parse_response(raw: &str) -> HttpResponse {
+    let (head, body) = raw.split_once("\r\n\r\n").expect("response head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    HttpResponse {
+        status,
+        headers: lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect(),
+        body: body.to_string(),
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[test]
+fn https_with_basic_auth_serves_metrics_to_the_right_user_only() {
+    let s = secured(true);
+    let addr = s.sidecar.addr;
+    let right = basic("alice", PASSWORD);
+
+    let r = https(addr, &s.cert, "/metrics", &[("Authorization", &right)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("portsight_build_info"), "{}", r.body);
+    // Again: now answered from the cache of verified credentials.
+    let r = https(addr, &s.cert, "/-/healthy", &[("Authorization", &right)]);
+    assert_eq!((r.status, r.body.as_str()), (200, "Healthy\n"));
+
+    for auth in [
+        Some(basic("alice", "wrong")),
+        Some(basic("mallory", PASSWORD)),
+        Some("Bearer whatever".to_string()),
+        None,
+    ] {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        for path in ["/metrics", "/", "/api/v1/status", "/-/ready"] {
+            let r = https(addr, &s.cert, path, &headers);
+            assert_eq!(r.status, 401, "{path} with {auth:?}: {}", r.body);
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some("Basic realm=\"portsight\""),
+                "{path} with {auth:?}"
+            );
+            assert!(!r.body.contains("portsight_"), "{}", r.body);
+        }
+    }
+}
+
+#[test]
+fn plain_http_to_the_tls_port_gets_no_http_answer() {
+    let s = secured(true);
+    let mut tcp = TcpStream::connect_timeout(&s.sidecar.addr, Duration::from_secs(5)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    // The server closes (or resets) after a TLS alert at most.
+    let _ = tcp.read_to_end(&mut raw);
+    assert!(
+        !raw.starts_with(b"HTTP/"),
+        "plain HTTP was answered: {}",
+        String::from_utf8_lossy(&raw)
+    );
+    // The HTTPS port still works after the bad client.
+    let r = https(
+        s.sidecar.addr,
+        &s.cert,
+        "/-/healthy",
+        &[("Authorization", &basic("alice", PASSWORD))],
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn tls_without_users_needs_no_auth() {
+    let s = secured(false);
+    let r = https(s.sidecar.addr, &s.cert, "/metrics", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("portsight_build_info"));
+}
+
+#[test]
+fn probe_endpoints_check_the_bearer_token_not_basic_auth() {
+    let s = secured(true);
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let path = format!("/probe?target={}", target.local_addr().unwrap());
+    let bearer = format!("Bearer {TOKEN}");
+
+    let r = https(
+        s.sidecar.addr,
+        &s.cert,
+        &path,
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("probe_success 1"), "{}", r.body);
+
+    // Basic credentials do not stand in for the token.
+    let r = https(
+        s.sidecar.addr,
+        &s.cert,
+        &path,
+        &[("Authorization", &basic("alice", PASSWORD))],
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.starts_with("missing bearer token"), "{}", r.body);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"portsight\"")
+    );
+}
+
+#[test]
+fn the_default_is_plain_http_without_auth() {
+    let s = sidecar::start(
+        sidecar::config(&[(1, "unused", Expect::Closed)]),
+        None,
+        false,
+    );
+    let r = http_with("GET", s.addr, "/-/healthy", &[], "");
+    assert_eq!((r.status, r.body.as_str()), (200, "Healthy\n"));
+}
+
+fn serve_exit(web_config: &str) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_portsight"))
+        .args([
+            "serve",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--web.config.file",
+            web_config,
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_with_a_bad_web_config_exits_2_naming_file_key_and_reason() {
+    let supported =
+        "supported: tls_server_config.cert_file, tls_server_config.key_file, basic_auth_users";
+    for (file, message) in [
+        (
+            "tests/fixtures/web-config/invalid-unknown-key.yml",
+            format!(
+                "tls_server_config.client_auth_type: not supported by portsight ({supported})"
+            ),
+        ),
+        (
+            "tests/fixtures/web-config/invalid-http-server-config.yml",
+            format!("http_server_config: not supported by portsight ({supported})"),
+        ),
+        (
+            "tests/fixtures/web-config/invalid-missing-cert.yml",
+            "tls_server_config.cert_file: cannot read tests/fixtures/web-config/missing.crt: No such file or directory (os error 2)".to_string(),
+        ),
+    ] {
+        assert_eq!(
+            serve_exit(file),
+            (
+                Some(2),
+                format!("portsight: bad web config: {file}: {message}\n")
+            )
+        );
+    }
+}
+
+#[test]
+fn web_config_file_from_the_config_is_read_too() {
+    let o = Command::new(env!("CARGO_BIN_EXE_portsight"))
+        .args(["serve", "--web.listen-address", "127.0.0.1:0"])
+        .env(
+            "PORTSIGHT__WEB__CONFIG_FILE",
+            "tests/fixtures/web-config/invalid-missing-cert.yml",
+        )
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("invalid-missing-cert.yml: tls_server_config.cert_file: cannot read"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn config_check_reads_the_web_config_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("portsight.toml");
+    std::fs::write(
+        &toml,
+        "[web]\nconfig_file = \"tests/fixtures/web-config/invalid-unknown-key.yml\"\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_portsight"))
+        .args(["config", "check", toml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).starts_with(
+            "portsight: bad web config: tests/fixtures/web-config/invalid-unknown-key.yml: tls_server_config.client_auth_type: not supported"
+        ),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
