@@ -16,7 +16,7 @@ use portsight::config::Expect;
 use portsight::web::WebConfig;
 use rustls::pki_types::{CertificateDer, ServerName};
 use support::sidecar::{self, Sidecar};
-use support::{HttpResponse, http_with};
+use support::{HttpResponse, http_with, parse_response};
 
 const PASSWORD: &str = "s3cr3t";
 const TOKEN: &str = "probe-token";
@@ -105,24 +105,6 @@ fn https(
         Err(e) => panic!("reading the HTTPS response: {e}"),
     }
     parse_response(&String::from_utf8_lossy(&raw))
-}
-
-fn parse_response(raw: &str) -> HttpResponse {
-    let (head, body) = raw.split_once("\r\n\r\n").expect("response head");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    HttpResponse {
-        status,
-        headers: lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect(),
-        body: body.to_string(),
-    }
 }
 
 fn basic(user: &str, password: &str) -> String {

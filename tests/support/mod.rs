@@ -71,7 +71,11 @@ pub fn http_with(
     s.write_all(body.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read response");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
+    parse_response(&String::from_utf8_lossy(&raw))
+}
+
+/// A whole HTTP/1.1 response read up to the end of the connection.
+pub fn parse_response(raw: &str) -> HttpResponse {
     let (head, body) = raw.split_once("\r\n\r\n").expect("response head");
     let mut lines = head.lines();
     let status = lines
