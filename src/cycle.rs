@@ -158,11 +158,7 @@ impl Engine {
         }
     }
 
-    /// The latest snapshot, and a way to wait for the next.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.snapshot.subscribe()
-    }
-
+    /// The latest snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
     }

@@ -37,8 +37,8 @@ impl Stage {
 
 pub struct Metrics {
     registry: Registry,
-    /// Held while a snapshot is written and while the registry is gathered, so a
-    /// scrape never sees a half-written snapshot.
+    /// The latest snapshot and the probe counters; a scrape renders one
+    /// consistent state of both.
     lock: Mutex<Known>,
     /// The text of [`Known`] as of its `generation`: scrapes between two
     /// changes (a scan or a probe round) share one rendering.

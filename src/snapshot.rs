@@ -30,10 +30,6 @@ impl Snapshot {
     pub fn ready(&self) -> bool {
         self.scanned_at.is_some() && self.probed_at.is_some()
     }
-
-    pub fn port(&self, port: u16) -> Option<&PortStatus> {
-        self.ports.iter().find(|p| p.port == port)
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -128,6 +128,14 @@ impl World {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// The port's diagnosis summary now.
+    fn summary(&self) -> String {
+        self.status()["ports"][0]["diagnosis"]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     fn wait_cause(&self, cause: &str) -> Value {
         wait_for(Duration::from_secs(20), &format!("cause {cause}"), || {
             let now = self.cause();
@@ -378,14 +386,8 @@ fn a_dead_peer_gives_no_evidence_and_no_false_cause() {
         "no external evidence is kept"
     );
     assert_eq!(w.cause().as_deref(), Some("ok"), "{}", w.status());
-    assert!(
-        w.status()["ports"][0]["diagnosis"]["summary"]
-            .as_str()
-            .unwrap()
-            .ends_with("external not measured yet"),
-        "{}",
-        w.status()
-    );
+    let summary = w.summary();
+    assert!(summary.ends_with("external not measured yet"), "{summary}");
 }
 
 #[test]
@@ -417,14 +419,8 @@ fn peers_removed_by_a_reload_leave_no_evidence_behind() {
             Err(format!("{ext} external series, {up} peer_up series"))
         }
     });
-    assert!(
-        w.status()["ports"][0]["diagnosis"]["summary"]
-            .as_str()
-            .unwrap()
-            .ends_with("external not measured"),
-        "{}",
-        w.status()
-    );
+    let summary = w.summary();
+    assert!(summary.ends_with("external not measured"), "{summary}");
 }
 
 #[test]
