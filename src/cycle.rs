@@ -506,6 +506,7 @@ impl Engine {
                         listeners,
                         probes,
                         diagnosis,
+                        probe_counts: Vec::new(),
                     }
                 })
                 .collect();
@@ -528,6 +529,7 @@ impl Engine {
                 source: st.source,
                 scanned_at: st.scanned_at,
                 probed_at: st.probed_at,
+                generation: 0,
             })
         };
         self.metrics.set_snapshot(&snapshot);

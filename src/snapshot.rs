@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::Expect;
 use crate::diagnosis::Diagnosis;
-use crate::probe::{Outcome, ProbeResult, Vantage};
+use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 use crate::watch::Origin;
 
@@ -23,6 +23,8 @@ pub struct Snapshot {
     /// When the last scan and the last full probe round completed.
     pub scanned_at: Option<SystemTime>,
     pub probed_at: Option<SystemTime>,
+    /// Bumped for every new snapshot, so that renderings can be cached.
+    pub generation: u64,
 }
 
 impl Snapshot {
@@ -44,6 +46,9 @@ pub struct PortStatus {
     /// target; results from before the listeners last changed are left out.
     pub probes: Vec<ProbeResult>,
     pub diagnosis: Diagnosis,
+    /// Every attempt on each target of this port since it has been watched
+    /// under this name, ordered by target (`portsight_probes_total`).
+    pub probe_counts: Vec<(Target, OutcomeCounts)>,
 }
 
 impl PortStatus {
