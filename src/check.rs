@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{self, Config, Expect, PeerConfig, PortConfig};
-use crate::cycle::Engine;
 use crate::diagnosis::Cause;
-use crate::metrics::{self, Metrics};
+use crate::engine::{Engine, Flags, Live, Loaded};
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::snapshot::{PortStatus, Snapshot};
 
@@ -16,8 +15,6 @@ use crate::snapshot::{PortStatus, Snapshot};
 pub enum Error {
     #[error(transparent)]
     Config(#[from] config::Error),
-    #[error(transparent)]
-    Metrics(#[from] metrics::Error),
 }
 
 /// Checks `ports` (every watched port when empty) once. Ports the config does
@@ -62,9 +59,11 @@ pub async fn run(
             }
         }
     }
-    let engine = Engine::new(config, None, Arc::new(Metrics::new()?))?;
+    let live = Live::with(Loaded::new(config)?, None, Flags::default());
+    let engine = Engine::new(Arc::new(live));
     engine.scan().await;
-    engine.probe(None).await;
+    let round = engine.probe(None).await;
+    engine.ask_peers(&round).await;
     Ok(engine.snapshot())
 }
 

@@ -3,13 +3,12 @@
 
 pub mod check;
 pub mod config;
-pub mod cycle;
 pub mod diagnosis;
+pub mod engine;
 pub mod metrics;
 pub mod peer;
 pub mod probe;
 pub mod snapshot;
 pub mod sockets;
 pub mod status_page;
-pub mod watch;
 pub mod web;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portsight::config::{self, Config};
-use portsight::cycle::Engine;
+use portsight::engine::{self, Engine, Flags, Live};
 use portsight::metrics::Metrics;
-use portsight::web::WebConfig;
+use portsight::web::{Handles, WebConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -104,22 +104,7 @@ fn main() -> ExitCode {
         }
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match Config::load(Some(&file)) {
-            Ok(cfg) => {
-                if !cfg.web.config_file.as_os_str().is_empty()
-                    && let Err(e) = WebConfig::load(&cfg.web.config_file)
-                {
-                    eprintln!("portsight: bad web config: {e}");
-                    return ExitCode::from(2);
-                }
-                println!("{}: OK", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("portsight: bad config: {e}");
-                ExitCode::from(2)
-            }
-        },
+        } => config_check(&file),
         Command::Check {
             ports,
             config,
@@ -129,10 +114,7 @@ fn main() -> ExitCode {
         } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("portsight: bad config: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return bad_config(&e),
             };
             if ports.contains(&0) {
                 eprintln!("portsight: port 0: must be 1 to 65535");
@@ -153,56 +135,76 @@ fn main() -> ExitCode {
             enable_lifecycle,
             web_config_file,
         } => {
-            let mut cfg = match Config::load(config.as_deref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("portsight: bad config: {e}");
-                    return ExitCode::from(2);
-                }
+            let flags = Flags {
+                listen_address,
+                enable_lifecycle,
+                web_config_file,
             };
-            if let Some(addr) = listen_address {
-                if let Err(reason) = config::parse_listen_address(&addr) {
-                    eprintln!("portsight: --web.listen-address: {reason}");
-                    return ExitCode::from(2);
-                }
-                cfg.web.listen_address = addr;
+            serve_command(config, flags)
+        }
+    }
+}
+
+fn bad_config(e: &config::Error) -> ExitCode {
+    eprintln!("portsight: bad config: {e}");
+    ExitCode::from(2)
+}
+
+/// `portsight config check FILE`: the config, and the web config it names.
+fn config_check(file: &std::path::Path) -> ExitCode {
+    match Config::load(Some(file)) {
+        Ok(cfg) => {
+            if !cfg.web.config_file.as_os_str().is_empty()
+                && let Err(e) = WebConfig::load(&cfg.web.config_file)
+            {
+                eprintln!("portsight: bad web config: {e}");
+                return ExitCode::from(2);
             }
-            cfg.web.enable_lifecycle |= enable_lifecycle;
-            if let Some(file) = web_config_file {
-                cfg.web.config_file = file;
+            println!("{}: OK", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => bad_config(&e),
+    }
+}
+
+/// `portsight serve`: loads everything it needs (exit 2 when any of it is
+/// bad), then serves until SIGINT or SIGTERM.
+fn serve_command(file: Option<PathBuf>, flags: Flags) -> ExitCode {
+    if let Some(addr) = &flags.listen_address
+        && let Err(reason) = config::parse_listen_address(addr)
+    {
+        eprintln!("portsight: --web.listen-address: {reason}");
+        return ExitCode::from(2);
+    }
+    let live = match Live::load(file, flags) {
+        Ok(l) => Arc::new(l),
+        Err(e) => return bad_config(&e),
+    };
+    let web_file = live.current().config.web.config_file.clone();
+    let web_config = if web_file.as_os_str().is_empty() {
+        WebConfig::default()
+    } else {
+        match WebConfig::load(&web_file) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("portsight: bad web config: {e}");
+                return ExitCode::from(2);
             }
-            let web_config = if cfg.web.config_file.as_os_str().is_empty() {
-                WebConfig::default()
-            } else {
-                match WebConfig::load(&cfg.web.config_file) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        eprintln!("portsight: bad web config: {e}");
-                        return ExitCode::from(2);
-                    }
-                }
-            };
-            let metrics = match Metrics::new() {
-                Ok(m) => Arc::new(m),
-                Err(e) => {
-                    eprintln!("portsight: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let engine = match Engine::new(cfg, config, metrics) {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!("portsight: bad config: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match serve(engine, web_config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("portsight: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        }
+    };
+    let metrics = match Metrics::new() {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            eprintln!("portsight: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    metrics.set_reload(true, std::time::SystemTime::now());
+    match serve(live, metrics, web_config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portsight: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -242,11 +244,14 @@ fn init_logging(level: &str) {
 }
 
 #[tokio::main]
-async fn serve(engine: Arc<Engine>, web_config: WebConfig) -> anyhow::Result<()> {
-    let cfg = engine.config();
-    let addr = config::parse_listen_address(&cfg.web.listen_address).map_err(anyhow::Error::msg)?;
-    let listener = portsight::web::bind(addr)
-        .with_context(|| format!("listening on {}", cfg.web.listen_address))?;
+async fn serve(
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    web_config: WebConfig,
+) -> anyhow::Result<()> {
+    let listen = live.current().config.web.listen_address.clone();
+    let addr = config::parse_listen_address(&listen).map_err(anyhow::Error::msg)?;
+    let listener = portsight::web::bind(addr).with_context(|| format!("listening on {listen}"))?;
     tracing::info!(
         address = %listener.local_addr()?,
         tls = web_config.tls().is_some(),
@@ -258,33 +263,31 @@ async fn serve(engine: Arc<Engine>, web_config: WebConfig) -> anyhow::Result<()>
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let shutdown = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    let engine_task = tokio::spawn(Arc::clone(&engine).run(shutdown));
+    let engine = Arc::new(Engine::new(Arc::clone(&live)));
+    let handles = Handles {
+        snapshot: engine.subscribe(),
+        metrics: Arc::clone(&metrics),
+        live,
+    };
+    let engine_task = tokio::spawn(engine::run::run(engine, metrics, stopped(stop_rx.clone())));
     let reloader = {
-        let engine = Arc::clone(&engine);
+        let handles = handles.clone();
         tokio::spawn(async move {
             while sighup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading configuration");
-                let _ = engine.reload();
+                let _ = handles.reload();
             }
         })
     };
-    let web = {
-        let mut rx = stop_rx.clone();
-        tokio::spawn(portsight::web::serve(
-            listener,
-            Arc::clone(&engine),
-            web_config,
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            },
-        ))
-    };
+    let web = tokio::spawn(portsight::web::serve(
+        listener,
+        handles,
+        web_config,
+        stopped(stop_rx),
+    ));
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -2,9 +2,9 @@
 //! probe counters as text at scrape time, and keeps the fixed-size families
 //! (cycle stages, peers, requests, reload, process) in a Prometheus registry.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -37,11 +37,11 @@ impl Stage {
 
 pub struct Metrics {
     registry: Registry,
-    /// The latest snapshot and the probe counters; a scrape renders one
-    /// consistent state of both.
-    lock: Mutex<Known>,
-    /// The text of [`Known`] as of its `generation`: scrapes between two
-    /// changes (a scan or a probe round) share one rendering.
+    /// The text of the snapshot's series as of its `generation`: scrapes
+    /// between two changes (a scan or a probe round) share one rendering.
+    /// The per-port series are written as text rather than kept as registry
+    /// children: a child costs about 2 KiB and a rebuild on every scan,
+    /// which for 1,000 ports × 3 vantages took hundreds of MiB (BENCHMARKS.md).
     rendered: Mutex<Option<(u64, Bytes)>>,
     cycle_duration: HistogramVec,
     last_cycle: GaugeVec,
@@ -49,22 +49,6 @@ pub struct Metrics {
     probe_requests: CounterVec,
     reload_successful: Gauge,
     reload_timestamp: Gauge,
-}
-
-/// The per-port and per-probe series. They are written as text from the
-/// latest snapshot at scrape time rather than kept as registry children: a
-/// registry child costs about 2 KiB and a rebuild on every scan, which for
-/// 1,000 ports × 3 vantages (some 60,000 series) took hundreds of MiB and
-/// most of a core under scrape load (see BENCHMARKS.md).
-#[derive(Default)]
-struct Known {
-    snapshot: Arc<Snapshot>,
-    /// `portsight_probes_total` per probe label set (port, protocol, name,
-    /// vantage, source, target), one count per [`Outcome::ALL`]; label sets
-    /// of targets no longer probed are removed.
-    probes_total: HashMap<[String; 6], [u64; 5]>,
-    /// Bumped on every change of the above.
-    generation: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +132,6 @@ impl Metrics {
         }
         Ok(Metrics {
             registry: r,
-            lock: Mutex::new(Known::default()),
             rendered: Mutex::new(None),
             cycle_duration,
             last_cycle,
@@ -157,42 +140,6 @@ impl Metrics {
             reload_successful,
             reload_timestamp,
         })
-    }
-
-    /// Replaces every per-port series with those of `snapshot`.
-    /// Counters live as long as their port is watched under the same name:
-    /// the snapshot leaves out results from before a port's listeners
-    /// changed, and a restart must not reset its counts.
-    pub fn set_snapshot(&self, snapshot: &Arc<Snapshot>) {
-        let current: HashSet<(String, &str)> = snapshot
-            .ports
-            .iter()
-            .map(|p| (p.port.to_string(), p.name.as_str()))
-            .collect();
-        let mut known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        known.snapshot = Arc::clone(snapshot);
-        known
-            .probes_total
-            .retain(|labels, _| current.contains(&(labels[0].clone(), labels[2].as_str())));
-        known.generation += 1;
-    }
-
-    /// Counts attempts in `portsight_probes_total`; every attempt, so failures
-    /// between two scrapes are not lost.
-    pub fn count_probes(&self, port: u16, name: &str, results: &[ProbeResult]) {
-        let mut known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        known.generation += 1;
-        for r in results {
-            // Every outcome of a target exists from its first attempt on, so
-            // `increase()` sees every later failure.
-            let counts = known
-                .probes_total
-                .entry(probe_labels(port, name, r))
-                .or_default();
-            if let Some(i) = Outcome::ALL.iter().position(|o| *o == r.outcome) {
-                counts[i] += 1;
-            }
-        }
     }
 
     pub fn observe_stage(&self, stage: Stage, seconds: f64, finished: SystemTime) {
@@ -236,26 +183,18 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> Result<Vec<u8>, Error> {
+    /// The text exposition format: `snapshot`'s series, then the registry's.
+    pub fn render(&self, snapshot: &Snapshot) -> Result<Vec<u8>, Error> {
         let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = self
-            .lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation;
+        let generation = snapshot.generation;
         let cached = rendered.take().filter(|(g, _)| *g == generation);
-        let (generation, text) = match cached {
-            Some(c) => c,
+        let text = match cached {
+            Some((_, text)) => text,
             None => {
                 let mut text = String::with_capacity(64 * 1024);
-                let (snapshot, generation) = {
-                    let known = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-                    write_probes_total(&mut text, &known.probes_total);
-                    (Arc::clone(&known.snapshot), known.generation)
-                };
-                write_snapshot(&mut text, &snapshot);
-                (generation, Bytes::from(text))
+                write_probes_total(&mut text, snapshot);
+                write_snapshot(&mut text, snapshot);
+                Bytes::from(text)
             }
         };
         let mut out = Vec::with_capacity(text.len() + 16 * 1024);
@@ -335,18 +274,6 @@ pub fn render_probe(r: &ProbeResult) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// Probe labels: port, protocol, name, vantage, source, target.
-fn probe_labels(port: u16, name: &str, r: &ProbeResult) -> [String; 6] {
-    [
-        port.to_string(),
-        PROTOCOL.to_string(),
-        name.to_string(),
-        r.target.vantage.as_str().to_string(),
-        r.target.source.clone(),
-        r.target.addr.to_string(),
-    ]
-}
-
 /// `# HELP` and `# TYPE` of one family.
 fn family(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -386,26 +313,28 @@ fn bool_value(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
 }
 
-fn write_probes_total(out: &mut String, counts: &HashMap<[String; 6], [u64; 5]>) {
-    if counts.is_empty() {
+fn write_probes_total(out: &mut String, snapshot: &Snapshot) {
+    if snapshot.ports.iter().all(|p| p.probe_counts.is_empty()) {
         return;
     }
     let name = "portsight_probes_total";
     family(out, name, "Connect attempts, by outcome.", "counter");
-    let mut rows: Vec<_> = counts.iter().collect();
-    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    for ([port, protocol, pname, vantage, source, target], n) in rows {
-        for (o, n) in Outcome::ALL.iter().zip(n) {
-            let labels = [
-                ("name", pname.as_str()),
-                ("outcome", o.as_str()),
-                ("port", port.as_str()),
-                ("protocol", protocol.as_str()),
-                ("source", source.as_str()),
-                ("target", target.as_str()),
-                ("vantage", vantage.as_str()),
-            ];
-            sample(out, name, &labels, *n as f64);
+    for p in &snapshot.ports {
+        let port = p.port.to_string();
+        for (t, counts) in &p.probe_counts {
+            let target = t.addr.to_string();
+            for (o, n) in counts.iter() {
+                let labels = [
+                    ("name", p.name.as_str()),
+                    ("outcome", o.as_str()),
+                    ("port", port.as_str()),
+                    ("protocol", PROTOCOL),
+                    ("source", t.source.as_str()),
+                    ("target", target.as_str()),
+                    ("vantage", t.vantage.as_str()),
+                ];
+                sample(out, name, &labels, n as f64);
+            }
         }
     }
 }

@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use crate::config::Expect;
 use crate::diagnosis::Diagnosis;
+use crate::engine::watch::Origin;
 use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
-use crate::watch::Origin;
 
 /// The only protocol so far.
 pub const PROTOCOL: &str = "tcp";

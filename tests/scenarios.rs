@@ -324,6 +324,22 @@ fn a_listener_that_goes_away_and_comes_back_is_transient_then_ok() {
     wait_served(&host, "ok");
     drop(listener);
     wait_served(&host, "not_listening");
+    // The scan sees the loss first; wait for the re-probe that measures it,
+    // so the failure history names a target and a vantage.
+    wait_for(
+        Duration::from_secs(15),
+        "the re-probe of the lost port",
+        || {
+            let status = host.run(|| get(web(), "/api/v1/status").body);
+            let status: Value = serde_json::from_str(&status).map_err(|e| e.to_string())?;
+            let summary = text(&status["ports"][0]["diagnosis"]["summary"]);
+            if summary.contains("refused") {
+                Ok(())
+            } else {
+                Err(summary)
+            }
+        },
+    );
     let _back = bind(&host, "0.0.0.0:8080");
     wait_served(&host, "transient");
     let status: Value =

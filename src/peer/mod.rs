@@ -4,7 +4,10 @@
 //! identity, so n hosts cost n·k requests, not n².
 
 pub mod client;
+mod outside;
 pub mod wire;
+
+pub use outside::{Answers, OutsideView};
 
 use std::net::IpAddr;
 

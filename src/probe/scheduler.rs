@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use super::{ProbeResult, Target, tcp};
 
 /// Shares one concurrency limit between every probe round of the process.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Prober {
     limit: Arc<Semaphore>,
 }

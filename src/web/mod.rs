@@ -1,7 +1,8 @@
 //! The HTTP server: routes, and graceful shutdown with a bounded drain. It
-//! only reads the engine's latest snapshot and metrics; it never probes or
-//! reads /proc itself. With a web config ([`WebConfig`]) it speaks TLS and
-//! asks for basic auth.
+//! is handed [`Handles`] — the latest snapshot, the metrics, the live
+//! config — never the engine; it never reads /proc, and probes only for the
+//! probe server. With a web config ([`WebConfig`]) it speaks TLS and asks
+//! for basic auth.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,10 +21,10 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 
-use crate::config::ListenAddress;
-
-use crate::cycle::Engine;
-use crate::metrics;
+use crate::config::{self, ListenAddress};
+use crate::engine::Live;
+use crate::metrics::{self, Metrics};
+use crate::snapshot::Snapshot;
 use crate::status_page;
 
 mod probe_server;
@@ -41,6 +41,18 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = Full<Bytes>;
+
+/// The request bodies the routes take: hyper's [`hyper::body::Incoming`],
+/// or any other (tests call [`handle`] in-process with `Full<Bytes>`).
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+{
+}
 
 /// Binds the HTTP listener. `:PORT` is `[::]:PORT` with IPV6_V6ONLY off, so
 /// that IPv4 and IPv6 clients both connect, or `0.0.0.0:PORT` where IPv6 is
@@ -74,11 +86,45 @@ fn bind_socket(addr: SocketAddr, v6only: Option<bool>) -> std::io::Result<Socket
     Ok(socket)
 }
 
+/// What the server is handed: the latest snapshot, the metrics, and the
+/// live config (reload, and the probe server's settings).
+#[derive(Clone)]
+pub struct Handles {
+    pub snapshot: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    pub live: Arc<Live>,
+}
+
+impl Handles {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Reloads the config (`POST /-/reload`, SIGHUP) and says how it went
+    /// in `portsight_config_last_reload_successful`.
+    pub fn reload(&self) -> Result<(), config::Error> {
+        let result = self.live.reload();
+        self.metrics
+            .set_reload(result.is_ok(), std::time::SystemTime::now());
+        result
+    }
+}
+
 /// What every connection shares.
-struct Shared {
-    engine: Arc<Engine>,
+pub struct Shared {
+    handles: Handles,
     gate: Gate,
     web: WebConfig,
+}
+
+impl Shared {
+    pub fn new(handles: Handles, web: WebConfig) -> Shared {
+        Shared {
+            handles,
+            gate: Gate::default(),
+            web,
+        }
+    }
 }
 
 /// Serves HTTP (HTTPS when `web` has TLS) on an already bound `listener`
@@ -86,16 +132,12 @@ struct Shared {
 /// requests [`DRAIN_GRACE`] to finish.
 pub async fn serve(
     listener: TcpListener,
-    engine: Arc<Engine>,
+    handles: Handles,
     web: WebConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let shared = Arc::new(Shared {
-        engine,
-        gate: Gate::default(),
-        web,
-    });
+    let shared = Arc::new(Shared::new(handles, web));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -151,7 +193,7 @@ where
             io,
             service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(authorized(req, &shared, peer).await) }
+                async move { Ok::<_, Infallible>(handle(req, &shared, peer).await) }
             }),
         );
     if let Err(e) = watcher.watch(conn).await {
@@ -159,9 +201,14 @@ where
     }
 }
 
-/// Basic auth first when users are configured (except on [`BEARER_PATHS`]),
-/// then the route.
-async fn authorized(req: Request<Incoming>, shared: &Shared, client: SocketAddr) -> Response<Body> {
+/// Answers one request from `client`: basic auth first when users are
+/// configured (except on [`BEARER_PATHS`]), then the route. Any body type,
+/// so that tests can call it in-process.
+pub async fn handle<B: RequestBody>(
+    req: Request<B>,
+    shared: &Shared,
+    client: SocketAddr,
+) -> Response<Body> {
     if let Some(auth) = shared.web.basic_auth()
         && !BEARER_PATHS.contains(&req.uri().path())
         && !auth.allows(req.headers()).await
@@ -173,12 +220,12 @@ async fn authorized(req: Request<Incoming>, shared: &Shared, client: SocketAddr)
         );
         return r;
     }
-    route(req, &shared.engine, &shared.gate, client).await
+    route(req, &shared.handles, &shared.gate, client).await
 }
 
-async fn route(
-    req: Request<Incoming>,
-    engine: &Engine,
+async fn route<B: RequestBody>(
+    req: Request<B>,
+    h: &Handles,
     gate: &Gate,
     client: SocketAddr,
 ) -> Response<Body> {
@@ -190,22 +237,24 @@ async fn route(
             respond(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
-                status_page::render(&engine.snapshot()),
+                status_page::render(&h.snapshot()),
             )
         }),
         "/api/v1/status" => only(method, &read_only, || {
-            match serde_json::to_vec(&engine.snapshot().status(None)) {
+            match serde_json::to_vec(&h.snapshot().status(None)) {
                 Ok(body) => respond(StatusCode::OK, "application/json", body),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }),
-        "/metrics" => only(method, &read_only, || match engine.metrics().render() {
-            Ok(body) => respond(StatusCode::OK, metrics::CONTENT_TYPE, body),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        "/metrics" => only(method, &read_only, || {
+            match h.metrics.render(&h.snapshot()) {
+                Ok(body) => respond(StatusCode::OK, metrics::CONTENT_TYPE, body),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
         }),
         "/-/healthy" => only(method, &read_only, || text(StatusCode::OK, "Healthy\n")),
         "/-/ready" => only(method, &read_only, || {
-            if engine.snapshot().ready() {
+            if h.snapshot().ready() {
                 text(StatusCode::OK, "Ready\n")
             } else {
                 text(
@@ -218,25 +267,25 @@ async fn route(
             if !read_only.contains(method) {
                 return method_not_allowed(&read_only);
             }
-            probe_server::probe(req, engine, gate, client.ip()).await
+            probe_server::probe(req, h, gate, client.ip()).await
         }
         "/api/v1/probe" => {
             if method != Method::POST {
                 return method_not_allowed(&[Method::POST]);
             }
-            probe_server::batch(req, engine, gate, client.ip()).await
+            probe_server::batch(req, h, gate, client.ip()).await
         }
         "/-/reload" => {
             if method != Method::POST && method != Method::PUT {
                 return method_not_allowed(&[Method::POST, Method::PUT]);
             }
-            if !engine.config().web.enable_lifecycle {
+            if !h.live.current().config.web.enable_lifecycle {
                 return text(
                     StatusCode::FORBIDDEN,
                     "Lifecycle API is not enabled (web.enable_lifecycle, --web.enable-lifecycle); SIGHUP reloads\n",
                 );
             }
-            match engine.reload() {
+            match h.reload() {
                 Ok(()) => text(StatusCode::OK, "Configuration reloaded\n"),
                 Err(e) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,

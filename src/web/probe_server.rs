@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 
-use super::{Body, respond, text};
+use super::{Body, Handles, RequestBody, respond, text};
 use crate::config::{AllowRule, Config};
-use crate::cycle::Engine;
+use crate::engine::Loaded;
 use crate::metrics::{self, RequestResult};
 use crate::peer::wire::{BatchRequest, BatchResponse, MAX_TARGETS, TargetResult};
+use crate::probe::{ProbeResult, Target, Vantage};
 
 /// The longest timeout a client may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,19 +103,15 @@ impl Gate {
 }
 
 /// `GET /probe?target=IP:PORT[&timeout=2s][&format=json]`.
-pub async fn probe(
-    req: Request<Incoming>,
-    engine: &Engine,
-    gate: &Gate,
-    client: IpAddr,
-) -> Response<Body> {
-    let config = engine.config();
+pub async fn probe<B>(req: Request<B>, h: &Handles, gate: &Gate, client: IpAddr) -> Response<Body> {
+    let loaded = h.live.current();
+    let config = &loaded.config;
     if !config.probe_server.enabled {
         return disabled();
     }
     let query = parse_query(req.uri().query().unwrap_or(""));
     let outcome = async {
-        admit(engine, &config, gate, req.headers(), client)?;
+        admit(&loaded, gate, req.headers(), client)?;
         let target = match query.get("target") {
             Some(t) => parse_target(t)?,
             None => {
@@ -125,7 +121,7 @@ pub async fn probe(
             }
         };
         let timeout = timeout(
-            &config,
+            config,
             query.get("timeout").map(String::as_str),
             req.headers(),
         )?;
@@ -133,12 +129,12 @@ pub async fn probe(
         let _slot = gate
             .slot(config.probe_server.concurrency)
             .ok_or_else(busy)?;
-        Ok(engine.probe_for_client(vec![target], timeout).await)
+        Ok(probe_for_client(&loaded, vec![target], timeout).await)
     };
     match outcome.await {
-        Err(refusal) => refuse(engine, refusal),
+        Err(refusal) => refuse(h, refusal),
         Ok(results) => {
-            engine.metrics().count_probe_request(RequestResult::Served);
+            h.metrics.count_probe_request(RequestResult::Served);
             let Some(r) = results.first() else {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "the probe did not run\n");
             };
@@ -155,19 +151,20 @@ pub async fn probe(
 }
 
 /// `POST /api/v1/probe` with `{"targets": ["IP:PORT", …], "timeout": "2s"}`.
-pub async fn batch(
-    req: Request<Incoming>,
-    engine: &Engine,
+pub async fn batch<B: RequestBody>(
+    req: Request<B>,
+    h: &Handles,
     gate: &Gate,
     client: IpAddr,
 ) -> Response<Body> {
-    let config = engine.config();
+    let loaded = h.live.current();
+    let config = &loaded.config;
     if !config.probe_server.enabled {
         return disabled();
     }
     let (parts, body) = req.into_parts();
     let outcome = async {
-        admit(engine, &config, gate, &parts.headers, client)?;
+        admit(&loaded, gate, &parts.headers, client)?;
         let body: Bytes = Limited::new(body, MAX_BODY)
             .collect()
             .await
@@ -191,7 +188,7 @@ pub async fn batch(
             .collect::<Result<Vec<_>, _>>()?;
         let timeout = match request.timeout {
             Some(t) => checked_timeout(t)?,
-            None => timeout(&config, None, &parts.headers)?,
+            None => timeout(config, None, &parts.headers)?,
         };
         allowed(&config.probe_server.allow_rules(), &targets)?;
         let _slot = gate
@@ -200,7 +197,7 @@ pub async fn batch(
         // A batch may not hold the shared connect slots for ever: when the
         // deadline passes, its unfinished probes are dropped (and their
         // slots freed) and the client is told to send less.
-        tokio::time::timeout(MAX_BATCH_TIME, engine.probe_for_client(targets, timeout))
+        tokio::time::timeout(MAX_BATCH_TIME, probe_for_client(&loaded, targets, timeout))
             .await
             .map_err(|_| {
                 Refusal(
@@ -214,9 +211,9 @@ pub async fn batch(
             })
     };
     match outcome.await {
-        Err(refusal) => refuse(engine, refusal),
+        Err(refusal) => refuse(h, refusal),
         Ok(results) => {
-            engine.metrics().count_probe_request(RequestResult::Served);
+            h.metrics.count_probe_request(RequestResult::Served);
             json(
                 StatusCode::OK,
                 &BatchResponse {
@@ -227,15 +224,23 @@ pub async fn batch(
     }
 }
 
+/// Probes `targets` for a client under the probe server's own concurrency
+/// limit. Callers check the allow-list first.
+async fn probe_for_client(
+    loaded: &Loaded,
+    targets: Vec<SocketAddr>,
+    timeout: Duration,
+) -> Vec<ProbeResult> {
+    let targets = targets
+        .into_iter()
+        .map(|a| Target::local(Vantage::External, a))
+        .collect();
+    loaded.server_prober.run(targets, timeout).await
+}
+
 /// The rate limit, then the token.
-fn admit(
-    engine: &Engine,
-    config: &Config,
-    gate: &Gate,
-    headers: &HeaderMap,
-    client: IpAddr,
-) -> Result<(), Refusal> {
-    let s = &config.probe_server;
+fn admit(loaded: &Loaded, gate: &Gate, headers: &HeaderMap, client: IpAddr) -> Result<(), Refusal> {
+    let s = &loaded.config.probe_server;
     if !gate.take(client, s.rate_limit, s.burst) {
         return Err(Refusal(
             StatusCode::TOO_MANY_REQUESTS,
@@ -246,7 +251,7 @@ fn admit(
             ),
         ));
     }
-    let expected = engine.secrets().server_token.clone().unwrap_or_default();
+    let expected = loaded.server_token.as_deref().unwrap_or_default();
     let given = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -267,9 +272,9 @@ fn admit(
     }
 }
 
-/// Compares without stopping at the first difference.
+/// Compares in constant time (for equal lengths).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(subtle::ConstantTimeEq::ct_eq(a, b))
 }
 
 fn allowed(rules: &[AllowRule], targets: &[SocketAddr]) -> Result<(), Refusal> {
@@ -356,37 +361,12 @@ fn parse_duration(s: &str) -> Option<Duration> {
     })
 }
 
+/// The query's parameters, percent-decoded; the last of a repeated name wins.
 fn parse_query(q: &str) -> HashMap<String, String> {
-    q.split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+    form_urlencoded::parse(q.as_bytes())
+        .into_owned()
         .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (decode(k), decode(v)))
         .collect()
-}
-
-/// Percent-decoding for query values (`%5B%3A%3A1%5D%3A80` → `[::1]:80`).
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-            (b'+', _) => out.push(b' '),
-            (b, _) => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn invalid(reason: String) -> Refusal {
@@ -401,8 +381,8 @@ fn busy() -> Refusal {
     )
 }
 
-fn refuse(engine: &Engine, Refusal(status, result, reason): Refusal) -> Response<Body> {
-    engine.metrics().count_probe_request(result);
+fn refuse(h: &Handles, Refusal(status, result, reason): Refusal) -> Response<Body> {
+    h.metrics.count_probe_request(result);
     tracing::debug!(status = %status, result = result.as_str(), reason = %reason, "probe request refused");
     let mut r = text(status, format!("{reason}\n"));
     if status == StatusCode::UNAUTHORIZED {
@@ -437,9 +417,10 @@ mod tests {
         let q = parse_query("target=%5B%3A%3A1%5D%3A80&format=json&x");
         assert_eq!(q["target"], "[::1]:80");
         assert_eq!(q["format"], "json");
-        assert_eq!(decode("100%"), "100%");
-        assert_eq!(decode("%4"), "%4");
-        assert_eq!(decode("%zz"), "%zz");
+        assert_eq!(parse_query("t=100%")["t"], "100%");
+        assert_eq!(parse_query("t=%4")["t"], "%4");
+        assert_eq!(parse_query("t=1&t=%zz")["t"], "%zz");
+        assert_eq!(parse_query("t=a+b")["t"], "a b");
     }
 
     #[test]

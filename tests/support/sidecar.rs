@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portsight::config::{Config, Expect, PortConfig};
-use portsight::cycle::Engine;
+use portsight::engine::{self, Engine, Flags, Live, Loaded};
 use portsight::metrics::Metrics;
-use portsight::web::WebConfig;
+use portsight::web::{Handles, WebConfig};
 
 use super::{Sample, get, parse_metrics, wait_for};
 
@@ -48,17 +48,29 @@ pub fn start(config: Config, file: Option<PathBuf>, run: bool) -> Sidecar {
 /// As [`start`], with TLS and basic auth from `web`.
 pub fn start_with(config: Config, file: Option<PathBuf>, run: bool, web: WebConfig) -> Sidecar {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let engine = Engine::new(config, file, Arc::new(Metrics::new().unwrap())).unwrap();
+    let live = Arc::new(Live::with(
+        Loaded::new(config).unwrap(),
+        file,
+        Flags::default(),
+    ));
+    let metrics = Arc::new(Metrics::new().unwrap());
+    metrics.set_reload(true, std::time::SystemTime::now());
+    let engine = Arc::new(Engine::new(Arc::clone(&live)));
+    let handles = Handles {
+        snapshot: engine.subscribe(),
+        metrics: Arc::clone(&metrics),
+        live,
+    };
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
     if run {
-        rt.spawn(Arc::clone(&engine).run(std::future::pending()));
+        rt.spawn(engine::run::run(engine, metrics, std::future::pending()));
     }
     rt.spawn(portsight::web::serve(
         listener,
-        engine,
+        handles,
         web,
         std::future::pending(),
     ));

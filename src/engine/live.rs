@@ -1,0 +1,139 @@
+//! The running configuration and everything built from it — token files'
+//! contents, the probers with their concurrency limits — swapped as one on
+//! reload, or not at all (blackbox_exporter's `SafeConfig`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use crate::config::{self, Config};
+use crate::peer::PeerSet;
+use crate::probe::scheduler::Prober;
+
+/// What the command line sets over the config file. Applied after every
+/// load, so a reload never loses a flag.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--web.listen-address`.
+    pub listen_address: Option<String>,
+    /// `--web.enable-lifecycle`.
+    pub enable_lifecycle: bool,
+    /// `--web.config.file`.
+    pub web_config_file: Option<PathBuf>,
+}
+
+impl Flags {
+    fn apply(&self, config: &mut Config) {
+        if let Some(addr) = &self.listen_address {
+            config.web.listen_address.clone_from(addr);
+        }
+        config.web.enable_lifecycle |= self.enable_lifecycle;
+        if let Some(file) = &self.web_config_file {
+            config.web.config_file.clone_from(file);
+        }
+    }
+}
+
+/// One loaded configuration and what was built from it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// The peers, with their tokens read.
+    pub peers: PeerSet,
+    /// The probe server's bearer token, when the probe server is on.
+    pub server_token: Option<String>,
+    /// The engine's probes, under `probe.concurrency`.
+    pub prober: Prober,
+    /// Probes served to others, under `probe_server.concurrency`.
+    pub server_prober: Prober,
+}
+
+impl Loaded {
+    /// Reads every token file `config` names; errors name the key.
+    pub fn new(config: Config) -> Result<Loaded, config::Error> {
+        let server_token = if config.probe_server.enabled {
+            Some(config::read_secret(
+                &config.probe_server.token_file,
+                "probe_server.token_file",
+            )?)
+        } else {
+            None
+        };
+        Ok(Loaded {
+            peers: PeerSet::load(&config)?,
+            server_token,
+            prober: Prober::new(config.probe.concurrency),
+            server_prober: Prober::new(config.probe_server.concurrency),
+            config,
+        })
+    }
+
+    /// As [`Loaded::new`], keeping `old`'s probers where their limit is the
+    /// same, so rounds in flight and new ones share one limit.
+    fn replacing(config: Config, old: &Loaded) -> Result<Loaded, config::Error> {
+        let mut new = Loaded::new(config)?;
+        if new.config.probe.concurrency == old.config.probe.concurrency {
+            new.prober = old.prober.clone();
+        }
+        if new.config.probe_server.concurrency == old.config.probe_server.concurrency {
+            new.server_prober = old.server_prober.clone();
+        }
+        Ok(new)
+    }
+}
+
+/// The current [`Loaded`], and where to load it from again.
+#[derive(Debug)]
+pub struct Live {
+    current: RwLock<Arc<Loaded>>,
+    /// The config file, read again on reload (the embedded default when `None`).
+    file: Option<PathBuf>,
+    flags: Flags,
+}
+
+impl Live {
+    /// Loads `file` (and the environment), applies `flags` and reads the
+    /// token files.
+    pub fn load(file: Option<PathBuf>, flags: Flags) -> Result<Live, config::Error> {
+        let loaded = Loaded::new(Self::read(file.as_deref(), &flags)?)?;
+        Ok(Live::with(loaded, file, flags))
+    }
+
+    /// A `Live` around an already loaded config (`check`, tests).
+    pub fn with(loaded: Loaded, file: Option<PathBuf>, flags: Flags) -> Live {
+        Live {
+            current: RwLock::new(Arc::new(loaded)),
+            file,
+            flags,
+        }
+    }
+
+    fn read(file: Option<&std::path::Path>, flags: &Flags) -> Result<Config, config::Error> {
+        let mut config = Config::load(file)?;
+        flags.apply(&mut config);
+        Ok(config)
+    }
+
+    pub fn current(&self) -> Arc<Loaded> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Loads the config again; the next scan and probe round use it. A bad
+    /// config (or an unreadable token file) is reported and the running one
+    /// kept. The listen address is not changed by a reload.
+    pub fn reload(&self) -> Result<(), config::Error> {
+        let old = self.current();
+        let loaded =
+            Self::read(self.file.as_deref(), &self.flags).and_then(|c| Loaded::replacing(c, &old));
+        match loaded {
+            Ok(new) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+                tracing::info!(file = ?self.file, "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                Err(e)
+            }
+        }
+    }
+}

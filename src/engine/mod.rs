@@ -1,0 +1,271 @@
+//! The engine: a socket scan, a probe round, and a new [`Snapshot`] after
+//! each. [`run`] schedules them; [`state::State`] keeps what they found;
+//! [`live::Live`] is the configuration they run under.
+
+pub mod live;
+pub mod run;
+pub mod state;
+pub mod watch;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch as channel;
+
+use crate::config::Config;
+use crate::peer::{Answers, OutsideView};
+use crate::probe::{Target, Vantage};
+use crate::snapshot::Snapshot;
+use crate::sockets::{self, Source, interfaces, process::Owners};
+
+pub use live::{Flags, Live, Loaded};
+use state::{Scan, State};
+
+/// Scans, probes and publishes snapshots; shared by the loops of `serve`,
+/// and used once by `check`.
+pub struct Engine {
+    live: Arc<Live>,
+    state: Mutex<State>,
+    /// The owner cache, with the proc root it reads.
+    owners: Mutex<Option<(PathBuf, Owners)>>,
+    outside: OutsideView,
+    snapshot: channel::Sender<Arc<Snapshot>>,
+}
+
+/// What one scan did.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    /// Watched ports whose set of listeners changed.
+    pub changed: Vec<u16>,
+    pub took: Duration,
+    /// The scan failed; nothing changed.
+    pub failed: bool,
+}
+
+/// What one round of local probes did; [`Engine::ask_peers`] follows it.
+#[derive(Debug, Default)]
+pub struct ProbeReport {
+    /// How long the local probes took.
+    pub took: Duration,
+    /// Whether an external vantage (peers) is configured.
+    pub external: bool,
+    /// The ports probed.
+    ports: Vec<u16>,
+    /// This host's interface addresses, as the round saw them.
+    own: Vec<IpAddr>,
+}
+
+impl Engine {
+    pub fn new(live: Arc<Live>) -> Engine {
+        let (snapshot, _) = channel::channel(Arc::new(Snapshot::default()));
+        Engine {
+            live,
+            state: Mutex::new(State::default()),
+            owners: Mutex::new(None),
+            outside: OutsideView::default(),
+            snapshot,
+        }
+    }
+
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver of every new snapshot, for readers that must not hold the engine.
+    pub fn subscribe(&self) -> channel::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    /// Reads the socket table, applies it and publishes.
+    pub async fn scan(&self) -> ScanReport {
+        let started = Instant::now();
+        let config = &self.live.current().config;
+        let read = match self.read_sockets(config.scan.proc_root.clone()).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(error = %e, "socket scan failed");
+                return ScanReport {
+                    failed: true,
+                    ..ScanReport::default()
+                };
+            }
+        };
+        let changed = {
+            let mut st = self.lock();
+            st.apply_scan(config, read, Instant::now(), SystemTime::now())
+        };
+        self.publish(config);
+        ScanReport {
+            changed,
+            took: started.elapsed(),
+            failed: false,
+        }
+    }
+
+    /// The socket table with owners, and the ephemeral range, read on a
+    /// blocking thread.
+    async fn read_sockets(&self, proc_root: PathBuf) -> Result<Scan, String> {
+        let mut owners = self
+            .owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|(root, _)| *root == proc_root)
+            .map_or_else(|| Owners::new(proc_root.clone()), |(_, o)| o);
+        let read = tokio::task::spawn_blocking(move || {
+            let result = sockets::scan_listeners(&proc_root).map(|(mut listeners, source)| {
+                owners.fill(&mut listeners);
+                Scan {
+                    listeners,
+                    source,
+                    ephemeral: watch::ephemeral_range(&proc_root),
+                }
+            });
+            (result, (proc_root, owners))
+        })
+        .await
+        .map_err(|e| format!("socket scan task failed: {e}"))?;
+        let (result, owners) = read;
+        *self.owners.lock().unwrap_or_else(|e| e.into_inner()) = Some(owners);
+        let scan = result.map_err(|e| e.to_string())?;
+        self.note_source(scan.source);
+        Ok(scan)
+    }
+
+    fn note_source(&self, source: Source) {
+        if self.snapshot.borrow().source != Some(source) {
+            tracing::info!(source = ?source, "reading listening sockets");
+        }
+    }
+
+    /// Probes `ports` (every watched port when `None`) from the local
+    /// vantages and publishes the results.
+    pub async fn probe(&self, ports: Option<&[u16]>) -> ProbeReport {
+        let loaded = self.live.current();
+        let config = &loaded.config;
+        let started = Instant::now();
+        let watched = self.lock().watched(ports);
+        let (own, ipv6_up) = host_addresses().await;
+        let addrs = local_vantages(config, &own, ipv6_up);
+        let targets: Vec<Target> = watched
+            .iter()
+            .flat_map(|&port| {
+                addrs
+                    .iter()
+                    .map(move |(v, ip)| Target::local(*v, SocketAddr::new(*ip, port)))
+            })
+            .collect();
+        let results = loaded
+            .prober
+            .run(targets.clone(), config.probe.timeout)
+            .await;
+        // Targets no longer probed (an address went away) drop out, and the
+        // external view goes with the last peer.
+        let local: HashSet<Target> = targets.into_iter().collect();
+        let external_on = config.has_external_vantage();
+        {
+            let mut st = self.lock();
+            st.set_own_addresses(&own);
+            st.record(&watched, results, |t| {
+                (t.vantage == Vantage::External && external_on) || local.contains(t)
+            });
+            if ports.is_none() {
+                st.round_completed(SystemTime::now());
+            }
+        }
+        let took = started.elapsed();
+        self.publish(config);
+        ProbeReport {
+            took,
+            external: external_on,
+            ports: watched,
+            own,
+        }
+    }
+
+    /// Asks peers for the external view of the ports `round` probed, and
+    /// publishes it; `None` without peers or ports. Evidence only from
+    /// peers that answered: a peer that did not answer gives none, and its
+    /// old results go, as do those of peers that no longer exist. Peers not
+    /// asked this time keep theirs.
+    pub async fn ask_peers(&self, round: &ProbeReport) -> Option<Answers> {
+        let loaded = self.live.current();
+        let config = &loaded.config;
+        let (ports, own) = (&round.ports, &round.own);
+        if !round.external || !config.has_external_vantage() || ports.is_empty() {
+            return None;
+        }
+        let external = if config.vantage.external_addresses.is_empty() {
+            own
+        } else {
+            &config.vantage.external_addresses
+        };
+        let mut answers = self
+            .outside
+            .ask(config, &loaded.peers, ports, external, own)
+            .await;
+        let results = std::mem::take(&mut answers.results);
+        let answered: HashSet<Target> = results.iter().map(|r| r.target.clone()).collect();
+        self.lock().record(ports, results, |t| {
+            t.vantage != Vantage::External || answered.contains(t) || answers.keeps(&t.source)
+        });
+        self.publish(config);
+        Some(answers)
+    }
+
+    /// Diagnoses the current state and swaps the snapshot in, under the
+    /// state's lock: two publishes never leave the older snapshot in place.
+    fn publish(&self, config: &Config) {
+        let mut st = self.lock();
+        let (snapshot, failures) = st.snapshot(config, SystemTime::now());
+        st.set_failures(failures);
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// This host's interface addresses (not loopback, not link-local), and
+/// whether IPv6 is up on loopback.
+async fn host_addresses() -> (Vec<IpAddr>, bool) {
+    tokio::task::spawn_blocking(|| {
+        (
+            interfaces::interface_addresses(),
+            interfaces::ipv6_loopback_up(),
+        )
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// The local vantages and their addresses: loopback (127.0.0.1, and ::1 when
+/// IPv6 is up) and the interface addresses (or the configured list).
+fn local_vantages(config: &Config, own: &[IpAddr], ipv6_up: bool) -> Vec<(Vantage, IpAddr)> {
+    let v = &config.vantage;
+    let mut out = Vec::new();
+    if v.loopback {
+        out.push((Vantage::Loopback, IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        if ipv6_up {
+            out.push((Vantage::Loopback, IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        }
+    }
+    if v.interfaces {
+        let addrs = if v.addresses.is_empty() {
+            own
+        } else {
+            &v.addresses
+        };
+        out.extend(addrs.iter().map(|a| (Vantage::Interface, *a)));
+    }
+    out
+}

@@ -1,0 +1,256 @@
+//! The engine's state: the watch list, the latest socket table and probe
+//! results, the probe counters and the failure history. Plain methods, no
+//! I/O and no clock of its own: the loops pass in what they read and when,
+//! and tests call it without threads.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::time::{Instant, SystemTime};
+
+use crate::config::Config;
+use crate::diagnosis::{self, Failure, Input, Vantages};
+use crate::probe::{OutcomeCounts, ProbeResult, Target};
+use crate::snapshot::{PortStatus, Snapshot};
+use crate::sockets::{Listener, Source};
+
+use super::watch::{WatchList, WatchedPort};
+
+/// Each watched port's last reachability failure, for `transient`.
+pub type Failures = HashMap<u16, Failure>;
+
+/// One socket scan, as read.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub listeners: Vec<Listener>,
+    pub source: Source,
+    /// The kernel's ephemeral port range: ports there are not discovered.
+    pub ephemeral: RangeInclusive<u16>,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    watch: WatchList,
+    listeners: Vec<Listener>,
+    source: Option<Source>,
+    /// The latest result per target, per port.
+    probes: BTreeMap<u16, HashMap<Target, ProbeResult>>,
+    /// Attempts per target, per port, with the name the port had when they
+    /// were counted: a renamed port starts new series.
+    counts: BTreeMap<u16, (String, BTreeMap<Target, OutcomeCounts>)>,
+    scanned_at: Option<SystemTime>,
+    probed_at: Option<SystemTime>,
+    /// When each port's set of listeners last changed: older probe results
+    /// describe sockets that are gone, and are not shown.
+    changed_at: HashMap<u16, Instant>,
+    failures: Failures,
+    /// This host's interface addresses, as of the last probe round.
+    own_addresses: Vec<IpAddr>,
+    generation: u64,
+}
+
+impl State {
+    /// Applies one scan: updates the watch list and the listeners, forgets
+    /// what belonged to ports no longer watched, and returns the watched
+    /// ports whose set of listeners changed.
+    pub fn apply_scan(
+        &mut self,
+        config: &Config,
+        scan: Scan,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Vec<u16> {
+        let before = listener_sets(&self.listeners);
+        self.watch.update(
+            config,
+            &scan.listeners,
+            &scan.ephemeral,
+            config.has_external_vantage(),
+            now,
+        );
+        let after = listener_sets(&scan.listeners);
+        let changed: Vec<u16> = self
+            .watched(None)
+            .into_iter()
+            .filter(|p| before.get(p) != after.get(p))
+            .collect();
+        for port in &changed {
+            self.changed_at.insert(*port, now);
+        }
+        let watched: HashSet<u16> = self.watch.ports().map(|w| w.port).collect();
+        self.probes.retain(|p, _| watched.contains(p));
+        self.counts.retain(|p, _| watched.contains(p));
+        self.changed_at.retain(|p, _| watched.contains(p));
+        self.failures.retain(|p, _| watched.contains(p));
+        self.listeners = scan.listeners;
+        self.source = Some(scan.source);
+        self.scanned_at = Some(wall);
+        changed
+    }
+
+    /// The watched ports, or those of `only` that are watched.
+    pub fn watched(&self, only: Option<&[u16]>) -> Vec<u16> {
+        self.watch
+            .ports()
+            .map(|w| w.port)
+            .filter(|p| only.is_none_or(|o| o.contains(p)))
+            .collect()
+    }
+
+    /// Stores `results` (a result never overwrites a newer one) and counts
+    /// every attempt; of `ports`' other results, keeps those `keep` says.
+    pub fn record(
+        &mut self,
+        ports: &[u16],
+        results: Vec<ProbeResult>,
+        keep: impl Fn(&Target) -> bool,
+    ) {
+        for r in results {
+            let port = r.target.addr.port();
+            let Some(w) = self.watch.get(port) else {
+                continue;
+            };
+            tracing::debug!(target = %r.target.addr, vantage = r.target.vantage.as_str(),
+                source = %r.target.source, outcome = r.outcome.as_str(), duration = ?r.duration, "probe");
+            let (name, counts) = self.counts.entry(port).or_default();
+            if *name != w.name {
+                name.clone_from(&w.name);
+                counts.clear();
+            }
+            counts.entry(r.target.clone()).or_default().add(r.outcome);
+            let slot = self.probes.entry(port).or_default();
+            if slot
+                .get(&r.target)
+                .is_none_or(|old| old.started <= r.started)
+            {
+                slot.insert(r.target.clone(), r);
+            }
+        }
+        for port in ports {
+            if let Some(slot) = self.probes.get_mut(port) {
+                slot.retain(|t, _| keep(t));
+            }
+        }
+    }
+
+    /// Records this host's interface addresses, as the probe round saw them.
+    pub fn set_own_addresses(&mut self, own: &[IpAddr]) {
+        self.own_addresses = own.to_vec();
+    }
+
+    /// Marks a full probe round as completed.
+    pub fn round_completed(&mut self, at: SystemTime) {
+        self.probed_at = Some(at);
+    }
+
+    /// The failure history the next diagnosis starts from.
+    pub fn set_failures(&mut self, failures: Failures) {
+        self.failures = failures;
+    }
+
+    /// Diagnoses every watched port as of `now` and returns the snapshot
+    /// with the failure history it leads to (the input of the next one).
+    pub fn snapshot(&mut self, config: &Config, now: SystemTime) -> (Snapshot, Failures) {
+        self.generation += 1;
+        let vantages = Vantages {
+            loopback: config.vantage.loopback,
+            interface: config.vantage.interfaces,
+            external: config.has_external_vantage(),
+        };
+        let mut failures = self.failures.clone();
+        let ports: Vec<PortStatus> = self
+            .watch
+            .ports()
+            .map(|w| self.port_status(w, config, vantages, now))
+            .collect();
+        for p in &ports {
+            let d = &p.diagnosis;
+            if d.cause.is_reachability_failure() {
+                failures.insert(
+                    p.port,
+                    Failure {
+                        at: now,
+                        cause: d.cause,
+                        vantage: d.failed.map(|(v, _)| v),
+                        target: d.failed.map(|(_, t)| t),
+                    },
+                );
+            }
+        }
+        let snapshot = Snapshot {
+            ports,
+            source: self.source,
+            scanned_at: self.scanned_at,
+            probed_at: self.probed_at,
+            generation: self.generation,
+        };
+        (snapshot, failures)
+    }
+
+    fn port_status(
+        &self,
+        w: &WatchedPort,
+        config: &Config,
+        vantages: Vantages,
+        now: SystemTime,
+    ) -> PortStatus {
+        let mut listeners: Vec<Listener> = self
+            .listeners
+            .iter()
+            .filter(|l| l.port == w.port)
+            .cloned()
+            .collect();
+        listeners.sort_by_key(|l| (l.address, l.inode));
+        let since = self.changed_at.get(&w.port).copied();
+        let mut probes: Vec<ProbeResult> = self
+            .probes
+            .get(&w.port)
+            .map(|m| {
+                m.values()
+                    .filter(|r| since.is_none_or(|t| r.started >= t))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        probes.sort_by(|a, b| a.target.cmp(&b.target));
+        let diagnosis = diagnosis::diagnose(&Input {
+            port: w.port,
+            expect: w.expect,
+            listeners: &listeners,
+            probes: &probes,
+            vantages,
+            last_failure: self.failures.get(&w.port),
+            own_addresses: &self.own_addresses,
+            transient_window: config.diagnosis.transient_window,
+            now,
+        });
+        let probe_counts = self
+            .counts
+            .get(&w.port)
+            .filter(|(name, _)| *name == w.name)
+            .map(|(_, c)| c.iter().map(|(t, n)| (t.clone(), *n)).collect())
+            .unwrap_or_default();
+        PortStatus {
+            port: w.port,
+            name: w.name.clone(),
+            expect: w.expect,
+            origin: w.origin,
+            listeners,
+            probes,
+            diagnosis,
+            probe_counts,
+        }
+    }
+}
+
+/// The listener set of each port, to tell which ports changed between scans.
+fn listener_sets(listeners: &[Listener]) -> HashMap<u16, Vec<(IpAddr, u64)>> {
+    let mut sets: HashMap<u16, Vec<(IpAddr, u64)>> = HashMap::new();
+    for l in listeners {
+        sets.entry(l.port).or_default().push((l.address, l.inode));
+    }
+    for s in sets.values_mut() {
+        s.sort_unstable();
+    }
+    sets
+}
