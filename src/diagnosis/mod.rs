@@ -55,12 +55,29 @@ pub enum Cause {
     Ok,
 }
 
+/// How bad a cause is, for whatever paints it (the status page, `check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Ok,
+    /// Works, but worth a look: a recent failure, or a forward portsight cannot see through.
+    Warning,
+    Critical,
+}
+
 impl Cause {
     /// Every cause, in declaration (and evaluation) order.
     pub const ALL: &'static [Cause] = <Cause as VariantArray>::VARIANTS;
 
     pub fn as_str(self) -> &'static str {
         self.into()
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            Cause::Ok => Severity::Ok,
+            Cause::Transient | Cause::Forwarded => Severity::Warning,
+            _ => Severity::Critical,
+        }
     }
 
     /// Causes where the port failed to be reachable as wanted; a port that

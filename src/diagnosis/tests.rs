@@ -450,6 +450,18 @@ fn the_readme_lists_the_causes_in_the_rules_order() {
 }
 
 #[test]
+fn severity_is_ok_warning_or_critical() {
+    for &c in Cause::ALL {
+        let want = match c.as_str() {
+            "ok" => Severity::Ok,
+            "transient" | "forwarded" => Severity::Warning,
+            _ => Severity::Critical,
+        };
+        assert_eq!(c.severity(), want, "{}", c.as_str());
+    }
+}
+
+#[test]
 fn a_closed_port_that_nothing_listens_on_is_ok_even_after_a_failure() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let failure = Failure {
