@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{self, Config, Expect, PeerConfig, PortConfig};
-use crate::diagnosis::Cause;
+use crate::diagnosis::{Cause, Severity};
 use crate::engine::{Engine, Flags, Live, Loaded};
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::snapshot::{PortStatus, Snapshot};
@@ -186,10 +186,10 @@ fn outcomes(probes: &[ProbeResult], vantage: Vantage) -> String {
 }
 
 fn paint(cause: Cause, s: &str) -> String {
-    let code = match cause {
-        Cause::Ok => "32",
-        Cause::Transient | Cause::Forwarded => "33",
-        _ => "31;1",
+    let code = match cause.severity() {
+        Severity::Ok => "32",
+        Severity::Warning => "33",
+        Severity::Critical => "31;1",
     };
     format!("\x1b[{code}m{s}\x1b[0m")
 }

@@ -422,7 +422,7 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
         "gauge",
     );
     for (p, port) in each() {
-        for cause in Cause::ALL {
+        for &cause in Cause::ALL {
             let labels = [
                 ("cause", cause.as_str()),
                 ("name", p.name.as_str()),

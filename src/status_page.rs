@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::diagnosis::Cause;
+use crate::diagnosis::{Cause, Severity};
 use crate::snapshot::Snapshot;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
@@ -72,10 +72,10 @@ pub fn render(snapshot: &Snapshot) -> String {
 }
 
 fn class(c: Cause) -> &'static str {
-    match c {
-        Cause::Ok => "ok",
-        Cause::Transient | Cause::Forwarded => "warn",
-        _ => "bad",
+    match c.severity() {
+        Severity::Ok => "ok",
+        Severity::Warning => "warn",
+        Severity::Critical => "bad",
     }
 }
 

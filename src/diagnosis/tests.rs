@@ -1,5 +1,6 @@
+use super::facts::family;
 use super::*;
-use crate::probe::Target;
+use crate::probe::{Outcome, Target};
 use crate::sockets::Owner;
 
 const PORT: u16 = 8080;
@@ -398,16 +399,94 @@ fn not_measured_is_never_assumed() {
     );
 }
 
+/// DESIGN.md's table of causes, in its order (`conntrack_full` is not implemented yet).
+const DESIGN_ORDER: [&str; 13] = [
+    "not_listening",
+    "forwarded",
+    "unexpected_listener",
+    "accept_queue_full",
+    "loopback_only",
+    "bound_elsewhere",
+    "address_family_mismatch",
+    "rejected",
+    "filtered",
+    "unreachable",
+    "exposed",
+    "transient",
+    "ok",
+];
+
 #[test]
-fn every_cause_is_named_once() {
-    let names: std::collections::HashSet<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
-    assert_eq!(names.len(), 13);
-    for c in Cause::ALL {
+fn one_rule_per_cause_in_the_design_order() {
+    let rules: Vec<Cause> = rules::RULES.iter().map(|&(c, _)| c).collect();
+    assert_eq!(rules, Cause::ALL, "the rules, in order, are the causes");
+    let names: Vec<&str> = rules.iter().map(|c| c.as_str()).collect();
+    assert_eq!(names, DESIGN_ORDER);
+    let distinct: std::collections::HashSet<&str> = names.iter().copied().collect();
+    assert_eq!(distinct.len(), names.len(), "{names:?}");
+    for &c in Cause::ALL {
         assert_eq!(
             serde_json::to_string(&c).unwrap(),
             format!("\"{}\"", c.as_str())
         );
     }
+}
+
+#[test]
+fn the_readme_lists_the_causes_in_the_rules_order() {
+    let readme = include_str!("../../README.md");
+    let table = readme
+        .split("\n## Diagnosis\n")
+        .nth(1)
+        .expect("a Diagnosis section");
+    let listed: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("| cause"))
+        .skip(2)
+        .take_while(|l| l.starts_with("| `"))
+        .filter_map(|l| l.split('`').nth(1))
+        .collect();
+    assert_eq!(listed, DESIGN_ORDER);
+}
+
+#[test]
+fn severity_is_ok_warning_or_critical() {
+    for &c in Cause::ALL {
+        let want = match c.as_str() {
+            "ok" => Severity::Ok,
+            "transient" | "forwarded" => Severity::Warning,
+            _ => Severity::Critical,
+        };
+        assert_eq!(c.severity(), want, "{}", c.as_str());
+    }
+}
+
+#[test]
+fn a_closed_port_that_nothing_listens_on_is_ok_even_after_a_failure() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let failure = Failure {
+        at: now - Duration::from_secs(10),
+        cause: Cause::NotListening,
+        vantage: None,
+        target: None,
+    };
+    let d = diagnose(&Input {
+        port: PORT,
+        expect: Expect::Closed,
+        listeners: &[],
+        probes: &probes(Refused, Refused, Refused, Refused),
+        vantages: ALL_VANTAGES,
+        last_failure: Some(&failure),
+        own_addresses: &OWN,
+        transient_window: Duration::from_secs(300),
+        now,
+    });
+    assert_eq!(d.cause, Cause::Ok);
+    assert_eq!(
+        d.summary,
+        "closed as expected: nothing listens on port 8080 and nothing answers"
+    );
+    assert_eq!(d.fix, "");
 }
 
 #[test]

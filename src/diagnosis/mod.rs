@@ -1,0 +1,176 @@
+//! The diagnosis: a pure function from a port's policy, its listeners and its
+//! probe results to exactly one [`Cause`], with a one-line summary and a fix
+//! hint in plain words that name the evidence. No I/O here.
+//!
+//! What is true of a port is worked out once ([`facts`]); an ordered list of
+//! small rules, one per cause ([`rules`]), then picks the first cause that
+//! applies; the phrasing lives apart ([`words`]).
+
+mod facts;
+mod rules;
+mod words;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use strum::VariantArray;
+
+use crate::config::Expect;
+use crate::probe::{ProbeResult, Vantage};
+use crate::sockets::Listener;
+
+pub use facts::covers;
+
+/// Why a port is (not) reachable. A closed set, in the order the rules
+/// evaluate it (DESIGN.md, "Diagnosis causes").
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    strum::VariantArray,
+    strum::IntoStaticStr,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Cause {
+    NotListening,
+    Forwarded,
+    UnexpectedListener,
+    AcceptQueueFull,
+    LoopbackOnly,
+    BoundElsewhere,
+    AddressFamilyMismatch,
+    Rejected,
+    Filtered,
+    Unreachable,
+    Exposed,
+    Transient,
+    Ok,
+}
+
+/// How bad a cause is, for whatever paints it (the status page, `check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Ok,
+    /// Works, but worth a look: a recent failure, or a forward portsight cannot see through.
+    Warning,
+    Critical,
+}
+
+impl Cause {
+    /// Every cause, in declaration (and evaluation) order.
+    pub const ALL: &'static [Cause] = <Cause as VariantArray>::VARIANTS;
+
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            Cause::Ok => Severity::Ok,
+            Cause::Transient | Cause::Forwarded => Severity::Warning,
+            _ => Severity::Critical,
+        }
+    }
+
+    /// Causes where the port failed to be reachable as wanted; a port that
+    /// recovers from one of these is `transient` for a while.
+    pub fn is_reachability_failure(self) -> bool {
+        matches!(
+            self,
+            Cause::NotListening
+                | Cause::AcceptQueueFull
+                | Cause::LoopbackOnly
+                | Cause::BoundElsewhere
+                | Cause::AddressFamilyMismatch
+                | Cause::Rejected
+                | Cause::Filtered
+                | Cause::Unreachable
+        )
+    }
+}
+
+/// The last time a port failed, kept for `transient`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub at: SystemTime,
+    pub cause: Cause,
+    /// The vantage and target that showed it, when a probe did.
+    pub vantage: Option<Vantage>,
+    pub target: Option<SocketAddr>,
+}
+
+/// Which vantages are configured, so that those not measured are named as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vantages {
+    pub loopback: bool,
+    pub interface: bool,
+    pub external: bool,
+}
+
+impl Vantages {
+    /// Each vantage, nearest first, and whether it is configured.
+    pub fn each(self) -> [(Vantage, bool); 3] {
+        [
+            (Vantage::Loopback, self.loopback),
+            (Vantage::Interface, self.interface),
+            (Vantage::External, self.external),
+        ]
+    }
+}
+
+/// What the diagnosis of one port looks at.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    pub port: u16,
+    pub expect: Expect,
+    pub listeners: &'a [Listener],
+    /// The current probe results (stale ones already left out).
+    pub probes: &'a [ProbeResult],
+    pub vantages: Vantages,
+    /// The port's last failure, if any.
+    pub last_failure: Option<&'a Failure>,
+    /// This host's own addresses. An external target that is not one of
+    /// them (a public IP NATed to the host) reaches whatever listens on a
+    /// non-loopback address.
+    pub own_addresses: &'a [IpAddr],
+    pub transient_window: Duration,
+    pub now: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnosis {
+    pub cause: Cause,
+    /// One line: what is wrong (or right), naming the evidence.
+    pub summary: String,
+    /// What to do about it; empty when nothing is to be done.
+    pub fix: String,
+    /// One line per piece of evidence: listeners, each probe, vantages not measured.
+    pub evidence: Vec<String>,
+    /// The vantage and target that showed a failure, for the failure history.
+    #[serde(skip)]
+    pub failed: Option<(Vantage, SocketAddr)>,
+}
+
+/// Diagnoses one port.
+pub fn diagnose(input: &Input) -> Diagnosis {
+    let facts = facts::Facts::of(input);
+    let (cause, verdict) = rules::first(input, &facts);
+    Diagnosis {
+        cause,
+        summary: verdict.summary,
+        fix: verdict.fix,
+        evidence: words::evidence(input),
+        failed: verdict.failed,
+    }
+}
+
+#[cfg(test)]
+mod tests;
