@@ -561,8 +561,17 @@ mod tests {
             return;
         };
         let all = dump_listeners().unwrap();
+        // Another socket may hold the same port on another address (tests
+        // run in parallel, other programs listen): ours are on these two.
+        let ours = [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            "::ffff:127.0.0.1".parse().unwrap(),
+        ];
         let find = |port: u16| -> &Listener {
-            let rows: Vec<&Listener> = all.iter().filter(|l| l.port == port).collect();
+            let rows: Vec<&Listener> = all
+                .iter()
+                .filter(|l| l.port == port && ours.contains(&l.address))
+                .collect();
             assert_eq!(rows.len(), 1, "{rows:?}");
             rows[0]
         };
