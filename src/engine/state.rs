@@ -254,3 +254,175 @@ fn listener_sets(listeners: &[Listener]) -> HashMap<u16, Vec<(IpAddr, u64)>> {
     }
     sets
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Expect, PortConfig};
+    use crate::diagnosis::Cause;
+    use crate::probe::{Outcome, Vantage};
+
+    const PORT: u16 = 8080;
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.discover.enabled = false;
+        c.vantage.interfaces = false;
+        c.ports.push(PortConfig {
+            port: PORT,
+            name: "web".into(),
+            expect: Expect::Public,
+        });
+        c
+    }
+
+    fn scan(inodes: &[u64]) -> Scan {
+        Scan {
+            listeners: inodes
+                .iter()
+                .map(|&inode| Listener {
+                    inode,
+                    ..Listener::on("0.0.0.0".parse().unwrap(), PORT)
+                })
+                .collect(),
+            source: Source::Netlink,
+            ephemeral: 32768..=60999,
+        }
+    }
+
+    fn result(outcome: Outcome, started: Instant) -> ProbeResult {
+        ProbeResult {
+            target: Target::local(
+                Vantage::Loopback,
+                SocketAddr::new("127.0.0.1".parse().unwrap(), PORT),
+            ),
+            outcome,
+            duration: Duration::from_millis(1),
+            errno: None,
+            error: None,
+            at: SystemTime::UNIX_EPOCH,
+            started,
+        }
+    }
+
+    fn cause(st: &mut State, config: &Config, at: SystemTime) -> Cause {
+        let (snapshot, failures) = st.snapshot(config, at);
+        st.set_failures(failures);
+        snapshot.ports[0].diagnosis.cause
+    }
+
+    #[test]
+    fn a_scan_reports_the_ports_whose_listeners_changed() {
+        let (config, t0) = (config(), Instant::now());
+        let mut st = State::default();
+        assert_eq!(
+            st.apply_scan(&config, scan(&[1]), t0, SystemTime::now()),
+            [PORT]
+        );
+        assert!(
+            st.apply_scan(&config, scan(&[1]), t0, SystemTime::now())
+                .is_empty()
+        );
+        assert_eq!(
+            st.apply_scan(&config, scan(&[2]), t0, SystemTime::now()),
+            [PORT],
+            "restarted"
+        );
+        assert_eq!(
+            st.apply_scan(&config, scan(&[]), t0, SystemTime::now()),
+            [PORT],
+            "gone"
+        );
+    }
+
+    #[test]
+    fn results_from_before_a_change_are_not_shown_but_still_counted() {
+        let config = config();
+        let t0 = Instant::now();
+        let mut st = State::default();
+        st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
+        st.record(&[PORT], vec![result(Outcome::Success, t0)], |_| true);
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        assert_eq!(s.ports[0].probes.len(), 1);
+        st.apply_scan(
+            &config,
+            scan(&[]),
+            t0 + Duration::from_secs(1),
+            SystemTime::now(),
+        );
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        assert!(
+            s.ports[0].probes.is_empty(),
+            "the result describes a socket that is gone"
+        );
+        let counts = &s.ports[0].probe_counts;
+        assert_eq!(counts.len(), 1);
+        assert_eq!(counts[0].1.get(Outcome::Success), 1);
+    }
+
+    #[test]
+    fn an_older_result_never_replaces_a_newer_one() {
+        let config = config();
+        let t0 = Instant::now();
+        let mut st = State::default();
+        st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
+        let newer = result(Outcome::Refused, t0 + Duration::from_secs(2));
+        let older = result(Outcome::Success, t0 + Duration::from_secs(1));
+        st.record(&[PORT], vec![newer], |_| true);
+        st.record(&[PORT], vec![older], |_| true);
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        assert_eq!(s.ports[0].probes[0].outcome, Outcome::Refused);
+        assert_eq!(
+            s.ports[0].probe_counts[0].1.get(Outcome::Success),
+            1,
+            "both counted"
+        );
+    }
+
+    #[test]
+    fn the_failure_history_is_returned_and_makes_a_recovery_transient() {
+        let config = config();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let mut st = State::default();
+        st.apply_scan(&config, scan(&[]), t0, wall);
+        st.record(&[PORT], vec![result(Outcome::Refused, t0)], |_| true);
+        let (_, failures) = st.snapshot(&config, wall);
+        assert_eq!(failures[&PORT].cause, Cause::NotListening);
+        assert!(
+            st.failures.is_empty(),
+            "snapshot changes no history on the side"
+        );
+        st.set_failures(failures);
+        let t1 = t0 + Duration::from_secs(1);
+        st.apply_scan(&config, scan(&[1]), t1, wall);
+        st.record(&[PORT], vec![result(Outcome::Success, t1)], |_| true);
+        assert_eq!(
+            cause(&mut st, &config, wall + Duration::from_secs(1)),
+            Cause::Transient
+        );
+        let later = wall + config.diagnosis.transient_window + Duration::from_secs(2);
+        assert_eq!(cause(&mut st, &config, later), Cause::Ok);
+    }
+
+    #[test]
+    fn a_renamed_port_starts_new_counts_and_every_snapshot_is_new() {
+        let mut config = config();
+        let t0 = Instant::now();
+        let mut st = State::default();
+        st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
+        st.record(&[PORT], vec![result(Outcome::Success, t0)], |_| true);
+        let (a, _) = st.snapshot(&config, SystemTime::now());
+        config.ports[0].name = "api".into();
+        st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
+        let (b, _) = st.snapshot(&config, SystemTime::now());
+        assert!(b.generation > a.generation);
+        assert_eq!(b.ports[0].name, "api");
+        assert!(
+            b.ports[0].probe_counts.is_empty(),
+            "counts belong to the old name"
+        );
+    }
+}

@@ -170,27 +170,16 @@ pub fn ephemeral_range(proc_root: &Path) -> RangeInclusive<u16> {
 mod tests {
     use super::*;
     use crate::config::PortConfig;
-    use crate::sockets::{Family, Owner};
+    use crate::sockets::Owner;
     use std::time::Duration;
 
     fn listener(addr: &str, port: u16, owner: Option<&str>) -> Listener {
-        let address: std::net::IpAddr = addr.parse().unwrap();
         Listener {
-            address,
-            port,
-            family: if address.is_ipv4() {
-                Family::Ipv4
-            } else {
-                Family::Ipv6
-            },
-            v6only: None,
-            accept_queue_length: 0,
-            accept_queue_limit: Some(128),
-            inode: 1,
             owner: owner.map(|n| Owner {
                 pid: 1,
                 name: n.to_string(),
             }),
+            ..Listener::on(addr.parse().unwrap(), port)
         }
     }
 

@@ -122,6 +122,25 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// A listener on `address:port` with nothing else known (no queue, no
+    /// owner, inode 0); the sources and tests fill in the rest.
+    pub fn on(address: IpAddr, port: u16) -> Listener {
+        Listener {
+            address,
+            port,
+            family: if address.is_ipv4() {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
+            v6only: None,
+            accept_queue_length: 0,
+            accept_queue_limit: None,
+            inode: 0,
+            owner: None,
+        }
+    }
+
     pub fn scope(&self) -> Scope {
         Scope::of(self.address)
     }
