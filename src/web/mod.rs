@@ -343,3 +343,6 @@ fn respond(
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     respond(status, "text/plain; charset=utf-8", body)
 }
+
+#[cfg(test)]
+mod tests;
