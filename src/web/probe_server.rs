@@ -330,12 +330,9 @@ fn timeout(config: &Config, param: Option<&str>, headers: &HeaderMap) -> Result<
     Ok(t)
 }
 
+/// Not unspecified, multicast or broadcast, also as an IPv4-mapped address.
 fn unicast(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
         IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
     }
