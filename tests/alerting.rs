@@ -17,7 +17,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -26,9 +26,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use support::netns::Host;
-use support::prom::{self, Webhook, api, data, encode};
-use support::{Portsight, skip, wait_for};
+use support::netns::{Host, Served};
+use support::prom::{self, Webhook, data, query_string};
+use support::{listen, needs, skip, wait_for};
 
 const PROMETHEUS: &str = "127.0.0.1:9090";
 const ALERTMANAGER: &str = "127.0.0.1:9093";
@@ -57,7 +57,7 @@ struct Service {
 
 impl Service {
     fn start(host: &Host) -> Service {
-        let listener = host.run(|| TcpListener::bind(addr(SERVICE)).expect("bind service"));
+        let listener = listen(SERVICE).bind_in(host);
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -83,40 +83,6 @@ impl Service {
     }
 }
 
-/// `ip netns exec HOST PROGRAM ARGS`, killed on drop (stderr collected).
-fn spawn_in(host: &Host, program: &Path, args: &[String]) -> Portsight {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &host.name])
-        .arg(program)
-        .args(args);
-    Portsight::spawn(cmd)
-}
-
-fn wait_ready(host: &Host, server: &str, p: &mut Portsight) {
-    wait_for(
-        Duration::from_secs(30),
-        &format!("{server} to be ready"),
-        || {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                return Err(format!("exited with {status}: {}", p.log_text()));
-            }
-            host.run(|| {
-                let a = addr(server);
-                std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1))
-                    .map_err(|e| e.to_string())
-                    .map(|_| support::get(a, "/-/ready").status)
-            })
-            .and_then(|s| {
-                if s == 200 {
-                    Ok(())
-                } else {
-                    Err(format!("status {s}"))
-                }
-            })
-        },
-    );
-}
-
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -124,28 +90,27 @@ fn unix(t: SystemTime) -> f64 {
 }
 
 /// An instant query's result vector.
-fn query(host: &Host, q: &str) -> Result<Vec<Value>, String> {
-    let d = data(api(
-        host,
-        addr(PROMETHEUS),
-        &format!("/api/v1/query?query={}", encode(q)),
-    ))?;
+fn query(prometheus: &Served, q: &str) -> Result<Vec<Value>, String> {
+    let d = data(prometheus.json(&format!("/api/v1/query?{}", query_string(&[("query", q)]))))?;
     Ok(d["result"].as_array().cloned().unwrap_or_default())
 }
 
 /// A range query's result matrix, every second from `start` to a second
 /// from now (the last step then covers the newest sample).
-fn query_range(host: &Host, q: &str, start: SystemTime) -> Result<Vec<Value>, String> {
-    let d = data(api(
-        host,
-        addr(PROMETHEUS),
-        &format!(
-            "/api/v1/query_range?query={}&start={:.3}&end={:.3}&step=1",
-            encode(q),
-            unix(start),
-            unix(SystemTime::now()) + 1.0
-        ),
-    ))?;
+fn query_range(prometheus: &Served, q: &str, start: SystemTime) -> Result<Vec<Value>, String> {
+    let (start, end) = (
+        format!("{:.3}", unix(start)),
+        format!("{:.3}", unix(SystemTime::now()) + 1.0),
+    );
+    let d = data(prometheus.json(&format!(
+        "/api/v1/query_range?{}",
+        query_string(&[
+            ("query", q),
+            ("start", &start),
+            ("end", &end),
+            ("step", "1")
+        ])
+    )))?;
     Ok(d["result"].as_array().cloned().unwrap_or_default())
 }
 
@@ -164,10 +129,7 @@ fn received(webhook: &Webhook, alertname: &str, status: &str) -> Vec<Value> {
 
 #[test]
 fn stopped_service_alerts_with_its_cause_and_every_panel_has_data() {
-    if let Some(reason) = prom::unavailable() {
-        skip(&reason);
-        return;
-    }
+    needs!(prom::unavailable());
     let started = Instant::now();
     let t0 = SystemTime::now();
     let host = Host::new("alert");
@@ -242,16 +204,13 @@ receivers:
 
     let webhook = Webhook::start(&host, addr(WEBHOOK));
     let service = Service::start(&host);
-    let mut portsight = host.spawn_portsight(&[
-        "serve",
+    let portsight = host.serve(&[
         "--config",
         &path("portsight.toml"),
         "--web.listen-address",
         PORTSIGHT,
     ]);
-    portsight.address();
-    let mut alertmanager = spawn_in(
-        &host,
+    let mut alertmanager = host.serve_program(
         &prom::alertmanager().unwrap(),
         &[
             format!("--config.file={}", path("alertmanager.yml")),
@@ -259,21 +218,22 @@ receivers:
             format!("--web.listen-address={ALERTMANAGER}"),
             "--cluster.listen-address=".into(),
         ],
+        addr(ALERTMANAGER),
     );
-    let mut prometheus = spawn_in(
-        &host,
+    let mut prometheus = host.serve_program(
         &prom::prometheus().unwrap(),
         &[
             format!("--config.file={}", path("prometheus.yml")),
             format!("--storage.tsdb.path={}", path("prometheus-data")),
             format!("--web.listen-address={PROMETHEUS}"),
         ],
+        addr(PROMETHEUS),
     );
-    wait_ready(&host, ALERTMANAGER, &mut alertmanager);
-    wait_ready(&host, PROMETHEUS, &mut prometheus);
+    alertmanager.wait_ready();
+    prometheus.wait_ready();
 
     // Every rule loaded, and Prometheus has seen the port listening and ok.
-    let rules = data(api(&host, addr(PROMETHEUS), "/api/v1/rules")).unwrap();
+    let rules = data(prometheus.json("/api/v1/rules")).unwrap();
     let alert_names: BTreeSet<String> = rules["groups"]
         .as_array()
         .unwrap()
@@ -288,13 +248,13 @@ receivers:
         "Prometheus to see port 8080 listening and ok",
         || {
             let r = query(
-                &host,
+                &prometheus,
                 r#"portsight_port_diagnosis{port="8080",cause="ok"} == 1 and on (port) portsight_port_listening == 1"#,
             )?;
             if r.is_empty() {
                 Err(format!(
                     "not yet; portsight says: {}",
-                    host.run(|| support::get(addr(PORTSIGHT), "/api/v1/status").body)
+                    portsight.get("/api/v1/status").body
                 ))
             } else {
                 Ok(())
@@ -317,7 +277,7 @@ receivers:
                     format!(
                         "webhook got {:?}; ALERTS: {:?}",
                         webhook.alerts(),
-                        query(&host, "ALERTS")
+                        query(&prometheus, "ALERTS")
                     )
                 })
         },
@@ -383,7 +343,7 @@ receivers:
         Duration::from_secs(20),
         "Prometheus to see portsight down",
         || {
-            if query(&host, r#"up{job="portsight"} == 0"#)?.is_empty() {
+            if query(&prometheus, r#"up{job="portsight"} == 0"#)?.is_empty() {
                 Err("up is not 0 yet".into())
             } else {
                 Ok(())
@@ -392,7 +352,7 @@ receivers:
     );
 
     // Every panel and variable query of dashboards/ parses and has data.
-    let checked = check_dashboards(&host, dashboards_start);
+    let checked = check_dashboards(&prometheus, dashboards_start);
     eprintln!(
         "{checked} dashboard queries returned data; whole test took {:?}",
         started.elapsed()
@@ -406,7 +366,7 @@ receivers:
 /// some point of the run (instant-query panels show one such point); a
 /// stat's `… or vector(0)` also without its fallback. Returns how many
 /// queries were checked.
-fn check_dashboards(host: &Host, start: SystemTime) -> usize {
+fn check_dashboards(prometheus: &Served, start: SystemTime) -> usize {
     let mut checked = 0;
     let mut failures = Vec::new();
     for (file, dashboard) in dashboards() {
@@ -414,7 +374,7 @@ fn check_dashboards(host: &Host, start: SystemTime) -> usize {
             let q = substitute(&expr);
             assert!(!q.contains('$'), "{file} {what}: unsubstituted in {q}");
             // Instant queries at the end must parse too.
-            if let Err(e) = query(host, &q) {
+            if let Err(e) = query(prometheus, &q) {
                 failures.push(format!("{file} {what}: {q}: {e}"));
                 continue;
             }
@@ -425,7 +385,7 @@ fn check_dashboards(host: &Host, start: SystemTime) -> usize {
                 variants.push(counted.to_string());
             }
             for q in variants {
-                match query_range(host, &q, start) {
+                match query_range(prometheus, &q, start) {
                     Ok(r) if has_data(&r, what.label.as_deref()) => checked += 1,
                     Ok(r) => failures.push(format!("{file} {what}: no data: {q} -> {r:?}")),
                     Err(e) => failures.push(format!("{file} {what}: {q}: {e}")),

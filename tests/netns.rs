@@ -5,31 +5,13 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use support::netns::{self, Host};
-use support::{Sample, get, metric, parse_metrics, skip, wait_for};
+use support::{Sample, listen, metric, needs};
 
 const WEB: &str = "127.0.0.1:10917";
-
-fn web() -> SocketAddr {
-    WEB.parse().unwrap()
-}
-
-fn scrape(host: &Host) -> Vec<Sample> {
-    host.run(|| parse_metrics(&get(web(), "/metrics").body))
-}
-
-fn wait_ready(host: &Host, p: &mut support::Portsight) {
-    p.address();
-    wait_for(Duration::from_secs(15), "/-/ready", || {
-        host.run(|| {
-            let r = get(web(), "/-/ready");
-            if r.status == 200 { Ok(()) } else { Err(r.body) }
-        })
-    });
-}
 
 fn outcome(m: &[Sample], target: &str) -> Option<String> {
     metric(m, "portsight_probe_outcome")
@@ -45,20 +27,17 @@ fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
 
 #[test]
 fn loopback_bound_listener_is_refused_on_the_interfaces() {
-    if let Some(reason) = netns::unavailable() {
-        skip(&reason);
-        return;
-    }
+    needs!(netns::unavailable());
     let host = Host::with_interfaces("ifref");
-    let _listener = host.run(|| TcpListener::bind("127.0.0.1:8080").unwrap());
+    let _listener = listen("127.0.0.1:8080").bind_in(&host);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(
         &dir,
         "[discover]\nenabled = false\n[[port]]\nport = 8080\nname = \"web\"\n",
     );
-    let mut p = host.spawn_portsight(&["serve", "--config", &cfg, "--web.listen-address", WEB]);
-    wait_ready(&host, &mut p);
-    let m = scrape(&host);
+    let mut p = host.serve(&["--config", &cfg, "--web.listen-address", WEB]);
+    p.wait_ready();
+    let m = p.scrape();
     assert_eq!(outcome(&m, "127.0.0.1:8080").as_deref(), Some("success"));
     assert_eq!(outcome(&m, "[::1]:8080").as_deref(), Some("refused"));
     for target in [
@@ -93,17 +72,14 @@ fn loopback_bound_listener_is_refused_on_the_interfaces() {
 
 #[test]
 fn wildcard_listener_answers_on_every_ipv4_address() {
-    if let Some(reason) = netns::unavailable() {
-        skip(&reason);
-        return;
-    }
+    needs!(netns::unavailable());
     let host = Host::with_interfaces("ifany");
-    let _listener = host.run(|| TcpListener::bind("0.0.0.0:8080").unwrap());
+    let _listener = listen("0.0.0.0:8080").bind_in(&host);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(&dir, "[discover]\nenabled = false\n[[port]]\nport = 8080\n");
-    let mut p = host.spawn_portsight(&["serve", "--config", &cfg, "--web.listen-address", WEB]);
-    wait_ready(&host, &mut p);
-    let m = scrape(&host);
+    let mut p = host.serve(&["--config", &cfg, "--web.listen-address", WEB]);
+    p.wait_ready();
+    let m = p.scrape();
     for target in ["127.0.0.1:8080", "10.77.0.1:8080", "10.77.0.2:8080"] {
         assert_eq!(outcome(&m, target).as_deref(), Some("success"), "{target}");
     }
@@ -113,29 +89,23 @@ fn wildcard_listener_answers_on_every_ipv4_address() {
 
 #[test]
 fn default_config_discovers_listeners_and_keeps_a_vanished_one() {
-    if let Some(reason) = netns::unavailable() {
-        skip(&reason);
-        return;
-    }
+    needs!(netns::unavailable());
     let host = Host::with_interfaces("disc");
-    let (listener, ephemeral) = host.run(|| {
-        (
-            TcpListener::bind("0.0.0.0:8080").unwrap(),
-            TcpListener::bind("0.0.0.0:0").unwrap(),
-        )
-    });
+    let (listener, ephemeral) = (
+        listen("0.0.0.0:8080").bind_in(&host),
+        listen("0.0.0.0:0").bind_in(&host),
+    );
     let ephemeral_port = ephemeral.local_addr().unwrap().port();
     // The embedded default, as the README's first command runs it.
-    let mut p = host.spawn_portsight(&["serve"]);
-    let addr = p.address();
+    let mut p = host.serve(&[]);
     assert_eq!(
-        addr,
+        p.listen,
         "[::]:10917".parse().unwrap(),
         "the default listen address: every address of both families"
     );
-    wait_ready(&host, &mut p);
+    p.wait_ready();
     let me = std::fs::read_to_string("/proc/self/comm").unwrap();
-    let m = scrape(&host);
+    let m = p.scrape();
     assert_eq!(
         metric(&m, "portsight_port_info")
             .label("port", 8080)
@@ -173,21 +143,22 @@ fn default_config_discovers_listeners_and_keeps_a_vanished_one() {
     );
 
     drop(listener);
-    wait_for(
-        Duration::from_secs(3),
-        "8080 to be reported not listening",
-        || {
-            let m = scrape(&host);
-            match metric(&m, "portsight_port_listening")
-                .label("port", 8080)
-                .value()
-            {
-                Some(0.0) => Ok(()),
-                other => Err(format!("listening = {other:?}")),
-            }
-        },
-    );
-    let m = scrape(&host);
+    // A vanished listener shows within about one scan (1 s by default): the
+    // scan that sees it gone re-probes at once.
+    // (The scan publishes "not listening" before its re-probe answers, so
+    // both are waited for.)
+    p.within_scans(3, "8080 to be reported not listening and refused", |m| {
+        let listening = metric(m, "portsight_port_listening")
+            .label("port", 8080)
+            .value();
+        let o = outcome(m, "10.77.0.1:8080");
+        if listening == Some(0.0) && o.as_deref() == Some("refused") {
+            Ok(())
+        } else {
+            Err(format!("listening = {listening:?}, outcome = {o:?}"))
+        }
+    });
+    let m = p.scrape();
     assert_eq!(
         metric(&m, "portsight_port_info")
             .label("port", 8080)
@@ -201,22 +172,13 @@ fn default_config_discovers_listeners_and_keeps_a_vanished_one() {
 
 #[test]
 fn sigterm_stops_serve_cleanly() {
-    if let Some(reason) = netns::unavailable() {
-        skip(&reason);
-        return;
-    }
+    needs!(netns::unavailable());
     let host = Host::new("term");
-    let mut p = host.spawn_portsight(&["serve", "--web.listen-address", WEB]);
-    wait_ready(&host, &mut p);
+    let mut p = host.serve(&["--web.listen-address", WEB]);
+    p.wait_ready();
     // `ip netns exec` execs portsight, so the child's pid is portsight's.
-    let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = wait_for(Duration::from_secs(15), "portsight to exit", || {
-        p.child
-            .try_wait()
-            .unwrap()
-            .ok_or_else(|| "running".to_string())
-    });
+    p.signal(Signal::SIGTERM);
+    let status = p.process.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status}: {}", p.log_text());
     assert!(
         p.log_text().contains("SIGTERM: shutting down"),

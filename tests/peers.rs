@@ -9,9 +9,10 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::netns::{self, Host};
-use support::{Portsight, Sample, get, http_with, metric, parse_metrics, skip, wait_for};
+use support::netns::{self, Host, Served};
+use support::{Sample, get, http_with, listen, metric, needs, parse_metrics, wait_for};
 
 const TOKEN: &str = "s3cret-peer-token";
 const INSIDE_WEB: &str = "127.0.0.1:10917";
@@ -21,16 +22,7 @@ struct World {
     inside: Host,
     outside: Host,
     dir: tempfile::TempDir,
-    observer: Option<Portsight>,
-}
-
-macro_rules! needs {
-    ($check:expr) => {
-        if let Some(reason) = $check {
-            skip(&reason);
-            return;
-        }
-    };
+    observer: Option<Served>,
 }
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
@@ -53,14 +45,7 @@ impl World {
                  allow = [\"10.77.0.0/24\"]\ntoken_file = \"{token}\"\n{server_extra}\n"
             ),
         );
-        let mut observer = outside.spawn_portsight(&[
-            "serve",
-            "--config",
-            &cfg,
-            "--web.listen-address",
-            OUTSIDE_WEB,
-        ]);
-        observer.address();
+        let observer = outside.serve(&["--config", &cfg, "--web.listen-address", OUTSIDE_WEB]);
         World {
             inside,
             outside,
@@ -96,19 +81,13 @@ impl World {
         )
     }
 
-    fn serve_inside(&self, expect: &str) -> Portsight {
+    fn serve_inside(&self, expect: &str) -> Served {
         let cfg = self.inside_config(expect, true);
-        let mut p = self.inside.spawn_portsight(&[
-            "serve",
-            "--config",
-            &cfg,
-            "--web.listen-address",
-            INSIDE_WEB,
-        ]);
-        p.address();
-        p
+        self.inside
+            .serve(&["--config", &cfg, "--web.listen-address", INSIDE_WEB])
     }
 
+    /// /metrics of the watched host's portsight (whichever runs there).
     fn scrape_inside(&self) -> Vec<Sample> {
         self.inside
             .run(|| parse_metrics(&get(INSIDE_WEB.parse().unwrap(), "/metrics").body))
@@ -152,25 +131,16 @@ impl World {
     /// config that lists no peer.
     fn check(&self, expect: &str) -> (i32, Value) {
         let cfg = self.inside_config(expect, false);
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.inside.name,
-                env!("CARGO_BIN_EXE_portsight"),
-            ])
-            .args(["check", "--json", "--config", &cfg, "8080"])
-            .args([
-                "--peer",
-                &format!("http://{OUTSIDE_WEB}"),
-                "--peer.token-file",
-                &self.token_file(),
-            ])
-            .output()
-            .unwrap();
-        let json: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        (out.status.code().unwrap_or(-1), json["ports"][0].clone())
+        let (code, json) = self.inside.check(&[
+            "--config",
+            &cfg,
+            "8080",
+            "--peer",
+            &format!("http://{OUTSIDE_WEB}"),
+            "--peer.token-file",
+            &self.token_file(),
+        ]);
+        (code, json["ports"][0].clone())
     }
 
     /// A request to the observer's /probe from the watched host.
@@ -183,8 +153,7 @@ impl World {
     }
 
     fn listen_inside(&self) -> TcpListener {
-        self.inside
-            .run(|| TcpListener::bind("0.0.0.0:8080").unwrap())
+        listen("0.0.0.0:8080").bind_in(&self.inside)
     }
 
     fn firewall_inside(&self, verdict: &str) {
@@ -265,14 +234,9 @@ fn peers_found_through_dns_are_asked_except_this_host() {
             w.token_file()
         ),
     );
-    let mut p = w.inside.spawn_portsight(&[
-        "serve",
-        "--config",
-        &cfg,
-        "--web.listen-address",
-        INSIDE_WEB,
-    ]);
-    p.address();
+    let _p = w
+        .inside
+        .serve(&["--config", &cfg, "--web.listen-address", INSIDE_WEB]);
     w.wait_cause("ok");
     let m = w.scrape_inside();
     assert_eq!(
@@ -404,8 +368,7 @@ fn peers_removed_by_a_reload_leave_no_evidence_behind() {
     // The same config without the peer, then SIGHUP.
     let text = std::fs::read_to_string(w.inside_config("public", false)).unwrap();
     write(&w.dir, "inside.toml", &text);
-    let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    p.signal(Signal::SIGHUP);
     wait_for(Duration::from_secs(20), "the external view to go", || {
         let m = w.scrape_inside();
         let ext = metric(&m, "portsight_probe_success")
@@ -467,9 +430,7 @@ fn probe_server_refuses_what_it_must() {
     let r = w.probe_request("/probe", Some(TOKEN));
     assert_eq!(r.status, 400);
 
-    let m = w
-        .outside
-        .run(|| parse_metrics(&get(OUTSIDE_WEB.parse().unwrap(), "/metrics").body));
+    let m = w.observer.as_ref().unwrap().scrape();
     let count = |result: &str| {
         metric(&m, "portsight_probe_requests_total")
             .label("result", result)
@@ -562,10 +523,9 @@ fn probe_server_rate_limits_each_client() {
 fn probe_server_is_off_by_default() {
     needs!(netns::unavailable());
     let host = Host::new("poff");
-    let mut p = host.spawn_portsight(&["serve", "--web.listen-address", INSIDE_WEB]);
-    p.address();
-    let addr: SocketAddr = INSIDE_WEB.parse().unwrap();
-    let r = host.run(|| {
+    let p = host.serve(&["--web.listen-address", INSIDE_WEB]);
+    let addr: SocketAddr = p.addr;
+    let r = p.run(|| {
         http_with(
             "GET",
             addr,

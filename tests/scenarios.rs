@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::Value;
-use socket2::{Domain, Socket, Type};
-use support::netns::{self, Host};
-use support::{Portsight, get, metric, parse_metrics, skip, wait_for};
+use support::netns::{self, Host, Served};
+use support::{listen, metric, needs, wait_for};
 
 const PORT: u16 = 8080;
 const WEB: &str = "127.0.0.1:10917";
@@ -36,34 +34,17 @@ fn config(host: &Host, expect: &str, extra: &str) -> (tempfile::TempDir, String)
 
 /// `portsight check --json 8080` in the host: exit code and the port's entry.
 fn check(host: &Host, cfg: &str) -> (i32, Value) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &host.name, env!("CARGO_BIN_EXE_portsight")])
-        .args(["check", "--json", "--config", cfg, &PORT.to_string()])
-        .output()
-        .unwrap();
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), json["ports"][0].clone())
+    let (code, json) = host.check(&["--config", cfg, &PORT.to_string()]);
+    (code, json["ports"][0].clone())
 }
 
-fn serve(host: &Host, cfg: &str) -> Portsight {
-    let mut p = host.spawn_portsight(&["serve", "--config", cfg, "--web.listen-address", WEB]);
-    p.address();
-    p
-}
-
-fn web() -> SocketAddr {
-    WEB.parse().unwrap()
+fn serve(host: &Host, cfg: &str) -> Served {
+    host.serve(&["--config", cfg, "--web.listen-address", WEB])
 }
 
 /// The cause /metrics reports for the port now.
-fn served_cause(host: &Host) -> Option<String> {
-    let m = host.run(|| parse_metrics(&get(web(), "/metrics").body));
+fn served_cause(served: &Served) -> Option<String> {
+    let m = served.scrape();
     let total = metric(&m, "portsight_port_diagnosis")
         .label("port", PORT)
         .all()
@@ -78,17 +59,19 @@ fn served_cause(host: &Host) -> Option<String> {
 }
 
 /// Polls /metrics until the port's cause is `cause`.
-fn wait_served(host: &Host, cause: &str) {
+fn wait_served(served: &Served, cause: &str) {
     wait_for(
         Duration::from_secs(15),
         &format!("/metrics to say {cause}"),
         || {
-            let now = served_cause(host);
+            let now = served_cause(served);
             if now.as_deref() == Some(cause) {
                 Ok(())
             } else {
-                let status = host.run(|| get(web(), "/api/v1/status").body);
-                Err(format!("{now:?}; status: {status}"))
+                Err(format!(
+                    "{now:?}; status: {}",
+                    served.get("/api/v1/status").body
+                ))
             }
         },
     );
@@ -100,42 +83,13 @@ fn assert_cause(host: &Host, cfg: &str, cause: &str) -> Value {
     let (code, port) = check(host, cfg);
     assert_eq!(port["diagnosis"]["cause"], cause, "check --json: {port:#}");
     assert_eq!(code, if cause == "ok" { 0 } else { 1 }, "check's exit code");
-    let _serve = serve(host, cfg);
-    wait_served(host, cause);
+    let served = serve(host, cfg);
+    wait_served(&served, cause);
     port["diagnosis"].clone()
 }
 
 fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
-}
-
-fn bind(host: &Host, addr: &str) -> TcpListener {
-    let addr: SocketAddr = addr.parse().unwrap();
-    host.run(|| TcpListener::bind(addr).unwrap())
-}
-
-/// A listener with `backlog` and IPV6_V6ONLY set as given (IPv6 only).
-fn bind_with(host: &Host, addr: &str, backlog: i32, v6only: Option<bool>) -> TcpListener {
-    let addr: SocketAddr = addr.parse().unwrap();
-    host.run(|| {
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
-        if let Some(only) = v6only {
-            s.set_only_v6(only).unwrap();
-        }
-        s.set_reuse_address(true).unwrap();
-        s.bind(&addr.into()).unwrap();
-        s.listen(backlog).unwrap();
-        s.into()
-    })
-}
-
-macro_rules! needs {
-    ($check:expr) => {
-        if let Some(reason) = $check {
-            skip(&reason);
-            return;
-        }
-    };
 }
 
 #[test]
@@ -155,7 +109,7 @@ fn nothing_listening() {
 fn loopback_only_for_public_ok_for_local() {
     needs!(netns::unavailable());
     let host = Host::with_interfaces("lo");
-    let _l = bind(&host, "127.0.0.1:8080");
+    let _l = listen("127.0.0.1:8080").bind_in(&host);
     let (_d, cfg) = config(&host, "public", "");
     let d = assert_cause(&host, &cfg, "loopback_only");
     assert!(
@@ -184,7 +138,7 @@ fn loopback_only_for_public_ok_for_local() {
 fn local_policy_is_ok_on_loopback() {
     needs!(netns::unavailable());
     let host = Host::with_interfaces("lok");
-    let _l = bind(&host, "127.0.0.1:8080");
+    let _l = listen("127.0.0.1:8080").bind_in(&host);
     let (_d, cfg) = config(&host, "local", "");
     assert_cause(&host, &cfg, "ok");
 }
@@ -193,7 +147,7 @@ fn local_policy_is_ok_on_loopback() {
 fn bound_to_one_interface_probed_on_another() {
     needs!(netns::unavailable());
     let host = Host::with_interfaces("be");
-    let _l = bind(&host, "10.77.0.1:8080");
+    let _l = listen("10.77.0.1:8080").bind_in(&host);
     let (_d, cfg) = config(&host, "public", "");
     let d = assert_cause(&host, &cfg, "bound_elsewhere");
     let summary = text(&d["summary"]);
@@ -215,7 +169,7 @@ fn bound_to_one_interface_probed_on_another() {
 fn ipv4_wildcard_probed_on_ipv6_loopback() {
     needs!(netns::unavailable());
     let host = Host::with_interfaces("afm");
-    let _l = bind(&host, "0.0.0.0:8080");
+    let _l = listen("0.0.0.0:8080").bind_in(&host);
     let (_d, cfg) = config(&host, "public", "");
     let d = assert_cause(&host, &cfg, "address_family_mismatch");
     assert!(
@@ -229,7 +183,7 @@ fn ipv4_wildcard_probed_on_ipv6_loopback() {
 fn nftables_reject_is_rejected() {
     needs!(netns::nft_unavailable());
     let host = Host::ipv4_only("rej");
-    let _l = bind(&host, "0.0.0.0:8080");
+    let _l = listen("0.0.0.0:8080").bind_in(&host);
     host.nft(
         "table inet portsight_test {\n chain input {\n  type filter hook input priority 0;\n  \
          ip daddr 10.77.0.0/24 tcp dport 8080 reject\n }\n}\n",
@@ -247,7 +201,7 @@ fn nftables_reject_is_rejected() {
 fn nftables_drop_is_filtered_while_loopback_answers() {
     needs!(netns::nft_unavailable());
     let host = Host::ipv4_only("drop");
-    let _l = bind(&host, "0.0.0.0:8080");
+    let _l = listen("0.0.0.0:8080").bind_in(&host);
     host.nft(
         "table inet portsight_test {\n chain input {\n  type filter hook input priority 0;\n  \
          ip daddr 10.77.0.1 tcp dport 8080 drop\n }\n}\n",
@@ -277,7 +231,7 @@ fn full_accept_queue() {
     needs!(netns::unavailable());
     let host = Host::ipv4_only("aq");
     // Backlog 1, never accepting: the kernel queues two, then drops.
-    let _l = bind_with(&host, "0.0.0.0:8080", 1, None);
+    let _l = listen("0.0.0.0:8080").backlog(1).bind_in(&host);
     let _clients: Vec<TcpStream> = host.run(|| {
         (0..4)
             .filter_map(|_| {
@@ -305,7 +259,7 @@ fn full_accept_queue() {
 fn closed_policy_with_a_listener() {
     needs!(netns::unavailable());
     let host = Host::with_interfaces("cl");
-    let _l = bind(&host, "0.0.0.0:8080");
+    let _l = listen("0.0.0.0:8080").bind_in(&host);
     let (_d, cfg) = config(&host, "closed", "");
     let d = assert_cause(&host, &cfg, "unexpected_listener");
     assert!(
@@ -318,21 +272,19 @@ fn closed_policy_with_a_listener() {
 fn a_listener_that_goes_away_and_comes_back_is_transient_then_ok() {
     needs!(netns::unavailable());
     let host = Host::ipv4_only("tr");
-    let listener = bind(&host, "0.0.0.0:8080");
+    let listener = listen("0.0.0.0:8080").bind_in(&host);
     let (_d, cfg) = config(&host, "public", "");
-    let _serve = serve(&host, &cfg);
-    wait_served(&host, "ok");
+    let served = serve(&host, &cfg);
+    wait_served(&served, "ok");
     drop(listener);
-    wait_served(&host, "not_listening");
+    wait_served(&served, "not_listening");
     // The scan sees the loss first; wait for the re-probe that measures it,
     // so the failure history names a target and a vantage.
     wait_for(
         Duration::from_secs(15),
         "the re-probe of the lost port",
         || {
-            let status = host.run(|| get(web(), "/api/v1/status").body);
-            let status: Value = serde_json::from_str(&status).map_err(|e| e.to_string())?;
-            let summary = text(&status["ports"][0]["diagnosis"]["summary"]);
+            let summary = text(&served.status()["ports"][0]["diagnosis"]["summary"]);
             if summary.contains("refused") {
                 Ok(())
             } else {
@@ -340,10 +292,9 @@ fn a_listener_that_goes_away_and_comes_back_is_transient_then_ok() {
             }
         },
     );
-    let _back = bind(&host, "0.0.0.0:8080");
-    wait_served(&host, "transient");
-    let status: Value =
-        serde_json::from_str(&host.run(|| get(web(), "/api/v1/status").body)).unwrap();
+    let _back = listen("0.0.0.0:8080").bind_in(&host);
+    wait_served(&served, "transient");
+    let status = served.status();
     let summary = text(&status["ports"][0]["diagnosis"]["summary"]);
     assert!(
         summary.starts_with("reachable now, but it was not_listening at ")
@@ -351,7 +302,7 @@ fn a_listener_that_goes_away_and_comes_back_is_transient_then_ok() {
         "names the time and vantage of the failure: {summary}"
     );
     // transient_window is 3s.
-    wait_served(&host, "ok");
+    wait_served(&served, "ok");
     // A one-shot check has no history: it says ok at once.
     let (code, port) = check(&host, &cfg);
     assert_eq!((code, port["diagnosis"]["cause"].as_str()), (0, Some("ok")));
@@ -361,8 +312,8 @@ fn a_listener_that_goes_away_and_comes_back_is_transient_then_ok() {
 fn healthy_dual_stack_server_is_ok() {
     needs!(netns::unavailable());
     let host = Host::with_interfaces("ok");
-    let _v4 = bind(&host, "0.0.0.0:8080");
-    let _v6 = bind_with(&host, "[::]:8080", 128, Some(true));
+    let _v4 = listen("0.0.0.0:8080").bind_in(&host);
+    let _v6 = listen("[::]:8080").v6only(true).bind_in(&host);
     let (_d, cfg) = config(&host, "public", "");
     let d = assert_cause(&host, &cfg, "ok");
     assert_eq!(

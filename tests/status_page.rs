@@ -205,11 +205,8 @@ fn chromium_shows_one_row_per_port_with_its_cause_and_runs_nothing_from_the_syst
     let public_port = public.local_addr().unwrap().port();
     let local = TcpListener::bind("127.0.0.1:0").unwrap();
     let local_port = local.local_addr().unwrap().port();
-    let closed_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = support::closed_port();
+    let closed_port = closed.port;
     let s = sidecar::start(
         sidecar::config(&[
             (public_port, HOSTILE_NAME, Expect::Public),

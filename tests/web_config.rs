@@ -4,19 +4,17 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use portsight::config::Expect;
-use portsight::web::WebConfig;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use support::sidecar::{self, Sidecar};
-use support::{HttpResponse, http_with, parse_response};
+use support::{http_with, https};
 
 const PASSWORD: &str = "s3cr3t";
 const TOKEN: &str = "probe-token";
@@ -61,50 +59,11 @@ fn secured(users: bool) -> Secured {
     config.probe_server.enabled = true;
     config.probe_server.allow = vec!["127.0.0.0/8".to_string()];
     config.probe_server.token_file = dir.path().join("token");
-    let web = WebConfig::load(&path).unwrap();
     Secured {
-        sidecar: sidecar::start_with(config, None, false, web),
+        sidecar: sidecar::start_with(config, None, false, Some(&path)),
         cert,
         _dir: dir,
     }
-}
-
-/// One HTTPS request (`Connection: close`) trusting only `cert`, for `localhost`.
-fn https(
-    addr: SocketAddr,
-    cert: &CertificateDer<'static>,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> HttpResponse {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-            .unwrap();
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    tls.write_all(head.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    match tls.read_to_end(&mut raw) {
-        Ok(_) => {}
-        // A peer that closes without close_notify; what came before is whole.
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-        Err(e) => panic!("reading the HTTPS response: {e}"),
-    }
-    parse_response(&String::from_utf8_lossy(&raw))
 }
 
 fn basic(user: &str, password: &str) -> String {

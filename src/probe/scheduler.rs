@@ -47,8 +47,25 @@ impl Prober {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use socket2::{Domain, Socket, Type};
+
     use super::*;
     use crate::probe::{Outcome, Vantage};
+
+    /// A port nothing listens on while the socket lives: bound, never
+    /// listening (a SYN to it gets RST), so no other test can take it.
+    fn closed() -> (Socket, SocketAddr) {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        (s, addr)
+    }
 
     #[tokio::test]
     async fn many_targets_keep_their_order() {
@@ -59,10 +76,7 @@ mod tests {
         for l in &listeners {
             targets.push(Target::local(Vantage::Loopback, l.local_addr().unwrap()));
         }
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        let (_closed, closed) = closed();
         targets.push(Target::local(Vantage::Loopback, closed));
         let results = Prober::new(4)
             .run(targets.clone(), Duration::from_secs(2))
@@ -73,5 +87,67 @@ mod tests {
         }
         assert!(results[..20].iter().all(|r| r.outcome == Outcome::Success));
         assert_eq!(results[20].outcome, Outcome::Refused);
+    }
+
+    /// Connects to `port` that the kernel shows in SYN_SENT (state `02` of
+    /// /proc/net/tcp), counted by their own address: a row the kernel
+    /// repeats while sockets come and go is one socket.
+    fn pending_connects(port: u16) -> usize {
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let remote = format!(":{port:04X}");
+        text.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 3 && f[2].ends_with(&remote) && f[3] == "02")
+            .map(|f| f[1].to_string())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// The limit holds for real connects: a loopback listener whose accept
+    /// queue is full drops every SYN, so each probe of it stays pending in
+    /// SYN_SENT until its timeout, where the kernel shows it. Without the
+    /// limit all six would be pending at once.
+    #[tokio::test]
+    async fn no_more_than_concurrency_connects_at_once() {
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        // Backlog 0: one connection fills the queue; the listener never accepts.
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let _queued = std::net::TcpStream::connect(addr).unwrap();
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+            "the accept queue is full: connects hang"
+        );
+        assert_eq!(pending_connects(addr.port()), 0);
+
+        let done = Arc::new(AtomicBool::new(false));
+        let most = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut most = 0;
+                while !done.load(Ordering::Acquire) {
+                    most = most.max(pending_connects(addr.port()));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                most
+            })
+        };
+        let targets = vec![Target::local(Vantage::Loopback, addr); 6];
+        // Shorter than the first SYN retransmission (1 s).
+        let results = Prober::new(2)
+            .run(targets, Duration::from_millis(700))
+            .await;
+        done.store(true, Ordering::Release);
+        let most = most.join().unwrap();
+        assert!(
+            results.iter().all(|r| r.outcome == Outcome::Timeout),
+            "{results:?}"
+        );
+        assert!(most <= 2, "{most} connects at once, with concurrency 2");
+        assert_eq!(most, 2, "the probes were seen pending, two at a time");
     }
 }

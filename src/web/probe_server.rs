@@ -61,8 +61,9 @@ impl Gate {
     /// Token bucket per client (an IPv4 address, or an IPv6 /64, so that a
     /// client cannot get a fresh bucket per address): `rate` per second, up
     /// to `burst`. The map holds at most [`MAX_BUCKETS`]: buckets that have
-    /// refilled (the same as none) go first, then new clients wait.
-    fn take(&self, client: IpAddr, rate: f64, burst: u32) -> bool {
+    /// refilled (the same as none) go first, then new clients wait. `now`
+    /// is the time of the request (`Instant::now()`; tests pass their own).
+    fn take(&self, client: IpAddr, rate: f64, burst: u32, now: Instant) -> bool {
         let client = match client {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => IpAddr::V4(v4),
@@ -71,7 +72,6 @@ impl Gate {
             v4 => v4,
         };
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&client) {
             let refill =
                 Duration::try_from_secs_f64(f64::from(burst) / rate).unwrap_or(Duration::MAX);
@@ -241,7 +241,7 @@ async fn probe_for_client(
 /// The rate limit, then the token.
 fn admit(loaded: &Loaded, gate: &Gate, headers: &HeaderMap, client: IpAddr) -> Result<(), Refusal> {
     let s = &loaded.config.probe_server;
-    if !gate.take(client, s.rate_limit, s.burst) {
+    if !gate.take(client, s.rate_limit, s.burst, Instant::now()) {
         return Err(Refusal(
             StatusCode::TOO_MANY_REQUESTS,
             RequestResult::Limited,
@@ -440,21 +440,47 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_is_per_client() {
+        let g = Gate::default();
+        let now = Instant::now();
+        let ip: IpAddr = "10.77.0.2".parse().unwrap();
+        assert!(g.take(ip, 1.0, 2, now));
+        assert!(g.take(ip, 1.0, 2, now));
+        assert!(!g.take(ip, 1.0, 2, now), "burst spent");
+        assert!(
+            g.take("10.77.0.3".parse().unwrap(), 1.0, 2, now),
+            "per client"
+        );
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(g.take(v6("fd77::1"), 1.0, 2, now));
+        assert!(g.take(v6("fd77::2"), 1.0, 2, now));
+        assert!(
+            !g.take(v6("fd77::ffff:3"), 1.0, 2, now),
+            "one bucket per IPv6 /64"
+        );
+        assert!(g.take(v6("fd77:0:0:1::1"), 1.0, 2, now), "another /64");
+    }
+
+    #[test]
     fn rate_limit_refills() {
         let g = Gate::default();
         let ip: IpAddr = "10.77.0.2".parse().unwrap();
-        assert!(g.take(ip, 1.0, 2));
-        assert!(g.take(ip, 1.0, 2));
-        assert!(!g.take(ip, 1.0, 2), "burst spent");
-        assert!(g.take("10.77.0.3".parse().unwrap(), 1.0, 2), "per client");
-        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(g.take(v6("fd77::1"), 1.0, 2));
-        assert!(g.take(v6("fd77::2"), 1.0, 2));
-        assert!(
-            !g.take(v6("fd77::ffff:3"), 1.0, 2),
-            "one bucket per IPv6 /64"
-        );
-        assert!(g.take(v6("fd77:0:0:1::1"), 1.0, 2), "another /64");
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 2 per second, up to 3.
+        let take = |ms| g.take(ip, 2.0, 3, at(ms));
+        assert!(take(0) && take(0) && take(0), "the burst");
+        assert!(!take(0), "burst spent");
+        assert!(!take(400), "0.8 tokens after 400 ms: not yet");
+        assert!(take(600), "1.2 tokens after 600 ms: one back");
+        assert!(!take(600), "and only one: 0.2 left");
+        assert!(!take(900), "0.8 at 900 ms");
+        assert!(take(1100), "1.2 at 1100 ms");
+        // A long pause refills up to the burst, not beyond.
+        assert!(take(60_000) && take(60_000) && take(60_000));
+        assert!(!take(60_000), "at most the burst after a pause");
+        // The clock going nowhere gives nothing back.
+        assert!(!take(60_000));
     }
 
     #[test]

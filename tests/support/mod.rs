@@ -1,14 +1,20 @@
-//! Test support: a tiny HTTP client, a parser and matcher for the text
-//! exposition format, polling, network-namespace worlds and the CI rules
-//! for skipping.
-#![allow(dead_code)]
+//! Test support: an HTTP client, a parser and matcher for the text
+//! exposition format, polling, listeners, processes served in network
+//! namespaces (`netns::Served`), the sidecar in this process, and the CI
+//! rules for skipping.
+#![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod http;
+pub mod listener;
 pub mod netns;
 pub mod prom;
 pub mod sidecar;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+pub use http::{HttpResponse, get, http, http_with, https, try_get, try_http_with};
+pub use listener::{ClosedPort, closed_port, listen};
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,76 +33,18 @@ pub fn skip(reason: &str) {
     eprintln!("SKIPPED: {reason}");
 }
 
-/// A whole HTTP/1.1 response.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
+/// Returns from the calling test when `$why` (an `Option` of a reason) says
+/// it cannot run here: skipped with the reason printed, or failed in CI.
+/// `needs!(netns::unavailable());`
+macro_rules! needs {
+    ($why:expr) => {
+        if let Some(reason) = $why {
+            $crate::support::skip(&reason);
+            return;
+        }
+    };
 }
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends one request and reads the whole response (`Connection: close`).
-pub fn http(method: &str, addr: SocketAddr, path: &str) -> HttpResponse {
-    http_with(method, addr, path, &[], "")
-}
-
-/// As [`http`], with extra headers and a body.
-pub fn http_with(
-    method: &str,
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> HttpResponse {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
-    parse_response(&String::from_utf8_lossy(&raw))
-}
-
-/// A whole HTTP/1.1 response read up to the end of the connection.
-pub fn parse_response(raw: &str) -> HttpResponse {
-    let (head, body) = raw.split_once("\r\n\r\n").expect("response head");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    HttpResponse {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-pub fn get(addr: SocketAddr, path: &str) -> HttpResponse {
-    http("GET", addr, path)
-}
+pub(crate) use needs;
 
 /// One sample of the text exposition format.
 #[derive(Debug, Clone)]
@@ -238,14 +186,65 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T,
     }
 }
 
-/// A running `portsight serve`, killed on drop; its stderr is collected.
-pub struct Portsight {
+/// How many socket scans a portsight has finished, from its samples
+/// (`portsight_cycle_duration_seconds_count{stage="scan"}`).
+pub fn scans(m: &[Sample]) -> u64 {
+    metric(m, "portsight_cycle_duration_seconds_count")
+        .label("stage", "scan")
+        .value()
+        .unwrap_or(0.0) as u64
+}
+
+/// No scan for this long: the engine is stuck (a hang guard, not a bound
+/// on how fast it should be).
+const STUCK: Duration = Duration::from_secs(120);
+
+/// Polls `scrape()` until `f` holds, and fails if `scans` more socket scans
+/// of that portsight finish first (counted from the first scrape). Progress
+/// is measured in the engine's own scans, not in wall-clock time, so that a
+/// slow machine slows both alike.
+pub fn within_scans<T>(
+    scrape: impl Fn() -> Vec<Sample>,
+    scans: u64,
+    what: &str,
+    mut f: impl FnMut(&[Sample]) -> Result<T, String>,
+) -> T {
+    let first = self::scans(&scrape());
+    wait_for(STUCK, what, || {
+        let m = scrape();
+        let now = self::scans(&m);
+        match f(&m) {
+            Ok(v) => Ok(v),
+            Err(last) if now >= first + scans => {
+                panic!("{what}: not within {scans} scans ({first} -> {now}); last seen: {last}")
+            }
+            Err(last) => Err(format!("after {} scans: {last}", now - first)),
+        }
+    })
+}
+
+/// Waits until `scans` more socket scans of that portsight have finished.
+pub fn wait_scans(scrape: impl Fn() -> Vec<Sample>, scans: u64) {
+    let first = self::scans(&scrape());
+    wait_for(STUCK, &format!("{scans} more scans"), || {
+        let now = self::scans(&scrape());
+        if now >= first + scans {
+            Ok(())
+        } else {
+            Err(format!("{first} -> {now}"))
+        }
+    });
+}
+
+/// A running process (portsight, Prometheus, …), killed on drop; its
+/// stderr is collected.
+pub struct Process {
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
-impl Portsight {
-    pub fn spawn(mut cmd: Command) -> Portsight {
+impl Process {
+    pub fn spawn(mut cmd: Command) -> Process {
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start portsight");
         let stderr = child.stderr.take().expect("stderr");
@@ -256,7 +255,7 @@ impl Portsight {
                 sink.lock().unwrap().push(line);
             }
         });
-        Portsight { child, log }
+        Process { child, log }
     }
 
     pub fn log_text(&self) -> String {
@@ -283,7 +282,35 @@ impl Portsight {
     }
 }
 
-impl Drop for Portsight {
+impl Process {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal the process");
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        wait_for(limit, "the process to exit", || {
+            self.child
+                .try_wait()
+                .expect("wait")
+                .ok_or_else(|| "running".to_string())
+        })
+    }
+
+    /// Why it is not running any more, if it is not.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!("exited with {status}: {}", self.log_text())),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -2,15 +2,24 @@
 //! namespace of its own, with addresses in 10.77.0.0/16 and fd77::/16, no route
 //! to the root namespace, and is deleted when the world is dropped (also when
 //! the test fails).
+//!
+//! What runs in a host: `host.serve(ARGS)` starts `portsight serve ARGS`
+//! there and returns a [`Served`] once it listens (`wait_ready`, `get`,
+//! `scrape`, `status`, signals); `host.serve_program` does the same for
+//! another server (Prometheus, Alertmanager) at a known address;
+//! `host.check(ARGS)` runs `portsight check --json ARGS` once.
 
 use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
+use serde_json::Value;
 
-use super::Portsight;
+use super::{HttpResponse, Process, Sample, parse_metrics, try_get, wait_for};
 
 /// Why namespace tests cannot run here, if they cannot.
 pub fn unavailable() -> Option<String> {
@@ -175,24 +184,173 @@ impl Host {
     /// Runs `f` on a thread inside this namespace. Sockets made there stay in
     /// this namespace when used elsewhere.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = Path::new("/run/netns").join(&self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).expect("open netns");
-                setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .expect("thread in namespace")
+        run_in(&self.name, f)
+    }
+
+    /// Starts `PROGRAM ARGS` in this namespace (through `ip netns exec`,
+    /// which execs it: the child's pid is the program's).
+    pub fn spawn(&self, program: &Path, args: &[String]) -> Process {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]);
+        cmd.arg(program).args(args);
+        Process::spawn(cmd)
+    }
+
+    /// `portsight serve ARGS` in this namespace, once it listens (the
+    /// address from its start-up log line).
+    pub fn serve(&self, args: &[&str]) -> Served {
+        let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        args.insert(0, "serve".into());
+        let mut process = self.spawn(Path::new(PORTSIGHT), &args);
+        let listen = process.address();
+        Served {
+            process,
+            netns: self.name.clone(),
+            listen,
+            addr: reachable(listen),
+        }
+    }
+
+    /// Another server (Prometheus, Alertmanager) in this namespace, to be
+    /// reached at `addr`; call [`Served::wait_ready`] before using it.
+    pub fn serve_program(&self, program: &Path, args: &[String], addr: SocketAddr) -> Served {
+        Served {
+            process: self.spawn(program, args),
+            netns: self.name.clone(),
+            listen: addr,
+            addr: reachable(addr),
+        }
+    }
+
+    /// `portsight check --json ARGS` in this namespace: its exit code and
+    /// its JSON.
+    pub fn check(&self, args: &[&str]) -> (i32, Value) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, PORTSIGHT, "check", "--json"])
+            .args(args)
+            .output()
+            .expect("run portsight check");
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "check --json {}: {e}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), json)
+    }
+}
+
+const PORTSIGHT: &str = env!("CARGO_BIN_EXE_portsight");
+
+/// Runs `f` on a thread inside the namespace `/run/netns/<name>`.
+fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = Path::new("/run/netns").join(name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = File::open(&path).expect("open netns");
+            setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in namespace")
+    })
+}
+
+/// Where a client reaches a server listening on `addr`: the loopback
+/// address of its family for a wildcard.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(a) if a.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// A server process run in a test host, killed on drop. Its HTTP helpers
+/// are clients in the same host.
+pub struct Served {
+    pub process: Process,
+    netns: String,
+    /// The address it listens on.
+    pub listen: SocketAddr,
+    /// The address its helpers connect to.
+    pub addr: SocketAddr,
+}
+
+impl Served {
+    /// Waits until `GET /-/ready` answers 200; fails at once when the
+    /// process exits.
+    pub fn wait_ready(&mut self) {
+        let what = format!("{} to be ready", self.addr);
+        wait_for(Duration::from_secs(30), &what, || {
+            if let Some(exited) = self.process.exited() {
+                return Err(exited);
+            }
+            match self.try_get("/-/ready") {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("{}: {}", r.status, r.body)),
+                Err(e) => Err(e),
+            }
+        });
+    }
+
+    /// Runs `f` on a thread in this server's host.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        run_in(&self.netns, f)
+    }
+
+    pub fn try_get(&self, path: &str) -> Result<HttpResponse, String> {
+        let addr = self.addr;
+        self.run(|| try_get(addr, path))
+    }
+
+    /// `GET path` from inside its host; panics when no response comes.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; log: {}", self.process.log_text()))
+    }
+
+    /// `GET path` as JSON: `Err` with the status and the start of the body
+    /// when it is not JSON, or with why no response came.
+    pub fn json(&self, path: &str) -> Result<Value, String> {
+        let r = self.try_get(path)?;
+        serde_json::from_str(&r.body).map_err(|e| {
+            let head: String = r.body.chars().take(500).collect();
+            format!("{} {e}: {head}", r.status)
         })
     }
 
-    /// Starts `portsight ARGS` in this namespace (through `ip netns exec`).
-    pub fn spawn_portsight(&self, args: &[&str]) -> Portsight {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, env!("CARGO_BIN_EXE_portsight")]);
-        cmd.args(args);
-        Portsight::spawn(cmd)
+    /// The samples of `/metrics`.
+    pub fn scrape(&self) -> Vec<Sample> {
+        let r = self.get("/metrics");
+        assert_eq!(r.status, 200, "/metrics: {}", r.body);
+        parse_metrics(&r.body)
+    }
+
+    /// Polls `/metrics` until `f` holds; fails if `scans` more socket scans
+    /// finish first (see [`super::within_scans`]).
+    pub fn within_scans<T>(
+        &self,
+        scans: u64,
+        what: &str,
+        f: impl FnMut(&[Sample]) -> Result<T, String>,
+    ) -> T {
+        super::within_scans(|| self.scrape(), scans, what, f)
+    }
+
+    /// `/api/v1/status`.
+    pub fn status(&self) -> Value {
+        self.json("/api/v1/status").expect("/api/v1/status")
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        self.process.signal(signal);
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
     }
 }
 

@@ -2,15 +2,20 @@
 //! their HTTP APIs, and a webhook receiver that records what Alertmanager
 //! sends.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-use super::get;
 use super::netns::Host;
 
 /// The first of `names` found on `PATH`.
@@ -45,60 +50,11 @@ pub fn unavailable() -> Option<String> {
     })
 }
 
-/// Percent-encodes a query-string value.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// GET `path` on `addr` from inside `host`; the body as JSON (`Err` with the
-/// raw response when it is not JSON, or the connection failed).
-pub fn api(host: &Host, addr: SocketAddr, path: &str) -> Result<Value, String> {
-    let path = path.to_string();
-    host.run(move || {
-        // A refused connection is an answer too while a server starts.
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
-            return Err(format!("{addr} does not accept connections yet"));
-        }
-        let r = get(addr, &path);
-        let body = if r
-            .header("transfer-encoding")
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
-        {
-            dechunk(&r.body)
-        } else {
-            r.body.clone()
-        };
-        serde_json::from_str(&body).map_err(|e| {
-            let head: String = body.chars().take(500).collect();
-            format!("{} {e}: {head}", r.status)
-        })
-    })
-}
-
-/// The payload of a `Transfer-Encoding: chunked` body.
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        let (Some(chunk), Some(next)) = (after.get(..size), after.get(size..)) else {
-            break;
-        };
-        if size == 0 {
-            break;
-        }
-        out.push_str(chunk);
-        rest = next.strip_prefix("\r\n").unwrap_or(next);
-    }
-    out
+/// A query string (`a=1&b=x%2By`) of `pairs`, form-encoded.
+pub fn query_string(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 /// A Prometheus HTTP API response's `data`, or the error it reports.
@@ -113,49 +69,45 @@ pub fn data(v: Result<Value, String>) -> Result<Value, String> {
 
 /// An HTTP server in `host` that answers 200 to every request and keeps
 /// the JSON bodies of the POSTs it receives (what Alertmanager's webhook
-/// receiver gets).
+/// receiver gets). It runs until the test process ends.
 pub struct Webhook {
     pub received: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Webhook {
     pub fn start(host: &Host, addr: SocketAddr) -> Webhook {
-        let listener = host.run(|| TcpListener::bind(addr).expect("bind webhook"));
+        let listener = host.run(|| std::net::TcpListener::bind(addr).expect("bind webhook"));
+        listener.set_nonblocking(true).unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&received);
         std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut reader = BufReader::new(&conn);
-                let mut length = 0usize;
-                let mut line = String::new();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
-                    line.clear();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    let l = line.trim_end();
-                    if l.is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = l.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
+                    let Ok((conn, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let sink = Arc::clone(&sink);
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let sink = Arc::clone(&sink);
+                        async move {
+                            if let Ok(body) = req.into_body().collect().await
+                                && let Ok(v) = serde_json::from_slice::<Value>(&body.to_bytes())
+                            {
+                                sink.lock().unwrap().push(v);
+                            }
+                            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+                        }
+                    });
+                    tokio::spawn(
+                        http1::Builder::new().serve_connection(TokioIo::new(conn), service),
+                    );
                 }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_ok()
-                    && let Ok(v) = serde_json::from_slice::<Value>(&body)
-                {
-                    sink.lock().unwrap().push(v);
-                }
-                let mut w = &conn;
-                let _ = w.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            }
+            });
         });
         Webhook { received }
     }

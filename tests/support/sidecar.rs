@@ -1,9 +1,13 @@
 //! The engine and its HTTP server in the test process, on 127.0.0.1:0, with
 //! a config that watches only the ports a test opened (discovery off,
 //! interface vantage off: everything stays on loopback).
+//!
+//! [`start_with`] is the one place where tests use the crate's engine, web
+//! server and metrics in-process; [`load`] the one place they load a config
+//! file through the library.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +16,7 @@ use portsight::engine::{self, Engine, Flags, Live, Loaded};
 use portsight::metrics::Metrics;
 use portsight::web::{Handles, WebConfig};
 
-use super::{Sample, get, parse_metrics, wait_for};
+use super::{Sample, get, parse_metrics, wait_for, wait_scans, within_scans};
 
 /// An engine and its HTTP server, on a runtime of their own.
 pub struct Sidecar {
@@ -42,11 +46,27 @@ pub fn config(ports: &[(u16, &str, Expect)]) -> Config {
 
 /// Starts the web server, and the engine's loops when `run`.
 pub fn start(config: Config, file: Option<PathBuf>, run: bool) -> Sidecar {
-    start_with(config, file, run, WebConfig::default())
+    start_with(config, file, run, None)
 }
 
-/// As [`start`], with TLS and basic auth from `web`.
-pub fn start_with(config: Config, file: Option<PathBuf>, run: bool, web: WebConfig) -> Sidecar {
+/// A config file as `serve --config FILE` loads it (no environment overrides).
+pub fn load(file: &Path) -> Config {
+    Config::load_with_env(Some(file), Default::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+/// As [`start`], with TLS and basic auth from the exporter-toolkit web
+/// config file `web_config`.
+pub fn start_with(
+    config: Config,
+    file: Option<PathBuf>,
+    run: bool,
+    web_config: Option<&Path>,
+) -> Sidecar {
+    let web = match web_config {
+        Some(path) => WebConfig::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        None => WebConfig::default(),
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let live = Arc::new(Live::with(
         Loaded::new(config).unwrap(),
@@ -89,5 +109,21 @@ impl Sidecar {
             let r = get(self.addr, "/-/ready");
             if r.status == 200 { Ok(()) } else { Err(r.body) }
         });
+    }
+
+    /// Polls `/metrics` until `f` holds; fails if `scans` more socket scans
+    /// finish first (see [`super::within_scans`]).
+    pub fn within_scans<T>(
+        &self,
+        scans: u64,
+        what: &str,
+        f: impl FnMut(&[Sample]) -> Result<T, String>,
+    ) -> T {
+        within_scans(|| self.scrape(), scans, what, f)
+    }
+
+    /// Waits until `scans` more socket scans have finished.
+    pub fn wait_scans(&self, scans: u64) {
+        wait_scans(|| self.scrape(), scans);
     }
 }
