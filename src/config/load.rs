@@ -1,0 +1,168 @@
+//! Loading: the embedded default, then the TOML file, then `PORTSIGHT__*`
+//! environment variables (the `config` crate's layers), with errors that name
+//! the file (or variable), the key and the reason.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::{Config, DEFAULT_TOML, ENV_PREFIX, ENV_SEPARATOR, Error, one_line};
+
+impl Config {
+    /// Loads the embedded default, then `file` if given, then the process
+    /// environment's `PORTSIGHT__*` variables, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, Error> {
+        Config::load_with_env(file, std::env::vars().collect())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Config, Error> {
+        let origin = match file {
+            Some(path) => path.display().to_string(),
+            None => "embedded default".to_string(),
+        };
+        let env: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .collect();
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::Syntax {
+                origin: origin.clone(),
+                reason: format!("cannot read: {e}"),
+            })?;
+            // Parse the file on its own first, so syntax errors name it with line and column.
+            toml::from_str::<toml::Table>(&text).map_err(|e| Error::Syntax {
+                origin: origin.clone(),
+                reason: toml_error(&text, &e),
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let env_keys: Vec<(String, String)> = env
+            .keys()
+            .map(|k| (env_key_to_path(k), k.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true)
+                .source(Some(env.into_iter().collect())),
+        );
+        let raw = builder.build().map_err(|e| Error::Syntax {
+            origin: origin.clone(),
+            reason: one_line(&e.to_string()),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let (key, reason) = key_and_reason(e.path().to_string(), &e.inner().to_string());
+            // A key set from the environment is reported as that variable.
+            let origin = env_keys
+                .iter()
+                .find(|(path, _)| *path == key)
+                .map(|(_, var)| format!("environment {var}"))
+                .unwrap_or_else(|| origin.clone());
+            Error::Invalid {
+                origin,
+                key,
+                reason,
+            }
+        })?;
+        config.validate().map_err(|(key, reason)| Error::Invalid {
+            origin,
+            key,
+            reason,
+        })?;
+        Ok(config)
+    }
+}
+
+/// `PORTSIGHT__PROBE__INTERVAL` → `probe.interval`.
+fn env_key_to_path(var: &str) -> String {
+    var.trim_start_matches(ENV_PREFIX)
+        .trim_start_matches(ENV_SEPARATOR)
+        .split(ENV_SEPARATOR)
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The config crate words some errors with the key inside the message
+/// (" for key `x`", `missing configuration field "port[0]port"`); the key is
+/// reported on its own, so take it out of the reason.
+fn key_and_reason(key: String, message: &str) -> (String, String) {
+    let message = one_line(message);
+    if let Some(rest) = message.strip_prefix("missing configuration field ") {
+        let field = rest.trim_matches('"');
+        let field = field.rsplit([']', '.']).next().unwrap_or(field);
+        let key = if key == "." || key.is_empty() {
+            field.to_string()
+        } else {
+            format!("{key}.{field}")
+        };
+        return (key, "missing, and it has no default".to_string());
+    }
+    match message.find(" for key `") {
+        Some(i) => (key, message[..i].to_string()),
+        None => (key, message),
+    }
+}
+
+/// `line L, column C: message` from a TOML syntax error.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", one_line(e.message()))
+        }
+        None => one_line(e.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_the_default() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+        assert_eq!(
+            Config::load_with_env(None, HashMap::new()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env = HashMap::from([
+            ("PORTSIGHT__PROBE__INTERVAL".to_string(), "5s".to_string()),
+            (
+                "PORTSIGHT__DISCOVER__ENABLED".to_string(),
+                "false".to_string(),
+            ),
+            ("PORTSIGHT__PROBE__CONCURRENCY".to_string(), "8".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ]);
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.probe.interval, Duration::from_secs(5));
+        assert_eq!(c.probe.concurrency, 8);
+        assert!(!c.discover.enabled);
+    }
+
+    #[test]
+    fn env_key_paths() {
+        assert_eq!(
+            env_key_to_path("PORTSIGHT__PROBE__INTERVAL"),
+            "probe.interval"
+        );
+    }
+}
