@@ -161,11 +161,13 @@ fn main() -> ExitCode {
                 }
             };
             if let Some(addr) = listen_address {
-                if let Err(reason) = config::parse_listen_address(&addr) {
-                    eprintln!("portsight: --web.listen-address: {reason}");
-                    return ExitCode::from(2);
-                }
-                cfg.web.listen_address = addr;
+                cfg.web.listen_address = match config::parse_listen_address(&addr) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        eprintln!("portsight: --web.listen-address: {reason}");
+                        return ExitCode::from(2);
+                    }
+                };
             }
             cfg.web.enable_lifecycle |= enable_lifecycle;
             if let Some(file) = web_config_file {
@@ -244,7 +246,7 @@ fn init_logging(level: &str) {
 #[tokio::main]
 async fn serve(engine: Arc<Engine>, web_config: WebConfig) -> anyhow::Result<()> {
     let cfg = engine.config();
-    let addr = config::parse_listen_address(&cfg.web.listen_address).map_err(anyhow::Error::msg)?;
+    let addr = cfg.web.listen_address;
     let listener = portsight::web::bind(addr)
         .with_context(|| format!("listening on {}", cfg.web.listen_address))?;
     tracing::info!(

@@ -1,7 +1,10 @@
 //! Addresses and URLs a config names: where the HTTP server listens, and
 //! where peers are.
 
+use std::fmt;
 use std::net::SocketAddr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// Where the HTTP server listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +14,33 @@ pub enum ListenAddress {
     All(u16),
     /// `IP:PORT` or `[IPv6]:PORT`: that address only.
     Socket(SocketAddr),
+}
+
+impl Default for ListenAddress {
+    fn default() -> Self {
+        ListenAddress::All(10917)
+    }
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddress::All(port) => write!(f, ":{port}"),
+            ListenAddress::Socket(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_listen_address(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for ListenAddress {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Parses `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all addresses, both families).
@@ -43,6 +73,19 @@ pub fn parse_peer_url(url: &str) -> Result<hyper::Uri, String> {
     Ok(uri)
 }
 
+/// `#[serde(with = "peer_url")]`: a `[[peer]] url`, parsed by [`parse_peer_url`].
+pub(super) mod peer_url {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<hyper::Uri, D::Error> {
+        super::parse_peer_url(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(uri: &hyper::Uri, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(uri)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +102,8 @@ mod tests {
         );
         assert!(parse_listen_address(":http").is_err());
         assert!(parse_listen_address("localhost:80").is_err());
+        for text in [":10917", "127.0.0.1:80", "[::1]:80"] {
+            assert_eq!(parse_listen_address(text).unwrap().to_string(), text);
+        }
     }
 }

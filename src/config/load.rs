@@ -130,6 +130,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::config::ListenAddress;
 
     #[test]
     fn embedded_default_is_the_default() {
@@ -156,6 +157,46 @@ mod tests {
         assert_eq!(c.probe.interval, Duration::from_secs(5));
         assert_eq!(c.probe.concurrency, 8);
         assert!(!c.discover.enabled);
+    }
+
+    /// Loads `text` as a config file, with `env`.
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with_env(Some(&path), env)
+    }
+
+    #[test]
+    fn addresses_rules_and_urls_are_typed_once_loaded() {
+        let c = load_text(
+            "[web]\nlisten_address = \"127.0.0.1:9100\"\n\
+             [probe_server]\nallow = [\"10.0.0.0/8:80\"]\n\
+             [[peer]]\nname = \"o\"\nurl = \"http://10.77.0.9:10917\"\ntoken_file = \"/t\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.web.listen_address,
+            ListenAddress::Socket("127.0.0.1:9100".parse().unwrap())
+        );
+        assert!(c.probe_server.allow[0].allows("10.1.2.3:80".parse().unwrap()));
+        assert!(!c.probe_server.allow[0].allows("10.1.2.3:81".parse().unwrap()));
+        assert_eq!(c.peer_list[0].url.authority().unwrap(), "10.77.0.9:10917");
+    }
+
+    #[test]
+    fn a_bad_address_from_the_environment_names_the_variable() {
+        let err = load_text("", &[("PORTSIGHT__WEB__LISTEN_ADDRESS", "nowhere")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment PORTSIGHT__WEB__LISTEN_ADDRESS: web.listen_address: \
+             invalid address \"nowhere\": want IP:PORT, [IPv6]:PORT or :PORT"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::AllowRule;
+use super::address::peer_url;
+use super::{AllowRule, ListenAddress};
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,8 +33,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Web {
-    /// `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all addresses, both families).
-    pub listen_address: String,
+    /// `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all addresses, both families),
+    /// parsed when the config is read.
+    pub listen_address: ListenAddress,
     /// Serve `POST /-/reload` (as Prometheus's `--web.enable-lifecycle`);
     /// off, anyone who reaches the port could make portsight reload.
     pub enable_lifecycle: bool,
@@ -45,7 +47,7 @@ pub struct Web {
 impl Default for Web {
     fn default() -> Self {
         Web {
-            listen_address: ":10917".to_string(),
+            listen_address: ListenAddress::default(),
             enable_lifecycle: false,
             config_file: PathBuf::new(),
         }
@@ -151,8 +153,10 @@ impl Default for DiagnosisConfig {
 pub struct PeerConfig {
     /// The `source` label of the probes it makes.
     pub name: String,
-    /// `http://HOST:PORT` of its portsight.
-    pub url: String,
+    /// `http://HOST:PORT` of its portsight, checked by
+    /// [`parse_peer_url`](super::parse_peer_url) when the config is read.
+    #[serde(with = "peer_url")]
+    pub url: hyper::Uri,
     /// Bearer token for its probe server; empty: `peers.token_file`.
     #[serde(default)]
     pub token_file: PathBuf,
@@ -193,8 +197,9 @@ impl Default for Peers {
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeServer {
     pub enabled: bool,
-    /// Targets that may be probed: `CIDR` or `CIDR:PORT` or `CIDR:LOW-HIGH`.
-    pub allow: Vec<String>,
+    /// Targets that may be probed: `CIDR` or `CIDR:PORT` or `CIDR:LOW-HIGH`,
+    /// parsed when the config is read.
+    pub allow: Vec<AllowRule>,
     /// The bearer token clients must send.
     pub token_file: PathBuf,
     /// Probe requests served at once; more are refused with 429.
@@ -214,13 +219,6 @@ impl Default for ProbeServer {
             rate_limit: 10.0,
             burst: 20,
         }
-    }
-}
-
-impl ProbeServer {
-    /// The parsed allow-list (validated at load, so entries parse).
-    pub fn allow_rules(&self) -> Vec<AllowRule> {
-        self.allow.iter().filter_map(|s| s.parse().ok()).collect()
     }
 }
 

@@ -129,7 +129,7 @@ pub async fn probe(
             query.get("timeout").map(String::as_str),
             req.headers(),
         )?;
-        allowed(&config.probe_server.allow_rules(), &[target])?;
+        allowed(&config.probe_server.allow, &[target])?;
         let _slot = gate
             .slot(config.probe_server.concurrency)
             .ok_or_else(busy)?;
@@ -193,7 +193,7 @@ pub async fn batch(
             Some(t) => checked_timeout(t)?,
             None => timeout(&config, None, &parts.headers)?,
         };
-        allowed(&config.probe_server.allow_rules(), &targets)?;
+        allowed(&config.probe_server.allow, &targets)?;
         let _slot = gate
             .slot(config.probe_server.concurrency)
             .ok_or_else(busy)?;
