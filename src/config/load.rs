@@ -200,6 +200,38 @@ mod tests {
     }
 
     #[test]
+    fn an_unset_probe_timeout_fits_the_interval() {
+        let timeout = |text: &str| load_text(text, &[]).unwrap().probe.timeout;
+        assert_eq!(
+            timeout("[probe]\ninterval = \"2s\"\n"),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            timeout("[probe]\ninterval = \"10s\"\n"),
+            Duration::from_secs(2)
+        );
+        assert_eq!(timeout(""), Duration::from_secs(2));
+        assert_eq!(
+            timeout("[probe]\ninterval = \"2s\"\ntimeout = \"500ms\"\n"),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn a_set_probe_timeout_must_be_shorter_than_the_interval() {
+        let env = [("PORTSIGHT__PROBE__TIMEOUT", "2s")];
+        let err = load_text("[probe]\ninterval = \"2s\"\n", &env).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(": probe.timeout: must be shorter than probe.interval (2s >= 2s)"),
+            "{err}"
+        );
+        let env = [("PORTSIGHT__PROBE__INTERVAL", "2s")];
+        let c = load_text("", &env).unwrap();
+        assert_eq!(c.probe.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
     fn env_key_paths() {
         assert_eq!(
             env_key_to_path("PORTSIGHT__PROBE__INTERVAL"),

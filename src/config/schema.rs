@@ -71,22 +71,62 @@ impl Default for Scan {
     }
 }
 
+/// `[probe]`. An unset `timeout` fits the interval (as Prometheus's unset
+/// `scrape_timeout` does): [`Probe::default_timeout`].
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "ProbeFile")]
 pub struct Probe {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// As set, or [`Probe::default_timeout`] of the interval when not.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub concurrency: usize,
 }
 
+impl Probe {
+    /// The timeout when none is set: 2s, or half the interval when that is shorter.
+    pub fn default_timeout(interval: Duration) -> Duration {
+        Duration::from_secs(2).min(interval / 2)
+    }
+}
+
 impl Default for Probe {
     fn default() -> Self {
-        Probe {
+        Probe::from(ProbeFile::default())
+    }
+}
+
+/// `[probe]` as written: whether `timeout` was set (by a file or the
+/// environment) is known only here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ProbeFile {
+    #[serde(with = "humantime_serde")]
+    interval: Duration,
+    #[serde(with = "humantime_serde::option")]
+    timeout: Option<Duration>,
+    concurrency: usize,
+}
+
+impl Default for ProbeFile {
+    fn default() -> Self {
+        ProbeFile {
             interval: Duration::from_secs(15),
-            timeout: Duration::from_secs(2),
+            timeout: None,
             concurrency: 256,
+        }
+    }
+}
+
+impl From<ProbeFile> for Probe {
+    fn from(p: ProbeFile) -> Probe {
+        Probe {
+            interval: p.interval,
+            timeout: p
+                .timeout
+                .unwrap_or_else(|| Probe::default_timeout(p.interval)),
+            concurrency: p.concurrency,
         }
     }
 }
