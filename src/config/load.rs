@@ -32,15 +32,7 @@ impl Config {
             config::FileFormat::Toml,
         ));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::Syntax {
-                origin: origin.clone(),
-                reason: format!("cannot read: {e}"),
-            })?;
-            // Parse the file on its own first, so syntax errors name it with line and column.
-            toml::from_str::<toml::Table>(&text).map_err(|e| Error::Syntax {
-                origin: origin.clone(),
-                reason: toml_error(&text, &e),
-            })?;
+            let text = read_file(path, &origin)?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         let env_keys: Vec<(String, String)> = env
@@ -58,20 +50,7 @@ impl Config {
             origin: origin.clone(),
             reason: one_line(&e.to_string()),
         })?;
-        let config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
-            let (key, reason) = key_and_reason(e.path().to_string(), &e.inner().to_string());
-            // A key set from the environment is reported as that variable.
-            let origin = env_keys
-                .iter()
-                .find(|(path, _)| *path == key)
-                .map(|(_, var)| format!("environment {var}"))
-                .unwrap_or_else(|| origin.clone());
-            Error::Invalid {
-                origin,
-                key,
-                reason,
-            }
-        })?;
+        let config = decode(raw, &origin, &env_keys)?;
         config.validate().map_err(|(key, reason)| Error::Invalid {
             origin,
             key,
@@ -79,6 +58,39 @@ impl Config {
         })?;
         Ok(config)
     }
+}
+
+/// The file's text, parsed on its own first so that syntax errors name it
+/// with line and column.
+fn read_file(path: &Path, origin: &str) -> Result<String, Error> {
+    let syntax = |reason| Error::Syntax {
+        origin: origin.to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| syntax(format!("cannot read: {e}")))?;
+    toml::from_str::<toml::Table>(&text).map_err(|e| syntax(toml_error(&text, &e)))?;
+    Ok(text)
+}
+
+/// Deserializes the merged layers; an error names the key, and the
+/// variable (of `env_keys`: path, variable) when the environment set it.
+fn decode(
+    raw: config::Config,
+    origin: &str,
+    env_keys: &[(String, String)],
+) -> Result<Config, Error> {
+    serde_path_to_error::deserialize(raw).map_err(|e| {
+        let (key, reason) = key_and_reason(e.path().to_string(), &e.inner().to_string());
+        let origin = env_keys.iter().find(|(path, _)| *path == key).map_or_else(
+            || origin.to_string(),
+            |(_, var)| format!("environment {var}"),
+        );
+        Error::Invalid {
+            origin,
+            key,
+            reason,
+        }
+    })
 }
 
 /// `PORTSIGHT__PROBE__INTERVAL` → `probe.interval`.
