@@ -38,7 +38,7 @@ pub async fn run(
             name: uri
                 .authority()
                 .map_or_else(|| format!("peer-{i}"), |a| a.to_string()),
-            url: url.clone(),
+            url: uri,
             token_file: peer_token_file
                 .clone()
                 .unwrap_or_else(|| config.peers.token_file.clone()),

@@ -135,6 +135,16 @@ fn main() -> ExitCode {
             enable_lifecycle,
             web_config_file,
         } => {
+            let listen_address = match listen_address
+                .map(|a| config::parse_listen_address(&a))
+                .transpose()
+            {
+                Ok(a) => a,
+                Err(reason) => {
+                    eprintln!("portsight: --web.listen-address: {reason}");
+                    return ExitCode::from(2);
+                }
+            };
             let flags = Flags {
                 listen_address,
                 enable_lifecycle,
@@ -170,12 +180,6 @@ fn config_check(file: &std::path::Path) -> ExitCode {
 /// `portsight serve`: loads everything it needs (exit 2 when any of it is
 /// bad), then serves until SIGINT or SIGTERM.
 fn serve_command(file: Option<PathBuf>, flags: Flags) -> ExitCode {
-    if let Some(addr) = &flags.listen_address
-        && let Err(reason) = config::parse_listen_address(addr)
-    {
-        eprintln!("portsight: --web.listen-address: {reason}");
-        return ExitCode::from(2);
-    }
     let live = match Live::load(file, flags) {
         Ok(l) => Arc::new(l),
         Err(e) => return bad_config(&e),
@@ -249,9 +253,9 @@ async fn serve(
     metrics: Arc<Metrics>,
     web_config: WebConfig,
 ) -> anyhow::Result<()> {
-    let listen = live.current().config.web.listen_address.clone();
-    let addr = config::parse_listen_address(&listen).map_err(anyhow::Error::msg)?;
-    let listener = portsight::web::bind(addr).with_context(|| format!("listening on {listen}"))?;
+    let listen = live.current().config.web.listen_address;
+    let listener =
+        portsight::web::bind(listen).with_context(|| format!("listening on {listen}"))?;
     tracing::info!(
         address = %listener.local_addr()?,
         tls = web_config.tls().is_some(),

@@ -76,6 +76,10 @@ const CASES: &[(&str, &str)] = &[
         "probe.timeout: must be shorter than probe.interval (2s >= 1s)",
     ),
     (
+        "invalid-timeout-equal-to-interval.toml",
+        "probe.timeout: must be shorter than probe.interval (2s >= 2s)",
+    ),
+    (
         "invalid-unknown-key.toml",
         "probe.intervall: unknown field `intervall`, expected one of `interval`, `timeout`, `concurrency`",
     ),

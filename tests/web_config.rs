@@ -57,7 +57,7 @@ fn secured(users: bool) -> Secured {
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
     let mut config = sidecar::config(&[]);
     config.probe_server.enabled = true;
-    config.probe_server.allow = vec!["127.0.0.0/8".to_string()];
+    config.probe_server.allow = vec!["127.0.0.0/8".parse().unwrap()];
     config.probe_server.token_file = dir.path().join("token");
     Secured {
         sidecar: sidecar::start_with(config, None, false, Some(&path)),

@@ -2,11 +2,13 @@
 //! `CIDR:LOW-HIGH` (`10.0.0.0/8`, `10.0.0.0/8:80`, `2001:db8::/32:8000-8100`).
 //! A bare address means that one address.
 
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowRule {
@@ -71,6 +73,30 @@ impl FromStr for AllowRule {
     }
 }
 
+impl fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (lo, hi) = (*self.ports.start(), *self.ports.end());
+        match (lo, hi) {
+            (1, 65535) => write!(f, "{}", self.net),
+            _ if lo == hi => write!(f, "{}:{lo}", self.net),
+            _ => write!(f, "{}:{lo}-{hi}", self.net),
+        }
+    }
+}
+
+/// Parsed when the config is read, so a bad entry is refused with its index.
+impl<'de> Deserialize<'de> for AllowRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for AllowRule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +124,14 @@ mod tests {
             allows("10.0.0.0/8", "[::ffff:10.0.0.1]:80"),
             "v4-mapped is v4"
         );
+    }
+
+    #[test]
+    fn displays_as_it_parses() {
+        for text in ["10.0.0.0/8", "10.0.0.0/8:80", "2001:db8::/32:8000-8100"] {
+            assert_eq!(rule(text).to_string(), text);
+        }
+        assert_eq!(rule("10.77.0.2").to_string(), "10.77.0.2/32");
     }
 
     #[test]

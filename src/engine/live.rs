@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, ListenAddress};
 use crate::peer::PeerSet;
 use crate::probe::scheduler::Prober;
 
@@ -14,7 +14,7 @@ use crate::probe::scheduler::Prober;
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
     /// `--web.listen-address`.
-    pub listen_address: Option<String>,
+    pub listen_address: Option<ListenAddress>,
     /// `--web.enable-lifecycle`.
     pub enable_lifecycle: bool,
     /// `--web.config.file`.
@@ -23,8 +23,8 @@ pub struct Flags {
 
 impl Flags {
     fn apply(&self, config: &mut Config) {
-        if let Some(addr) = &self.listen_address {
-            config.web.listen_address.clone_from(addr);
+        if let Some(addr) = self.listen_address {
+            config.web.listen_address = addr;
         }
         config.web.enable_lifecycle |= self.enable_lifecycle;
         if let Some(file) = &self.web_config_file {

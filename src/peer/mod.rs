@@ -43,14 +43,9 @@ impl PeerSet {
             } else {
                 (&p.token_file, format!("peer[{i}].token_file"))
             };
-            let url = config::parse_peer_url(&p.url).map_err(|reason| config::Error::Invalid {
-                origin: "config".into(),
-                key: format!("peer[{i}].url"),
-                reason,
-            })?;
             listed.push(Peer {
                 name: p.name.clone(),
-                url,
+                url: p.url.clone(),
                 token: config::read_secret(path, &key)?,
             });
         }

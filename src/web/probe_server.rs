@@ -125,7 +125,7 @@ pub async fn probe<B>(req: Request<B>, h: &Handles, gate: &Gate, client: IpAddr)
             query.get("timeout").map(String::as_str),
             req.headers(),
         )?;
-        allowed(&config.probe_server.allow_rules(), &[target])?;
+        allowed(&config.probe_server.allow, &[target])?;
         let _slot = gate
             .slot(config.probe_server.concurrency)
             .ok_or_else(busy)?;
@@ -190,7 +190,7 @@ pub async fn batch<B: RequestBody>(
             Some(t) => checked_timeout(t)?,
             None => timeout(config, None, &parts.headers)?,
         };
-        allowed(&config.probe_server.allow_rules(), &targets)?;
+        allowed(&config.probe_server.allow, &targets)?;
         let _slot = gate
             .slot(config.probe_server.concurrency)
             .ok_or_else(busy)?;

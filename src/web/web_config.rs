@@ -15,6 +15,7 @@ use base64::Engine as _;
 use hyper::header::{AUTHORIZATION, HeaderMap};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Deserializer, de};
 use serde_norway::Value;
 use tokio_rustls::TlsAcceptor;
 
@@ -51,98 +52,58 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
 }
 
-/// Parses web-config text; `file` only names it in errors.
-pub fn parse(file: &str, text: &str) -> Result<Spec, Error> {
-    let invalid = |key: &str, reason: String| Error::Invalid {
-        file: file.to_string(),
-        key: key.to_string(),
-        reason,
-    };
-    let value: Value = serde_norway::from_str(text).map_err(|e| Error::Syntax {
-        file: file.to_string(),
-        reason: e.to_string(),
-    })?;
-    let top = match value {
-        Value::Null => return Ok(Spec::default()),
-        Value::Mapping(m) => m,
-        _ => {
-            return Err(Error::Syntax {
-                file: file.to_string(),
-                reason: "must be a mapping (tls_server_config, basic_auth_users)".into(),
-            });
+/// What an unknown key is told.
+fn unsupported() -> String {
+    format!("not supported by portsight ({SUPPORTED})")
+}
+
+/// What a section must be, when it is something else.
+const SHAPES: &[(&str, &str)] = &[
+    ("tls_server_config", "must be a mapping"),
+    (
+        "basic_auth_users",
+        "must be a mapping of user names to bcrypt hashes",
+    ),
+];
+
+const NOT_BCRYPT: &str = "not a bcrypt hash (like $2y$10$…, from htpasswd -nBC 10 USER)";
+
+/// The file, as far as portsight supports exporter-toolkit's format.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    #[serde(default, deserialize_with = "section")]
+    tls_server_config: Option<TlsServerConfig>,
+    #[serde(default, deserialize_with = "section")]
+    basic_auth_users: Option<BTreeMap<UserName, Hash>>,
+}
+
+/// `tls_server_config`; both files are required, checked after decoding so
+/// that `cert_file` is reported first.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TlsServerConfig {
+    #[serde(default, deserialize_with = "non_empty_path")]
+    cert_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "non_empty_path")]
+    key_file: Option<PathBuf>,
+}
+
+/// A `basic_auth_users` key: non-empty, without ':'. A YAML number or bool
+/// is the name it is written as.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct UserName(String);
+
+impl<'de> Deserialize<'de> for UserName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = key_name(&Value::deserialize(d)?);
+        if name.is_empty() || name.contains(':') {
+            return Err(de::Error::custom(
+                "a user name must be non-empty and without ':'",
+            ));
         }
-    };
-    let mut spec = Spec::default();
-    for (k, v) in top {
-        let key = key_name(&k);
-        match key.as_str() {
-            "tls_server_config" => {
-                let m = mapping(v).ok_or_else(|| invalid(&key, "must be a mapping".into()))?;
-                let (mut cert, mut key_file) = (None, None);
-                for (k, v) in m {
-                    let sub = format!("tls_server_config.{}", key_name(&k));
-                    let slot = match key_name(&k).as_str() {
-                        "cert_file" => &mut cert,
-                        "key_file" => &mut key_file,
-                        _ => {
-                            return Err(invalid(
-                                &sub,
-                                format!("not supported by portsight ({SUPPORTED})"),
-                            ));
-                        }
-                    };
-                    match v {
-                        Value::String(s) if !s.is_empty() => *slot = Some(PathBuf::from(s)),
-                        _ => return Err(invalid(&sub, "must be a non-empty path".into())),
-                    }
-                }
-                let cert_file =
-                    cert.ok_or_else(|| invalid("tls_server_config.cert_file", "missing".into()))?;
-                let key_file = key_file
-                    .ok_or_else(|| invalid("tls_server_config.key_file", "missing".into()))?;
-                spec.tls = Some(TlsFiles {
-                    cert_file,
-                    key_file,
-                });
-            }
-            "basic_auth_users" => {
-                let m = mapping(v).ok_or_else(|| {
-                    invalid(
-                        &key,
-                        "must be a mapping of user names to bcrypt hashes".into(),
-                    )
-                })?;
-                for (k, v) in m {
-                    let user = key_name(&k);
-                    let sub = format!("basic_auth_users.{user}");
-                    if user.is_empty() || user.contains(':') {
-                        return Err(invalid(
-                            &sub,
-                            "a user name must be non-empty and without ':'".into(),
-                        ));
-                    }
-                    let hash = match v {
-                        Value::String(s) if s.parse::<bcrypt::HashParts>().is_ok() => s,
-                        _ => {
-                            return Err(invalid(
-                                &sub,
-                                "not a bcrypt hash (like $2y$10$…, from htpasswd -nBC 10 USER)"
-                                    .into(),
-                            ));
-                        }
-                    };
-                    spec.users.insert(user, hash);
-                }
-            }
-            _ => {
-                return Err(invalid(
-                    &key,
-                    format!("not supported by portsight ({SUPPORTED})"),
-                ));
-            }
-        }
+        Ok(UserName(name))
     }
-    Ok(spec)
 }
 
 fn key_name(k: &Value) -> String {
@@ -155,11 +116,92 @@ fn key_name(k: &Value) -> String {
     }
 }
 
-fn mapping(v: Value) -> Option<serde_norway::Mapping> {
-    match v {
-        Value::Null => Some(serde_norway::Mapping::new()),
-        Value::Mapping(m) => Some(m),
-        _ => None,
+/// A `basic_auth_users` value: a bcrypt hash.
+struct Hash(String);
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s.parse::<bcrypt::HashParts>().is_ok() => Ok(Hash(s)),
+            _ => Err(de::Error::custom(NOT_BCRYPT)),
+        }
+    }
+}
+
+/// A section present but null is an empty one (so a `tls_server_config:`
+/// with nothing under it says which file is missing).
+fn section<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(|t| Some(t.unwrap_or_default()))
+}
+
+fn non_empty_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) if !s.is_empty() => Ok(Some(PathBuf::from(s))),
+        _ => Err(de::Error::custom("must be a non-empty path")),
+    }
+}
+
+/// Parses web-config text; `file` only names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Spec, Error> {
+    let syntax = |reason: String| Error::Syntax {
+        file: file.to_string(),
+        reason,
+    };
+    let value: Value = serde_norway::from_str(text).map_err(|e| syntax(e.to_string()))?;
+    let document: Document = match value {
+        Value::Null => return Ok(Spec::default()),
+        Value::Mapping(_) => {
+            serde_path_to_error::deserialize(value).map_err(|e| decode_error(file, &e))?
+        }
+        _ => {
+            return Err(syntax(
+                "must be a mapping (tls_server_config, basic_auth_users)".into(),
+            ));
+        }
+    };
+    let missing = |key: &str| Error::Invalid {
+        file: file.to_string(),
+        key: key.to_string(),
+        reason: "missing".into(),
+    };
+    let tls = match document.tls_server_config {
+        None => None,
+        Some(t) => Some(TlsFiles {
+            cert_file: t
+                .cert_file
+                .ok_or_else(|| missing("tls_server_config.cert_file"))?,
+            key_file: t
+                .key_file
+                .ok_or_else(|| missing("tls_server_config.key_file"))?,
+        }),
+    };
+    let users = document.basic_auth_users.unwrap_or_default();
+    Ok(Spec {
+        tls,
+        users: users.into_iter().map(|(u, h)| (u.0, h.0)).collect(),
+    })
+}
+
+/// The key serde was at and the reason, in this module's words: an
+/// unknown field is "not supported", a section of the wrong type says what
+/// it must be.
+fn decode_error(file: &str, e: &serde_path_to_error::Error<serde_norway::Error>) -> Error {
+    let key = e.path().to_string();
+    let message = e.inner().to_string();
+    let shape = SHAPES.iter().find(|(k, _)| *k == key).map(|(_, s)| *s);
+    let reason = match shape {
+        _ if message.starts_with("unknown field") => unsupported(),
+        Some(shape) if message.starts_with("invalid type") => shape.to_string(),
+        _ => message,
+    };
+    Error::Invalid {
+        file: file.to_string(),
+        key,
+        reason,
     }
 }
 
@@ -202,50 +244,7 @@ impl WebConfig {
         };
         let tls = match spec.tls {
             None => None,
-            Some(files) => {
-                let cert_path = dir.join(&files.cert_file);
-                let key_path = dir.join(&files.key_file);
-                let read = |key: &str, p: &Path| {
-                    std::fs::read(p)
-                        .map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))
-                };
-                let cert_pem = read("tls_server_config.cert_file", &cert_path)?;
-                let key_pem = read("tls_server_config.key_file", &key_path)?;
-                let certs = CertificateDer::pem_slice_iter(&cert_pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| {
-                        invalid(
-                            "tls_server_config.cert_file",
-                            format!("{}: {e}", cert_path.display()),
-                        )
-                    })?;
-                if certs.is_empty() {
-                    return Err(invalid(
-                        "tls_server_config.cert_file",
-                        format!("{}: no PEM certificate in it", cert_path.display()),
-                    ));
-                }
-                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-                    invalid(
-                        "tls_server_config.key_file",
-                        format!("{}: no PEM private key in it ({e})", key_path.display()),
-                    )
-                })?;
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let mut config = rustls::ServerConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| invalid("tls_server_config", e.to_string()))?
-                    .with_no_client_auth()
-                    .with_single_cert(certs, key)
-                    .map_err(|e| {
-                        invalid(
-                            "tls_server_config.key_file",
-                            format!("does not fit the certificate: {e}"),
-                        )
-                    })?;
-                config.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Some(TlsAcceptor::from(Arc::new(config)))
-            }
+            Some(files) => Some(tls_acceptor(&invalid, dir, &files)?),
         };
         let auth = (!spec.users.is_empty()).then(|| Arc::new(BasicAuth::new(spec.users)));
         Ok(WebConfig { tls, auth })
@@ -260,6 +259,56 @@ impl WebConfig {
     pub fn basic_auth(&self) -> Option<&Arc<BasicAuth>> {
         self.auth.as_ref()
     }
+}
+
+/// A TLS acceptor for the certificate and key `files` name (relative to
+/// `dir`); `invalid` words its errors.
+fn tls_acceptor(
+    invalid: &dyn Fn(&str, String) -> Error,
+    dir: &Path,
+    files: &TlsFiles,
+) -> Result<TlsAcceptor, Error> {
+    let cert_path = dir.join(&files.cert_file);
+    let key_path = dir.join(&files.key_file);
+    let read = |key: &str, p: &Path| {
+        std::fs::read(p).map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))
+    };
+    let cert_pem = read("tls_server_config.cert_file", &cert_path)?;
+    let key_pem = read("tls_server_config.key_file", &key_path)?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            invalid(
+                "tls_server_config.cert_file",
+                format!("{}: {e}", cert_path.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "tls_server_config.cert_file",
+            format!("{}: no PEM certificate in it", cert_path.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        invalid(
+            "tls_server_config.key_file",
+            format!("{}: no PEM private key in it ({e})", key_path.display()),
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("tls_server_config", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            invalid(
+                "tls_server_config.key_file",
+                format!("does not fit the certificate: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// `basic_auth_users` and a bounded cache of verified credentials (bcrypt
@@ -391,6 +440,71 @@ mod tests {
             "web.yml: basic_auth_users.bob: not a bcrypt hash (like $2y$10$…, from htpasswd -nBC 10 USER)"
         );
         assert!(err("- a\n").starts_with("web.yml: must be a mapping"));
+    }
+
+    #[test]
+    fn says_what_each_key_must_be() {
+        let hash = bcrypt::hash("s3cr3t", 4).unwrap();
+        let users = "must be a mapping of user names to bcrypt hashes";
+        for (text, want) in [
+            (
+                "tls_server_config: 5\n",
+                "tls_server_config: must be a mapping",
+            ),
+            (
+                "tls_server_config: [a, b]\n",
+                "tls_server_config: must be a mapping",
+            ),
+            (
+                "tls_server_config:\n",
+                "tls_server_config.cert_file: missing",
+            ),
+            (
+                "tls_server_config:\n  cert_file: ''\n  key_file: b\n",
+                "tls_server_config.cert_file: must be a non-empty path",
+            ),
+            (
+                "tls_server_config:\n  cert_file: a\n  key_file: 5\n",
+                "tls_server_config.key_file: must be a non-empty path",
+            ),
+            (
+                "basic_auth_users: 5\n",
+                &format!("basic_auth_users: {users}"),
+            ),
+            (
+                "basic_auth_users: [a]\n",
+                &format!("basic_auth_users: {users}"),
+            ),
+            (
+                "basic_auth_users:\n  'a:b': x\n",
+                "basic_auth_users.a:b: a user name must be non-empty and without ':'",
+            ),
+            (
+                "basic_auth_users:\n  1: nope\n",
+                &format!("basic_auth_users.1: {NOT_BCRYPT}"),
+            ),
+            (
+                "basic_auth_users:\n  alice: 5\n",
+                &format!("basic_auth_users.alice: {NOT_BCRYPT}"),
+            ),
+            (
+                "tls_server_config: {cert_file: a, key_file: b}\nhttp_server_config: {}\n",
+                &format!("http_server_config: {}", unsupported()),
+            ),
+            (
+                "42\n",
+                "must be a mapping (tls_server_config, basic_auth_users)",
+            ),
+        ] {
+            assert_eq!(err(text), format!("web.yml: {want}"), "{text}");
+        }
+        let spec = parse("web.yml", &format!("basic_auth_users:\n  1: {hash}\n")).unwrap();
+        assert_eq!(spec.users.get("1"), Some(&hash), "a number is a name");
+        assert_eq!(
+            parse("web.yml", "basic_auth_users:\n").unwrap(),
+            Spec::default()
+        );
+        assert!(err("a: [\n").starts_with("web.yml: "));
     }
 
     #[test]

@@ -1,0 +1,352 @@
+//! The config file's shape: serde structs, their defaults, and what a port
+//! is expected to be.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::address::peer_url;
+use super::{AllowRule, ListenAddress};
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub web: Web,
+    pub scan: Scan,
+    pub probe: Probe,
+    pub vantage: Vantage,
+    pub discover: Discover,
+    pub diagnosis: DiagnosisConfig,
+    #[serde(rename = "port")]
+    pub ports: Vec<PortConfig>,
+    /// `[[peer]]`: remote portsight instances asked for the outside view.
+    #[serde(rename = "peer")]
+    pub peer_list: Vec<PeerConfig>,
+    /// `[peers]`: DNS discovery and how many peers are asked.
+    pub peers: Peers,
+    pub probe_server: ProbeServer,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    /// `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (all addresses, both families),
+    /// parsed when the config is read.
+    pub listen_address: ListenAddress,
+    /// Serve `POST /-/reload` (as Prometheus's `--web.enable-lifecycle`);
+    /// off, anyone who reaches the port could make portsight reload.
+    pub enable_lifecycle: bool,
+    /// exporter-toolkit web-config.yml with TLS and basic auth; empty: plain
+    /// HTTP, no auth. Read at start-up only.
+    pub config_file: PathBuf,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Web {
+            listen_address: ListenAddress::default(),
+            enable_lifecycle: false,
+            config_file: PathBuf::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scan {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub proc_root: PathBuf,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Scan {
+            interval: Duration::from_secs(1),
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+/// `[probe]`. An unset `timeout` fits the interval (as Prometheus's unset
+/// `scrape_timeout` does): [`Probe::default_timeout`].
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(from = "ProbeFile")]
+pub struct Probe {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// As set, or [`Probe::default_timeout`] of the interval when not.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+impl Probe {
+    /// The timeout when none is set: 2s, or half the interval when that is shorter.
+    pub fn default_timeout(interval: Duration) -> Duration {
+        Duration::from_secs(2).min(interval / 2)
+    }
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe::from(ProbeFile::default())
+    }
+}
+
+/// `[probe]` as written: whether `timeout` was set (by a file or the
+/// environment) is known only here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ProbeFile {
+    #[serde(with = "humantime_serde")]
+    interval: Duration,
+    #[serde(with = "humantime_serde::option")]
+    timeout: Option<Duration>,
+    concurrency: usize,
+}
+
+impl Default for ProbeFile {
+    fn default() -> Self {
+        ProbeFile {
+            interval: Duration::from_secs(15),
+            timeout: None,
+            concurrency: 256,
+        }
+    }
+}
+
+impl From<ProbeFile> for Probe {
+    fn from(p: ProbeFile) -> Probe {
+        Probe {
+            interval: p.interval,
+            timeout: p
+                .timeout
+                .unwrap_or_else(|| Probe::default_timeout(p.interval)),
+            concurrency: p.concurrency,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Vantage {
+    pub loopback: bool,
+    pub interfaces: bool,
+    /// Non-empty: the interface vantage probes only these local addresses.
+    pub addresses: Vec<IpAddr>,
+    /// What outsiders connect to (e.g. the public IP), probed by peers;
+    /// empty: the interface addresses.
+    pub external_addresses: Vec<IpAddr>,
+}
+
+impl Default for Vantage {
+    fn default() -> Self {
+        Vantage {
+            loopback: true,
+            interfaces: true,
+            addresses: Vec::new(),
+            external_addresses: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Discover {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
+}
+
+impl Default for Discover {
+    fn default() -> Self {
+        Discover {
+            enabled: true,
+            forget_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosisConfig {
+    /// A port that recovered less than this long ago is `transient`, not `ok`.
+    #[serde(with = "humantime_serde")]
+    pub transient_window: Duration,
+}
+
+impl Default for DiagnosisConfig {
+    fn default() -> Self {
+        DiagnosisConfig {
+            transient_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One `[[peer]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The `source` label of the probes it makes.
+    pub name: String,
+    /// `http://HOST:PORT` of its portsight, checked by
+    /// [`parse_peer_url`](super::parse_peer_url) when the config is read.
+    #[serde(with = "peer_url")]
+    pub url: hyper::Uri,
+    /// Bearer token for its probe server; empty: `peers.token_file`.
+    #[serde(default)]
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Peers {
+    /// A name whose A/AAAA records are peers (e.g. a headless service).
+    pub dns: String,
+    pub dns_port: u16,
+    /// How many peers are asked each probe round.
+    pub fanout: usize,
+    /// Token for peers found through DNS, and for `[[peer]]`s without one.
+    pub token_file: PathBuf,
+    /// How long a peer may take to answer a batch.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// This host's identity for choosing peers (rendezvous hashing); empty: the hostname.
+    pub identity: String,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Peers {
+            dns: String::new(),
+            dns_port: 10917,
+            fanout: 3,
+            token_file: PathBuf::new(),
+            timeout: Duration::from_secs(10),
+            identity: String::new(),
+        }
+    }
+}
+
+/// `[probe_server]`: serving `/probe` and `/api/v1/probe` to others.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeServer {
+    pub enabled: bool,
+    /// Targets that may be probed: `CIDR` or `CIDR:PORT` or `CIDR:LOW-HIGH`,
+    /// parsed when the config is read.
+    pub allow: Vec<AllowRule>,
+    /// The bearer token clients must send.
+    pub token_file: PathBuf,
+    /// Probe requests served at once; more are refused with 429.
+    pub concurrency: usize,
+    /// Requests per second per client address, and the burst above it.
+    pub rate_limit: f64,
+    pub burst: u32,
+}
+
+impl Default for ProbeServer {
+    fn default() -> Self {
+        ProbeServer {
+            enabled: false,
+            allow: Vec::new(),
+            token_file: PathBuf::new(),
+            concurrency: 64,
+            rate_limit: 10.0,
+            burst: 20,
+        }
+    }
+}
+
+/// What a port's reachability should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Expect {
+    /// Reachable from every vantage.
+    #[default]
+    Public,
+    /// Reachable from loopback and interfaces, not from outside.
+    Internal,
+    /// Reachable on loopback only.
+    Local,
+    /// Nothing may listen, nothing may answer.
+    Closed,
+    /// `local` when first seen bound to loopback only, else `public`.
+    Auto,
+}
+
+impl Expect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Public => "public",
+            Expect::Internal => "internal",
+            Expect::Local => "local",
+            Expect::Closed => "closed",
+            Expect::Auto => "auto",
+        }
+    }
+}
+
+impl TryFrom<String> for Expect {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(match s.as_str() {
+            "public" => Expect::Public,
+            "internal" => Expect::Internal,
+            "local" => Expect::Local,
+            "closed" => Expect::Closed,
+            "auto" => Expect::Auto,
+            _ => {
+                return Err(format!(
+                    "unknown value {s:?}, expected one of public, internal, local, closed, auto"
+                ));
+            }
+        })
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[port]]` table. A port listed without `expect` is expected `public`:
+/// listing a port says you want to reach it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    #[serde(deserialize_with = "port_number")]
+    pub port: u16,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn port_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let n = i64::deserialize(d)?;
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(serde::de::Error::custom(format!(
+            "must be 1 to 65535, got {n}"
+        ))),
+    }
+}
+
+impl Config {
+    /// True when an outside view is configured (peers listed or discovered).
+    pub fn has_external_vantage(&self) -> bool {
+        !self.peer_list.is_empty() || !self.peers.dns.is_empty()
+    }
+
+    /// The configured entry for `port`, if any.
+    pub fn port(&self, port: u16) -> Option<&PortConfig> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
