@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::Expect;
 use crate::diagnosis::Diagnosis;
 use crate::engine::watch::Origin;
-use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
+use crate::probe::{Attempt, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 
 /// The only protocol so far.
@@ -97,10 +97,8 @@ pub struct ListenerJson {
 pub struct ProbeJson<'a> {
     pub vantage: Vantage,
     pub source: &'a str,
-    pub target: String,
-    pub outcome: Outcome,
-    pub duration_seconds: f64,
-    pub error: Option<&'a str>,
+    #[serde(flatten)]
+    pub attempt: Attempt,
     pub at: String,
 }
 
@@ -154,10 +152,7 @@ impl PortStatus {
                 .map(|r| ProbeJson {
                     vantage: r.target.vantage,
                     source: &r.target.source,
-                    target: r.target.addr.to_string(),
-                    outcome: r.outcome,
-                    duration_seconds: r.duration.as_secs_f64(),
-                    error: r.error.as_deref(),
+                    attempt: Attempt::from(r),
                     at: rfc3339(r.at),
                 })
                 .collect(),

@@ -18,15 +18,17 @@ pub struct AllowRule {
 
 impl AllowRule {
     pub fn allows(&self, target: SocketAddr) -> bool {
-        self.net.contains(&canonical(target.ip())) && self.ports.contains(&target.port())
+        // `::ffff:a.b.c.d` is the IPv4 address it maps.
+        self.net.contains(&target.ip().to_canonical()) && self.ports.contains(&target.port())
     }
 }
 
-/// `::ffff:a.b.c.d` is the IPv4 address it maps.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+/// Not unspecified, multicast or broadcast, also as an IPv4-mapped address:
+/// an address one host can be probed at.
+pub fn is_unicast(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
     }
 }
 

@@ -13,7 +13,7 @@ mod secrets;
 mod validate;
 
 pub use address::{ListenAddress, parse_listen_address, parse_peer_url};
-pub use allow::AllowRule;
+pub use allow::{AllowRule, is_unicast};
 pub use schema::{
     Config, DiagnosisConfig, Discover, Expect, PeerConfig, Peers, PortConfig, Probe, ProbeServer,
     Scan, Vantage, Web,

@@ -92,7 +92,7 @@ fn vantage(c: &Config) -> Checked {
         ("vantage.addresses", &c.vantage.addresses),
         ("vantage.external_addresses", &c.vantage.external_addresses),
     ] {
-        if let Some(addr) = list.iter().find(|a| a.is_unspecified() || a.is_multicast()) {
+        if let Some(addr) = list.iter().find(|a| !super::allow::is_unicast(**a)) {
             return fail(key, format!("{addr} is not a unicast address"));
         }
     }

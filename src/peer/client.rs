@@ -1,5 +1,6 @@
 //! Asks one peer to probe a batch of targets.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -62,39 +63,14 @@ impl PeerClient {
             peer: peer.name.clone(),
             reason,
         };
-        let body = serde_json::to_vec(&BatchRequest {
-            targets: targets.iter().map(ToString::to_string).collect(),
-            timeout: Some(probe_timeout),
-        })
-        .map_err(|e| err(e.to_string()))?;
-        let uri = format!("{}api/v1/probe", with_slash(&peer.url.to_string()));
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(CONTENT_TYPE, "application/json")
-            .header(AUTHORIZATION, format!("Bearer {}", peer.token))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| err(e.to_string()))?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| err(format!("{e:#}")))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| err(e.to_string()))?
-                .to_bytes();
-            Ok::<_, Error>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(timeout, exchange)
+        let request = batch_request(peer, targets, probe_timeout).map_err(err)?;
+        let (status, body) = tokio::time::timeout(timeout, self.exchange(request))
             .await
             .map_err(|_| Error::Timeout {
                 peer: peer.name.clone(),
                 timeout,
-            })??;
+            })?
+            .map_err(err)?;
         if status != StatusCode::OK {
             return Err(Error::Status {
                 peer: peer.name.clone(),
@@ -108,31 +84,63 @@ impl PeerClient {
         }
         let answer: BatchResponse =
             serde_json::from_slice(&body).map_err(|e| err(format!("bad answer: {e}")))?;
-        let mut results = Vec::with_capacity(answer.results.len());
-        for r in answer.results {
-            // Only what we asked for counts as evidence.
-            let Ok(addr) = r.target.parse::<SocketAddr>() else {
-                continue;
-            };
-            if !targets.contains(&addr) {
-                continue;
-            }
-            results.push(ProbeResult {
+        // Only what we asked for counts as evidence.
+        let asked: HashSet<&SocketAddr> = targets.iter().collect();
+        let results = answer.results.into_iter().filter_map(|r| {
+            let addr = r.attempt.target.parse::<SocketAddr>().ok()?;
+            asked.contains(&addr).then(|| ProbeResult {
                 target: Target {
                     vantage: Vantage::External,
                     source: peer.name.clone(),
                     addr,
                 },
-                outcome: r.outcome,
-                duration: Duration::try_from_secs_f64(r.duration_seconds).unwrap_or_default(),
+                outcome: r.attempt.outcome,
+                duration: Duration::try_from_secs_f64(r.attempt.duration_seconds)
+                    .unwrap_or_default(),
                 errno: None,
-                error: r.error,
+                error: r.attempt.error,
                 at,
                 started,
-            });
-        }
-        Ok(results)
+            })
+        });
+        Ok(results.collect())
     }
+
+    /// Sends `request`; the status and the whole body (at most [`MAX_RESPONSE`]).
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+/// `POST <peer>/api/v1/probe` with the targets and their timeout.
+fn batch_request(
+    peer: &Peer,
+    targets: &[SocketAddr],
+    probe_timeout: Duration,
+) -> Result<Request<Full<Bytes>>, String> {
+    let body = serde_json::to_vec(&BatchRequest {
+        targets: targets.iter().map(ToString::to_string).collect(),
+        timeout: Some(probe_timeout),
+    })
+    .map_err(|e| e.to_string())?;
+    Request::builder()
+        .method(Method::POST)
+        .uri(format!("{}api/v1/probe", with_slash(&peer.url.to_string())))
+        .header(CONTENT_TYPE, "application/json")
+        .header(AUTHORIZATION, format!("Bearer {}", peer.token))
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())
 }
 
 fn with_slash(base: &str) -> String {

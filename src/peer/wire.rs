@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe::{Outcome, ProbeResult};
+use crate::probe::{Attempt, Outcome, ProbeResult};
 
 /// Most targets one batch may hold.
 pub const MAX_TARGETS: usize = 10_000;
@@ -31,21 +31,16 @@ pub struct BatchResponse {
 /// One probe's result, as `/probe?format=json` and the batch answer it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetResult {
-    pub target: String,
     pub success: bool,
-    pub outcome: Outcome,
-    pub duration_seconds: f64,
-    pub error: Option<String>,
+    #[serde(flatten)]
+    pub attempt: Attempt,
 }
 
 impl From<&ProbeResult> for TargetResult {
     fn from(r: &ProbeResult) -> Self {
         TargetResult {
-            target: r.target.addr.to_string(),
             success: r.outcome == Outcome::Success,
-            outcome: r.outcome,
-            duration_seconds: r.duration.as_secs_f64(),
-            error: r.error.clone(),
+            attempt: Attempt::from(r),
         }
     }
 }

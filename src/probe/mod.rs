@@ -124,3 +124,25 @@ pub struct ProbeResult {
     /// When the attempt started, for ordering: unlike `at`, it never steps.
     pub started: Instant,
 }
+
+/// One attempt as JSON, the fields `/api/v1/status`, `/probe?format=json`
+/// and the peers' batch answers share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// `IP:PORT`.
+    pub target: String,
+    pub outcome: Outcome,
+    pub duration_seconds: f64,
+    pub error: Option<String>,
+}
+
+impl From<&ProbeResult> for Attempt {
+    fn from(r: &ProbeResult) -> Self {
+        Attempt {
+            target: r.target.addr.to_string(),
+            outcome: r.outcome,
+            duration_seconds: r.duration.as_secs_f64(),
+            error: r.error.clone(),
+        }
+    }
+}

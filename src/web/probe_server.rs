@@ -17,7 +17,7 @@ use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 
 use super::{Body, Handles, RequestBody, respond, text};
-use crate::config::{AllowRule, Config};
+use crate::config::{AllowRule, Config, is_unicast};
 use crate::engine::Loaded;
 use crate::metrics::{self, RequestResult};
 use crate::peer::wire::{BatchRequest, BatchResponse, MAX_TARGETS, TargetResult};
@@ -64,11 +64,8 @@ impl Gate {
     /// refilled (the same as none) go first, then new clients wait. `now`
     /// is the time of the request (`Instant::now()`; tests pass their own).
     fn take(&self, client: IpAddr, rate: f64, burst: u32, now: Instant) -> bool {
-        let client = match client {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
-            },
+        let client = match client.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
             v4 => v4,
         };
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
@@ -298,7 +295,7 @@ fn allowed(rules: &[AllowRule], targets: &[SocketAddr]) -> Result<(), Refusal> {
 fn parse_target(s: &str) -> Result<SocketAddr, Refusal> {
     match s.parse::<SocketAddr>() {
         Ok(a) if a.port() == 0 => Err(invalid(format!("target {s:?}: port 0"))),
-        Ok(a) if !unicast(a.ip()) => Err(invalid(format!(
+        Ok(a) if !is_unicast(a.ip()) => Err(invalid(format!(
             "target {s:?}: not a unicast address (unspecified, multicast or broadcast)"
         ))),
         Ok(a) => Ok(a),
@@ -328,14 +325,6 @@ fn timeout(config: &Config, param: Option<&str>, headers: &HeaderMap) -> Result<
         t = t.min(scrape);
     }
     Ok(t)
-}
-
-/// Not unspecified, multicast or broadcast, also as an IPv4-mapped address.
-fn unicast(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(a) => !(a.is_unspecified() || a.is_multicast() || a.is_broadcast()),
-        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
-    }
 }
 
 fn checked_timeout(t: Duration) -> Result<Duration, Refusal> {
