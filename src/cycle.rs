@@ -59,6 +59,8 @@ struct State {
     failures: HashMap<u16, Failure>,
     /// This host's interface addresses, as of the last probe round.
     own_addresses: Vec<IpAddr>,
+    /// The generation of the last snapshot published.
+    generation: u64,
 }
 
 /// What the config's token files hold.
@@ -318,21 +320,17 @@ impl Engine {
     }
 
     /// Stores `results` (a result never overwrites a newer one), keeps of
-    /// `ports`' other results those `keep` says, and counts the attempts.
+    /// `ports`' other results those `keep` says.
     fn merge(&self, ports: &[u16], results: Vec<ProbeResult>, keep: impl Fn(&Target) -> bool) {
-        let mut attempts: HashMap<u16, Vec<ProbeResult>> = HashMap::new();
-        let mut names: HashMap<u16, String> = HashMap::new();
         {
             let mut st = self.lock();
             for r in results {
                 let port = r.target.addr.port();
-                let Some(w) = st.watch.get(port) else {
+                if st.watch.get(port).is_none() {
                     continue;
-                };
-                names.entry(port).or_insert_with(|| w.name.clone());
+                }
                 tracing::debug!(target = %r.target.addr, vantage = r.target.vantage.as_str(),
                     source = %r.target.source, outcome = r.outcome.as_str(), duration = ?r.duration, "probe");
-                attempts.entry(port).or_default().push(r.clone());
                 let slot = st.probes.entry(port).or_default();
                 if slot
                     .get(&r.target)
@@ -346,9 +344,6 @@ impl Engine {
                     slot.retain(|t, _| keep(t));
                 }
             }
-        }
-        for (port, results) in attempts {
-            self.metrics.count_probes(port, &names[&port], &results);
         }
     }
 
@@ -451,8 +446,7 @@ impl Engine {
         prober.run(targets, timeout).await
     }
 
-    /// Builds a snapshot from the current state, renders it into the
-    /// metrics, and swaps it in.
+    /// Builds a snapshot from the current state and swaps it in.
     fn publish(&self) -> Arc<Snapshot> {
         let config = self.config();
         let vantages = Vantages {
@@ -524,15 +518,15 @@ impl Engine {
                     );
                 }
             }
+            st.generation += 1;
             Arc::new(Snapshot {
                 ports,
                 source: st.source,
                 scanned_at: st.scanned_at,
                 probed_at: st.probed_at,
-                generation: 0,
+                generation: st.generation,
             })
         };
-        self.metrics.set_snapshot(&snapshot);
         self.snapshot.send_replace(Arc::clone(&snapshot));
         snapshot
     }

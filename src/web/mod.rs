@@ -199,9 +199,11 @@ async fn route(
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }),
-        "/metrics" => only(method, &read_only, || match engine.metrics().render() {
-            Ok(body) => respond(StatusCode::OK, metrics::CONTENT_TYPE, body),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        "/metrics" => only(method, &read_only, || {
+            match engine.metrics().render(&engine.snapshot()) {
+                Ok(body) => respond(StatusCode::OK, metrics::CONTENT_TYPE, body),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
         }),
         "/-/healthy" => only(method, &read_only, || text(StatusCode::OK, "Healthy\n")),
         "/-/ready" => only(method, &read_only, || {
