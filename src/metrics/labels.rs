@@ -1,0 +1,173 @@
+//! Typed label sets. Each visits its labels in alphabetical order of their
+//! names (the order the prometheus crate writes them in), and
+//! [`write_labels`] is the one place that writes and escapes them.
+
+/// A set of labels.
+pub(super) trait Labels {
+    /// Calls `f` with each label's name and value, in alphabetical order of
+    /// the names.
+    fn each(&self, f: &mut impl FnMut(&'static str, &str));
+
+    /// These labels and one more, e.g. a state set's `cause` or `outcome`.
+    fn with<'v>(self, name: &'static str, value: &'v str) -> With<'v, Self>
+    where
+        Self: Sized,
+    {
+        With {
+            inner: self,
+            name,
+            value,
+        }
+    }
+}
+
+/// A label set and one more label, put in its place among the others.
+#[derive(Clone, Copy)]
+pub(super) struct With<'v, L> {
+    inner: L,
+    name: &'static str,
+    value: &'v str,
+}
+
+impl<L: Labels> Labels for With<'_, L> {
+    fn each(&self, f: &mut impl FnMut(&'static str, &str)) {
+        let mut pending = true;
+        self.inner.each(&mut |name, value| {
+            if pending && self.name < name {
+                f(self.name, self.value);
+                pending = false;
+            }
+            f(name, value);
+        });
+        if pending {
+            f(self.name, self.value);
+        }
+    }
+}
+
+/// Port labels: the identity of a watched port.
+#[derive(Clone, Copy)]
+pub(super) struct PortLabels<'a> {
+    pub name: &'a str,
+    /// The port number, as text.
+    pub port: &'a str,
+    pub protocol: &'static str,
+}
+
+impl Labels for PortLabels<'_> {
+    fn each(&self, f: &mut impl FnMut(&'static str, &str)) {
+        f("name", self.name);
+        f("port", self.port);
+        f("protocol", self.protocol);
+    }
+}
+
+/// Probe labels: port labels and where a probe went from and to.
+#[derive(Clone, Copy)]
+pub(super) struct ProbeLabels<'a> {
+    pub port: PortLabels<'a>,
+    /// `local`, or the peer that probed.
+    pub source: &'a str,
+    /// `IP:PORT`.
+    pub target: &'a str,
+    pub vantage: &'static str,
+}
+
+impl Labels for ProbeLabels<'_> {
+    fn each(&self, f: &mut impl FnMut(&'static str, &str)) {
+        self.port.each(f);
+        f("source", self.source);
+        f("target", self.target);
+        f("vantage", self.vantage);
+    }
+}
+
+/// Listener labels: one bind address of a port.
+#[derive(Clone, Copy)]
+pub(super) struct ListenerLabels<'a> {
+    pub address: &'a str,
+    /// The port number, as text.
+    pub port: &'a str,
+    pub protocol: &'static str,
+}
+
+impl Labels for ListenerLabels<'_> {
+    fn each(&self, f: &mut impl FnMut(&'static str, &str)) {
+        f("address", self.address);
+        f("port", self.port);
+        f("protocol", self.protocol);
+    }
+}
+
+/// Writes `{name="value",…}`, values escaped.
+pub(super) fn write_labels(out: &mut String, labels: &impl Labels) {
+    out.push('{');
+    let mut last = "";
+    labels.each(&mut |name, value| {
+        debug_assert!(last < name, "label {name:?} written after {last:?}");
+        if !last.is_empty() {
+            out.push(',');
+        }
+        last = name;
+        out.push_str(name);
+        out.push_str("=\"");
+        escape(out, value);
+        out.push('"');
+    });
+    out.push('}');
+}
+
+/// A label value as the text format wants it: `\`, `"` and newline escaped.
+fn escape(out: &mut String, value: &str) {
+    let mut rest = value;
+    while let Some(i) = rest.bytes().position(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(labels: &impl Labels) -> String {
+        let mut out = String::new();
+        write_labels(&mut out, labels);
+        out
+    }
+
+    const PORT: PortLabels<'static> = PortLabels {
+        name: "web",
+        port: "80",
+        protocol: "tcp",
+    };
+
+    #[test]
+    fn extra_labels_take_their_place_in_the_order() {
+        assert_eq!(
+            text(&PORT.with("cause", "ok")),
+            r#"{cause="ok",name="web",port="80",protocol="tcp"}"#
+        );
+        assert_eq!(
+            text(&PORT.with("expect", "public").with("origin", "config")),
+            r#"{expect="public",name="web",origin="config",port="80",protocol="tcp"}"#
+        );
+        assert_eq!(
+            text(&PORT.with("zone", "z")),
+            r#"{name="web",port="80",protocol="tcp",zone="z"}"#
+        );
+    }
+
+    #[test]
+    fn values_are_escaped() {
+        let mut out = String::new();
+        escape(&mut out, "a\\b\"c\nd\u{e9}");
+        assert_eq!(out, r#"a\\b\"c\nd"#.to_string() + "\u{e9}");
+    }
+}

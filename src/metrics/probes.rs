@@ -1,0 +1,103 @@
+//! The per-probe families: the last attempt on each target of a port, and
+//! every attempt counted by outcome.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use super::labels::{Labels, PortLabels, ProbeLabels};
+use super::text::{Family, bool_value};
+use crate::probe::{Outcome, ProbeResult, Target};
+use crate::snapshot::PortStatus;
+
+const SUCCESS: Family = Family {
+    name: "portsight_probe_success",
+    help: "1 if the last connect attempt to the target succeeded.",
+    kind: "gauge",
+};
+const OUTCOME: Family = Family {
+    name: "portsight_probe_outcome",
+    help: "Outcome of the last connect attempt, as a state set: 1 on the current outcome.",
+    kind: "gauge",
+};
+const DURATION: Family = Family {
+    name: "portsight_probe_duration_seconds",
+    help: "Duration of the last connect attempt.",
+    kind: "gauge",
+};
+const TOTAL: Family = Family {
+    name: "portsight_probes_total",
+    help: "Connect attempts, by outcome.",
+    kind: "counter",
+};
+
+/// The labels of `target` on `port`; `buffer` holds the target's text.
+fn labels<'a>(port: PortLabels<'a>, target: &'a Target, buffer: &'a str) -> ProbeLabels<'a> {
+    ProbeLabels {
+        port,
+        source: &target.source,
+        target: buffer,
+        vantage: target.vantage.as_str(),
+    }
+}
+
+fn format_into(buffer: &mut String, addr: SocketAddr) {
+    buffer.clear();
+    let _ = write!(buffer, "{addr}");
+}
+
+/// Calls `f` with each latest result of every port and its labels.
+fn each_result(
+    ports: &[(&PortStatus, PortLabels<'_>)],
+    mut f: impl FnMut(&ProbeLabels<'_>, &ProbeResult),
+) {
+    let mut target = String::new();
+    for (p, port) in ports {
+        for r in &p.probes {
+            format_into(&mut target, r.target.addr);
+            f(&labels(*port, &r.target, &target), r);
+        }
+    }
+}
+
+/// `portsight_probe_success`, the `portsight_probe_outcome` state set and
+/// `portsight_probe_duration_seconds` of every port's latest results;
+/// nothing when no port has one.
+pub(super) fn write_latest(out: &mut String, ports: &[(&PortStatus, PortLabels<'_>)]) {
+    if ports.iter().all(|(p, _)| p.probes.is_empty()) {
+        return;
+    }
+    SUCCESS.header(out);
+    each_result(ports, |labels, r| {
+        SUCCESS.sample(out, labels, bool_value(r.outcome == Outcome::Success));
+    });
+    OUTCOME.header(out);
+    each_result(ports, |labels, r| {
+        for o in Outcome::ALL {
+            let value = bool_value(o == r.outcome);
+            OUTCOME.sample(out, &labels.with("outcome", o.as_str()), value);
+        }
+    });
+    DURATION.header(out);
+    each_result(ports, |labels, r| {
+        DURATION.sample(out, labels, r.duration.as_secs_f64());
+    });
+}
+
+/// `portsight_probes_total`: every outcome of every target counted so far,
+/// by port and target; nothing when no port has a count.
+pub(super) fn write_totals(out: &mut String, ports: &[(&PortStatus, PortLabels<'_>)]) {
+    if ports.iter().all(|(p, _)| p.probe_counts.is_empty()) {
+        return;
+    }
+    TOTAL.header(out);
+    let mut buffer = String::new();
+    for (p, port) in ports {
+        for (target, counts) in &p.probe_counts {
+            format_into(&mut buffer, target.addr);
+            let labels = labels(*port, target, &buffer);
+            for (o, n) in counts.iter() {
+                TOTAL.sample(out, &labels.with("outcome", o.as_str()), n as f64);
+            }
+        }
+    }
+}
