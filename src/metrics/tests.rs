@@ -11,7 +11,7 @@ use crate::config::Expect;
 use crate::diagnosis::{Cause, Diagnosis};
 use crate::engine::watch::Origin;
 use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
-use crate::snapshot::{PortStatus, Snapshot};
+use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Family, Listener, Owner};
 
 fn port(port: u16, name: &str, expect: Expect, origin: Origin, cause: Cause) -> PortStatus {
@@ -170,6 +170,11 @@ fn golden_snapshot() -> Snapshot {
     Snapshot {
         ports: vec![web(), api(), db(), app()],
         generation: 1,
+        sources: Sources {
+            netlink: Some(true),
+            procfs: None,
+            owners: Some(false),
+        },
         ..Snapshot::default()
     }
 }
