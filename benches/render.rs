@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use portsight::config::Expect;
 use portsight::diagnosis::{Cause, Diagnosis};
-use portsight::engine::watch::Origin;
 use portsight::metrics::Metrics;
 use portsight::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
+use portsight::snapshot::Origin;
 use portsight::snapshot::{PortStatus, Snapshot};
 use portsight::sockets::{Listener, Owner};
 

@@ -7,12 +7,28 @@ use serde::Serialize;
 
 use crate::config::Expect;
 use crate::diagnosis::Diagnosis;
-use crate::engine::watch::Origin;
 use crate::probe::{Attempt, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 
 /// The only protocol so far.
 pub const PROTOCOL: &str = "tcp";
+
+/// Where a watched port comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Config,
+    Discovered,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Discovered => "discovered",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Metrics, write_snapshot};
 use crate::config::Expect;
 use crate::diagnosis::{Cause, Diagnosis};
-use crate::engine::watch::Origin;
 use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
+use crate::snapshot::Origin;
 use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Owner};
 
