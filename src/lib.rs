@@ -6,6 +6,7 @@ pub mod config;
 pub mod diagnosis;
 pub mod engine;
 pub mod metrics;
+pub mod netfilter;
 pub mod peer;
 pub mod probe;
 pub mod snapshot;
