@@ -23,8 +23,18 @@ pub struct Snapshot {
     /// When the last scan and the last full probe round completed.
     pub scanned_at: Option<SystemTime>,
     pub probed_at: Option<SystemTime>,
+    /// Which sources of evidence worked at their last use.
+    pub sources: Sources,
     /// Bumped for every new snapshot, so that renderings can be cached.
     pub generation: u64,
+}
+
+/// Whether each source of evidence worked at its last use; `None` where
+/// it has not been used yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Sources {
+    /// The nftables ruleset (`portsight_source_up{source="netfilter"}`).
+    pub netfilter: Option<bool>,
 }
 
 impl Snapshot {
@@ -66,6 +76,7 @@ pub struct Status<'a> {
     pub scanned_at: Option<String>,
     pub probed_at: Option<String>,
     pub ports: Vec<PortJson<'a>>,
+    pub sources: Sources,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +131,7 @@ impl Snapshot {
                 .filter(|p| only.is_none_or(|o| o.contains(&p.port)))
                 .map(PortStatus::json)
                 .collect(),
+            sources: self.sources,
         }
     }
 }

@@ -271,8 +271,9 @@ fn dropped_from_outside_is_filtered() {
     let d = w.wait_cause("filtered");
     assert_eq!(
         d["summary"],
-        "10.77.0.1:8080 timed out from the external vantage while 127.0.0.1:8080 and 10.77.0.1:8080 answered: packets to port 8080 are dropped"
+        "10.77.0.1:8080 timed out from the external vantage while 127.0.0.1:8080 and 10.77.0.1:8080 answered: it was perhaps dropped by rule (inet portsight_test input, handle 2: ip saddr 10.77.0.2 tcp dport 8080 drop) (it may match: ip saddr of the packet is not known here)"
     );
+    assert_eq!(d["firewall"][0]["handle"], 2, "{d}");
     assert_eq!(
         external(&w.scrape_inside(), "portsight_probe_success"),
         Some(0.0)
@@ -281,6 +282,39 @@ fn dropped_from_outside_is_filtered() {
     assert_eq!(
         (code, port["diagnosis"]["cause"].as_str()),
         (1, Some("filtered"))
+    );
+}
+
+#[test]
+fn dropped_on_the_path_is_said_to_be_off_this_host() {
+    needs!(netns::nft_unavailable());
+    let w = World::new("ppa", "");
+    let _l = w.listen_inside();
+    // The block is between the hosts (here: the observer's own output),
+    // not in the watched host's firewall, which has a table with no rule
+    // for the port.
+    w.inside.nft(
+        "table inet portsight_test {\n chain input {\n  type filter hook input priority 0;\n  \
+         tcp dport 22 drop\n }\n}\n",
+    );
+    w.outside.nft(
+        "table inet portsight_test {\n chain output {\n  type filter hook output priority 0;\n  \
+         ip daddr 10.77.0.1 tcp dport 8080 drop\n }\n}\n",
+    );
+    let _p = w.serve_inside("public");
+    let d = w.wait_cause("filtered");
+    assert_eq!(
+        d["summary"],
+        "10.77.0.1:8080 timed out from the external vantage while 127.0.0.1:8080 and 10.77.0.1:8080 answered: it was dropped on the path, not on this host: no rule of this host's firewall matches the packet"
+    );
+    assert!(d["fix"].as_str().unwrap().contains("security group"), "{d}");
+    assert_eq!(d["firewall"], serde_json::json!([]));
+    let m = w.scrape_inside();
+    assert_eq!(
+        metric(&m, "portsight_source_up")
+            .label("source", "netfilter")
+            .value(),
+        Some(1.0)
     );
 }
 
@@ -296,7 +330,7 @@ fn rejected_from_outside_is_rejected() {
         d["summary"]
             .as_str()
             .unwrap()
-            .contains("yet it was refused from the external vantage"),
+            .contains("yet it was perhaps rejected by rule (inet portsight_test input, handle 2: ip saddr 10.77.0.2 tcp dport 8080 reject"),
         "{d}"
     );
     let (_, port) = w.check("public");

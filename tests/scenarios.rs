@@ -190,9 +190,9 @@ fn nftables_reject_is_rejected() {
     );
     let (_d, cfg) = config(&host, "public", "");
     let d = assert_cause(&host, &cfg, "rejected");
-    assert!(text(&d["summary"]).contains("covers 10.77.0.1:8080 and 10.77.0.2:8080, yet it was refused from the interface vantage"), "{d}");
+    assert!(text(&d["summary"]).contains("covers 10.77.0.1:8080 and 10.77.0.2:8080, yet it was rejected by rule (inet portsight_test input, handle 2: ip daddr 10.77.0.0/24 tcp dport 8080 reject with icmp port-unreachable) from the interface vantage"), "{d}");
     assert!(
-        text(&d["fix"]).contains("REJECT rules for port 8080"),
+        text(&d["fix"]).contains("nft delete rule inet portsight_test input handle 2"),
         "{d}"
     );
 }
@@ -222,7 +222,7 @@ fn nftables_drop_is_filtered_while_loopback_answers() {
     let d = assert_cause(&host, &cfg, "filtered");
     assert_eq!(
         text(&d["summary"]),
-        "10.77.0.1:8080 timed out from the interface vantage while 127.0.0.1:8080 answered: packets to port 8080 are dropped"
+        "10.77.0.1:8080 timed out from the interface vantage while 127.0.0.1:8080 answered: it was dropped by rule (inet portsight_test input, handle 2: ip daddr 10.77.0.1 tcp dport 8080 drop)"
     );
 }
 

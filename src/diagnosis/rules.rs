@@ -11,6 +11,7 @@ use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::sockets::Scope;
 
 use super::facts::{Facts, other_family_wildcard};
+use super::firewall::blame;
 use super::words::{
     describe, failed_verb, listening_on, ok_summary, owner_or_port, owner_or_process, owners,
     targets, vantage_names,
@@ -226,16 +227,32 @@ fn rejected(input: &Input, facts: &Facts) -> Option<Verdict> {
     let rejected = &facts.split.rejected;
     let first = rejected.first()?;
     let vantages = vantage_names(rejected);
+    let covers = format!(
+        "{} covers {}",
+        listening_on(input.listeners),
+        targets(rejected)
+    );
+    let (summary, fix) = match blame(input, rejected, "rejected") {
+        Some(b) => (
+            format!(
+                "{covers}, yet it was {} from the {vantages} vantage",
+                b.phrase
+            ),
+            b.fix,
+        ),
+        None => (
+            format!(
+                "{covers}, yet it was refused from the {vantages} vantage: a firewall rejects it"
+            ),
+            format!(
+                "look for REJECT rules for port {} on the path from the {vantages} vantage (nft list ruleset; iptables -S)",
+                input.port
+            ),
+        ),
+    };
     Some(Verdict {
-        summary: format!(
-            "{} covers {}, yet it was refused from the {vantages} vantage: a firewall rejects it",
-            listening_on(input.listeners),
-            targets(rejected)
-        ),
-        fix: format!(
-            "look for REJECT rules for port {} on the path from the {vantages} vantage (nft list ruleset; iptables -S)",
-            input.port
-        ),
+        summary,
+        fix,
         failed: Some(shown(first)),
     })
 }
@@ -256,15 +273,23 @@ fn filtered(input: &Input, facts: &Facts) -> Option<Verdict> {
     } else {
         format!(" while {} answered", targets(&nearer))
     };
+    let timed_out = format!(
+        "{} timed out from the {} vantage{nearer}",
+        targets(filtered),
+        vantage_names(filtered)
+    );
+    let (summary, fix) = match blame(input, filtered, "dropped") {
+        Some(b) => (format!("{timed_out}: it was {}", b.phrase), b.fix),
+        None => (
+            format!("{timed_out}: packets to port {port} are dropped"),
+            format!(
+                "a firewall drops port {port} on the way: the host firewall (nft list ruleset), a security group or a network ACL"
+            ),
+        ),
+    };
     Some(Verdict {
-        summary: format!(
-            "{} timed out from the {} vantage{nearer}: packets to port {port} are dropped",
-            targets(filtered),
-            vantage_names(filtered)
-        ),
-        fix: format!(
-            "a firewall drops port {port} on the way: the host firewall (nft list ruleset), a security group or a network ACL"
-        ),
+        summary,
+        fix,
         failed: Some(shown(first)),
     })
 }
@@ -284,13 +309,21 @@ fn unreachable(input: &Input, facts: &Facts) -> Option<Verdict> {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    Some(Verdict {
-        summary: format!(
-            "cannot reach port {} from the {} vantage ({errors})",
-            input.port,
-            vantage_names(unreachable)
+    let cannot = format!(
+        "cannot reach port {} from the {} vantage ({errors})",
+        input.port,
+        vantage_names(unreachable)
+    );
+    let (summary, fix) = match blame(input, unreachable, "stopped") {
+        Some(b) => (format!("{cannot}: it was {}", b.phrase), b.fix),
+        None => (
+            cannot,
+            "check routing to the address, and firewall rules that answer with ICMP admin-prohibited".into(),
         ),
-        fix: "check routing to the address, and firewall rules that answer with ICMP admin-prohibited".into(),
+    };
+    Some(Verdict {
+        summary,
+        fix,
         failed: Some(shown(first)),
     })
 }

@@ -78,6 +78,7 @@ fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagno
         own_addresses: &OWN,
         transient_window: Duration::from_secs(300),
         now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        firewall: None,
     })
 }
 
@@ -375,6 +376,7 @@ fn transient_within_the_window_then_ok() {
         own_addresses: &OWN,
         transient_window: Duration::from_secs(300),
         now,
+        firewall: None,
     };
     let d = diagnose(&input);
     assert_eq!(d.cause, Cause::Transient);
@@ -480,6 +482,7 @@ fn a_closed_port_that_nothing_listens_on_is_ok_even_after_a_failure() {
         own_addresses: &OWN,
         transient_window: Duration::from_secs(300),
         now,
+        firewall: None,
     });
     assert_eq!(d.cause, Cause::Ok);
     assert_eq!(

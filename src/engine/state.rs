@@ -4,14 +4,14 @@
 //! and tests call it without threads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Config;
-use crate::diagnosis::{self, Failure, Input, Vantages};
-use crate::probe::{OutcomeCounts, ProbeResult, Target};
-use crate::snapshot::{PortStatus, Snapshot};
+use crate::diagnosis::{self, Failure, Firewall, Input, Vantages};
+use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
+use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Source};
 
 use super::watch::{WatchList, WatchedPort};
@@ -46,6 +46,10 @@ pub struct State {
     failures: Failures,
     /// This host's interface addresses, as of the last probe round.
     own_addresses: Vec<IpAddr>,
+    /// What the host firewall says about the failed probes, as of the
+    /// last time it was asked; `None` when nothing failed.
+    firewall: Option<Firewall>,
+    sources: Sources,
     generation: u64,
 }
 
@@ -133,6 +137,28 @@ impl State {
         }
     }
 
+    /// The targets whose latest result is a failure, each once: what the
+    /// firewall is asked about.
+    pub fn failed_targets(&self) -> Vec<(Vantage, SocketAddr)> {
+        let mut out: Vec<(Vantage, SocketAddr)> = self
+            .probes
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|r| r.outcome != Outcome::Success)
+            .map(|r| (r.target.vantage, r.target.addr))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// What the firewall says about the failed targets (`None`: nothing
+    /// failed), and whether the ruleset could be read (`None`: not tried).
+    pub fn set_firewall(&mut self, firewall: Option<Firewall>, up: Option<bool>) {
+        self.firewall = firewall;
+        self.sources.netfilter = up;
+    }
+
     /// Records this host's interface addresses, as the probe round saw them.
     pub fn set_own_addresses(&mut self, own: &[IpAddr]) {
         self.own_addresses = own.to_vec();
@@ -182,6 +208,7 @@ impl State {
             source: self.source,
             scanned_at: self.scanned_at,
             probed_at: self.probed_at,
+            sources: self.sources,
             generation: self.generation,
         };
         (snapshot, failures)
@@ -223,6 +250,7 @@ impl State {
             own_addresses: &self.own_addresses,
             transient_window: config.diagnosis.transient_window,
             now,
+            firewall: self.firewall.as_ref(),
         });
         let probe_counts = self
             .counts

@@ -3,6 +3,7 @@
 //! ([`labels`]); the fixed-size families (cycle stages, peers, requests,
 //! reload, process) live in a Prometheus registry.
 
+mod firewall;
 mod labels;
 mod listeners;
 mod ports;
@@ -237,6 +238,7 @@ impl Metrics {
 /// The per-port families of `snapshot`, in the order scrapes have always
 /// seen them: the counters first, then ports, listeners and latest probes.
 fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
+    firewall::write_sources(out, &snapshot.sources);
     if snapshot.ports.is_empty() {
         return;
     }
@@ -258,6 +260,7 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
     ports::write(out, &ports);
     listeners::write(out, &ports);
     probes::write_latest(out, &ports);
+    firewall::write_rules(out, &ports);
 }
 
 /// How a probe request from another client ended.

@@ -129,7 +129,9 @@ impl At<'_> {
         let addr = |a: Option<IpAddr>| a.map_or(Field::Unknown, |a| Field::Known(Datum::Addr(a)));
         match (protocol, field, p.is_v4()) {
             ("ip", "saddr", true) | ("ip6", "saddr", false) => addr(p.saddr),
-            ("ip", "daddr", true) | ("ip6", "daddr", false) => addr(Some(p.daddr)),
+            ("ip", "daddr", true) | ("ip6", "daddr", false) => {
+                addr(p.daddr_local.is_some().then_some(p.daddr))
+            }
             ("ip", "protocol", true) | ("ip6", "nexthdr", false) => {
                 Field::Known(Datum::Num(p.l4proto.into()))
             }
@@ -143,6 +145,18 @@ impl At<'_> {
             }
             _ => Field::Unknown,
         }
+    }
+}
+
+/// `ip saddr`, `meta mark`, `ct mark`: what a rule looks at, for words.
+fn field_name(e: &Expr) -> String {
+    match e {
+        Expr::Payload { protocol, field } => format!("{protocol} {field}"),
+        Expr::Meta(key) => format!("meta {key}"),
+        Expr::Ct(key) => format!("ct {key}"),
+        Expr::Fib { result, flags } => format!("fib {} {result}", flags.join(" . ")),
+        Expr::Concat(parts) => parts.iter().map(field_name).collect::<Vec<_>>().join(" . "),
+        _ => "an expression portsight does not interpret".into(),
     }
 }
 
@@ -385,7 +399,7 @@ impl<'a> Walk<'a, '_> {
             let (t, reason) = match stmt {
                 Stmt::Match { op, left, right } => (
                     scope.matches(self.at, op, left, right),
-                    "a field of the packet not known here".to_string(),
+                    format!("{} of the packet is not known here", field_name(left)),
                 ),
                 Stmt::Neutral => continue,
                 Stmt::Unknown(name) => (

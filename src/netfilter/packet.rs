@@ -44,7 +44,9 @@ pub struct Packet {
     pub dport: u16,
     /// IP protocol number (6 for TCP).
     pub l4proto: u8,
-    /// Whether the destination is an address of this host (`fib daddr type local`).
+    /// Whether the destination is an address of this host (`fib daddr type
+    /// local`). `None`: not known — a public address NATed to this host,
+    /// which reaches it under another destination address, not known either.
     pub daddr_local: Option<bool>,
     /// Where it comes from: this host, or another.
     pub local: bool,
