@@ -5,6 +5,7 @@ pub mod check;
 pub mod config;
 pub mod diagnosis;
 pub mod engine;
+pub mod kernel;
 pub mod metrics;
 pub mod netfilter;
 pub mod peer;

@@ -253,6 +253,18 @@ fn full_accept_queue() {
         text(&d["summary"]).contains("holds 2 connections, limit 1: new connections are dropped"),
         "{d}"
     );
+    // Each probe's SYN to the full queue is dropped: the kernel's
+    // ListenOverflows grows between two scans, and the evidence says so.
+    let served = serve(&host, &cfg);
+    served.within_scans(100, "the kernel's drops in the evidence", |_| {
+        let status = served.status();
+        let evidence = status["ports"][0]["diagnosis"]["evidence"].to_string();
+        if evidence.contains("connections to full accept queues") {
+            Ok(())
+        } else {
+            Err(evidence)
+        }
+    });
 }
 
 #[test]

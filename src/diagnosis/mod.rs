@@ -149,6 +149,21 @@ pub struct Input<'a> {
     /// What the host firewall says about the failed probes; `None` when
     /// it was not asked.
     pub firewall: Option<&'a Firewall>,
+    /// The last growth of the kernel's accept-queue drops, within the
+    /// hold window.
+    pub queue_drops: Option<&'a QueueDrops>,
+}
+
+/// A growth of the kernel's accept-queue drops (TcpExt ListenOverflows)
+/// between two scans.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDrops {
+    pub dropped: u64,
+    /// The scan that saw it.
+    pub at: SystemTime,
+    /// The ports whose listeners were full or nearly so then; empty when
+    /// it cannot be told whose queue it was.
+    pub ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -14,7 +14,7 @@ use super::facts::{Facts, other_family_wildcard};
 use super::firewall::blame;
 use super::words::{
     describe, failed_verb, listening_on, ok_summary, owner_or_port, owner_or_process, owners,
-    targets, vantage_names,
+    targets, vantage_names, when,
 };
 use super::{Cause, Input};
 
@@ -120,16 +120,42 @@ fn unexpected_listener(input: &Input, facts: &Facts) -> Option<Verdict> {
     })
 }
 
-/// A listener's accept queue is at or past its limit.
+/// A listener's accept queue is at or past its limit, or overflowed
+/// between scans within the hold window (the kernel's counters grew while
+/// this port's queue was full or nearly so).
 fn accept_queue_full(input: &Input, facts: &Facts) -> Option<Verdict> {
-    let l = facts.full_queue?;
-    Some(Verdict {
-        summary: format!(
-            "the accept queue of {} holds {} connections, limit {}: new connections are dropped",
-            describe(l),
-            l.accept_queue_length,
-            l.accept_queue_limit.unwrap_or(0)
+    let held = input.queue_drops.filter(|q| q.ports.contains(&input.port));
+    let (l, summary) = match (facts.full_queue, held) {
+        (Some(l), _) => (
+            l,
+            format!(
+                "the accept queue of {} holds {} connections, limit {}: new connections are dropped",
+                describe(l),
+                l.accept_queue_length,
+                l.accept_queue_limit.unwrap_or(0)
+            ),
         ),
+        (None, Some(q)) => {
+            let l = input
+                .listeners
+                .iter()
+                .max_by_key(|l| l.accept_queue_length)?;
+            (
+                l,
+                format!(
+                    "the accept queue of {} overflowed: the kernel dropped {} connections to full accept queues {}; it holds {} of {} now",
+                    describe(l),
+                    q.dropped,
+                    when(q, input.now),
+                    l.accept_queue_length,
+                    l.accept_queue_limit.unwrap_or(0)
+                ),
+            )
+        }
+        (None, None) => return None,
+    };
+    Some(Verdict {
+        summary,
         fix: format!(
             "{} is not accepting connections fast enough: overloaded or hung; look at it (CPU, threads, strace), or raise its listen backlog",
             owner_or_process(l)

@@ -79,6 +79,7 @@ fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagno
         transient_window: Duration::from_secs(300),
         now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
         firewall: None,
+        queue_drops: None,
     })
 }
 
@@ -182,6 +183,69 @@ fn accept_queue_full() {
         run(Expect::Public, &[full], &[]).cause,
         Cause::AcceptQueueFull
     );
+}
+
+fn with_drops(listeners: &[Listener], probes: &[ProbeResult], drops: &QueueDrops) -> Diagnosis {
+    diagnose(&Input {
+        port: PORT,
+        expect: Expect::Public,
+        listeners,
+        probes,
+        vantages: ALL_VANTAGES,
+        last_failure: None,
+        own_addresses: &OWN,
+        transient_window: Duration::from_secs(300),
+        now: drops.at + Duration::from_secs(4),
+        firewall: None,
+        queue_drops: Some(drops),
+    })
+}
+
+#[test]
+fn a_queue_that_overflowed_between_scans_is_full_for_a_while() {
+    let mut ls = l("0.0.0.0");
+    ls.accept_queue_length = 0;
+    let drops = QueueDrops {
+        dropped: 37,
+        at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        ports: vec![PORT],
+    };
+    let d = with_drops(
+        &[ls.clone()],
+        &probes(Success, Success, Timeout, Timeout),
+        &drops,
+    );
+    assert_eq!(d.cause, Cause::AcceptQueueFull);
+    assert_eq!(
+        d.summary,
+        "the accept queue of 0.0.0.0:8080 (python3, pid 4242) overflowed: the kernel dropped 37 connections to full accept queues 4s ago; it holds 0 of 128 now"
+    );
+    assert!(
+        d.evidence.contains(
+            &"the kernel dropped 37 connections to full accept queues 4s ago".to_string()
+        ),
+        "{:?}",
+        d.evidence
+    );
+    // Another port's queue: host evidence at most, never this port's cause.
+    let other = QueueDrops {
+        ports: vec![9999],
+        ..drops.clone()
+    };
+    let d = with_drops(
+        &[ls.clone()],
+        &probes(Success, Success, Success, Success),
+        &other,
+    );
+    assert_eq!(d.cause, Cause::Ok);
+    assert!(!d.evidence.iter().any(|e| e.contains("kernel dropped")));
+    let nobody = QueueDrops {
+        ports: vec![],
+        ..drops
+    };
+    let d = with_drops(&[ls], &probes(Success, Success, Success, Success), &nobody);
+    assert_eq!(d.cause, Cause::Ok);
+    assert!(d.evidence.contains(&"host: the kernel dropped 37 connections to full accept queues 4s ago, not attributable to one listener".to_string()), "{:?}", d.evidence);
 }
 
 #[test]
@@ -377,6 +441,7 @@ fn transient_within_the_window_then_ok() {
         transient_window: Duration::from_secs(300),
         now,
         firewall: None,
+        queue_drops: None,
     };
     let d = diagnose(&input);
     assert_eq!(d.cause, Cause::Transient);
@@ -483,6 +548,7 @@ fn a_closed_port_that_nothing_listens_on_is_ok_even_after_a_failure() {
         transient_window: Duration::from_secs(300),
         now,
         firewall: None,
+        queue_drops: None,
     });
     assert_eq!(d.cause, Cause::Ok);
     assert_eq!(

@@ -132,6 +132,9 @@ impl Engine {
                     listeners,
                     source,
                     ephemeral: watch::ephemeral_range(&proc_root),
+                    tcpext: crate::kernel::read_tcpext(&proc_root)
+                        .inspect_err(|e| tracing::debug!(error = %e, "no kernel counters"))
+                        .ok(),
                 }
             });
             (result, (proc_root, owners))

@@ -9,7 +9,9 @@ use std::ops::RangeInclusive;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Config;
+use crate::diagnosis::QueueDrops;
 use crate::diagnosis::{self, Failure, Firewall, Input, Vantages};
+use crate::kernel::TcpExt;
 use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Source};
@@ -26,6 +28,8 @@ pub struct Scan {
     pub source: Source,
     /// The kernel's ephemeral port range: ports there are not discovered.
     pub ephemeral: RangeInclusive<u16>,
+    /// The kernel's TcpExt counters, when they could be read.
+    pub tcpext: Option<TcpExt>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +53,10 @@ pub struct State {
     /// What the host firewall says about the failed probes, as of the
     /// last time it was asked; `None` when nothing failed.
     firewall: Option<Firewall>,
+    /// The TcpExt counters of the last scan, and the last growth of the
+    /// accept-queue drops with the ports it is attributed to.
+    tcpext: Option<TcpExt>,
+    queue_drops: Option<QueueDrops>,
     sources: Sources,
     generation: u64,
 }
@@ -86,10 +94,49 @@ impl State {
         self.counts.retain(|p, _| watched.contains(p));
         self.changed_at.retain(|p, _| watched.contains(p));
         self.failures.retain(|p, _| watched.contains(p));
+        self.note_queue_drops(scan.tcpext, &scan.listeners, wall);
         self.listeners = scan.listeners;
         self.source = Some(scan.source);
         self.scanned_at = Some(wall);
         changed
+    }
+
+    /// Notes a growth of the kernel's accept-queue drops since the last
+    /// scan, attributed to the ports whose listeners were full or nearly
+    /// so (half their limit) in this scan or the last: where the evidence
+    /// allows, and else to none (host evidence).
+    fn note_queue_drops(
+        &mut self,
+        tcpext: Option<TcpExt>,
+        listeners: &[Listener],
+        wall: SystemTime,
+    ) {
+        let grew = match (&tcpext, &self.tcpext) {
+            (Some(now), Some(then)) => now.dropped_since(then),
+            _ => 0,
+        };
+        self.tcpext = tcpext;
+        if grew == 0 {
+            return;
+        }
+        let near = |l: &&Listener| {
+            l.accept_queue_limit.is_some_and(|limit| {
+                l.accept_queue_length > 0 && l.accept_queue_length * 2 >= limit
+            })
+        };
+        let mut ports: Vec<u16> = listeners
+            .iter()
+            .chain(&self.listeners)
+            .filter(near)
+            .map(|l| l.port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        self.queue_drops = Some(QueueDrops {
+            dropped: grew,
+            at: wall,
+            ports,
+        });
     }
 
     /// The watched ports, or those of `only` that are watched.
@@ -251,6 +298,10 @@ impl State {
             transient_window: config.diagnosis.transient_window,
             now,
             firewall: self.firewall.as_ref(),
+            queue_drops: self
+                .queue_drops
+                .as_ref()
+                .filter(|q| now.duration_since(q.at).unwrap_or_default() <= queue_hold(config)),
         });
         let probe_counts = self
             .counts
@@ -269,6 +320,13 @@ impl State {
             probe_counts,
         }
     }
+}
+
+/// How long a growth of the accept-queue drops keeps a port
+/// `accept_queue_full` after its queue emptied: two probe intervals, so
+/// that at least one probe round is diagnosed with it.
+fn queue_hold(config: &Config) -> std::time::Duration {
+    config.probe.interval * 2
 }
 
 /// The listener set of each port, to tell which ports changed between scans.
@@ -318,6 +376,7 @@ mod tests {
                 .collect(),
             source: Source::Netlink,
             ephemeral: 32768..=60999,
+            tcpext: None,
         }
     }
 
