@@ -227,3 +227,28 @@ fn nothing_is_named_for_a_healthy_port() {
         "{d:#}"
     );
 }
+
+/// A full conntrack table cannot be built here (DESIGN, "Facts checked"):
+/// the counters come from the fixture proc root, the timeouts are real.
+#[test]
+fn timeouts_with_a_full_conntrack_table_are_conntrack_full() {
+    needs!(netns::nft_unavailable());
+    let host = Host::ipv4_only("fwct");
+    let _l = listen("0.0.0.0:8080").bind_in(&host);
+    host.nft(
+        "table ip t4 {\n chain c {\n  type filter hook input priority 0;\n  \
+         ip daddr 10.77.0.1 tcp dport 8080 drop\n }\n}\n",
+    );
+    let (dir, cfg) = config(&host);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace("[scan]\n", &format!("[scan]\nproc_root = \"{root}\"\n"));
+    std::fs::write(&cfg, text).unwrap();
+    let d = diagnosis(&host, &cfg);
+    assert_eq!(d["cause"], "conntrack_full", "{d:#}");
+    assert_eq!(
+        d["summary"],
+        "10.77.0.1:8080 timed out and the connection-tracking table is full (262144 of 262144 entries): new connections are dropped"
+    );
+    drop(dir);
+}

@@ -50,7 +50,7 @@ fn served_cause(served: &Served) -> Option<String> {
         .all()
         .len();
     assert!(
-        total == 0 || total == 13,
+        total == 0 || total == 14,
         "every cause has a series: {total}"
     );
     metric(&m, "portsight_port_diagnosis")

@@ -47,6 +47,7 @@ pub enum Cause {
     Forwarded,
     UnexpectedListener,
     AcceptQueueFull,
+    ConntrackFull,
     LoopbackOnly,
     BoundElsewhere,
     AddressFamilyMismatch,
@@ -90,6 +91,7 @@ impl Cause {
             self,
             Cause::NotListening
                 | Cause::AcceptQueueFull
+                | Cause::ConntrackFull
                 | Cause::LoopbackOnly
                 | Cause::BoundElsewhere
                 | Cause::AddressFamilyMismatch
@@ -152,6 +154,18 @@ pub struct Input<'a> {
     /// The last growth of the kernel's accept-queue drops, within the
     /// hold window.
     pub queue_drops: Option<&'a QueueDrops>,
+    /// The connection-tracking table, when there is one.
+    pub conntrack: Option<&'a ConntrackView>,
+}
+
+/// The connection-tracking table as of the last scan, and the last growth
+/// of its drop counters within the hold window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConntrackView {
+    pub table: crate::kernel::Conntrack,
+    /// New connections dropped (drop, early_drop, insert_failed) between
+    /// two scans, and when that was seen.
+    pub grew: Option<(u64, SystemTime)>,
 }
 
 /// A growth of the kernel's accept-queue drops (TcpExt ListenOverflows)

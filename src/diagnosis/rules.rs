@@ -37,6 +37,7 @@ pub(super) const RULES: &[(Cause, Rule)] = &[
     (Cause::Forwarded, forwarded),
     (Cause::UnexpectedListener, unexpected_listener),
     (Cause::AcceptQueueFull, accept_queue_full),
+    (Cause::ConntrackFull, conntrack_full),
     (Cause::LoopbackOnly, loopback_only),
     (Cause::BoundElsewhere, bound_elsewhere),
     (Cause::AddressFamilyMismatch, address_family_mismatch),
@@ -165,6 +166,58 @@ fn accept_queue_full(input: &Input, facts: &Facts) -> Option<Verdict> {
             .iter()
             .find(|r| r.outcome != Outcome::Success)
             .map(shown),
+    })
+}
+
+/// Probes time out and the connection-tracking table is full, or dropped
+/// new connections between scans.
+fn conntrack_full(input: &Input, facts: &Facts) -> Option<Verdict> {
+    let ct = input.conntrack?;
+    let timeouts: Vec<&ProbeResult> = facts
+        .failures
+        .iter()
+        .filter(|r| r.outcome == Outcome::Timeout)
+        .copied()
+        .collect();
+    let first = timeouts.first()?;
+    let t = &ct.table;
+    let mut summary = format!("{} timed out", targets(&timeouts));
+    if t.full() {
+        let _ = write!(
+            summary,
+            " and the connection-tracking table is full ({} of {} entries)",
+            t.count, t.max
+        );
+    } else {
+        let _ = write!(
+            summary,
+            " while the connection-tracking table dropped new connections ({} of {} entries now)",
+            t.count, t.max
+        );
+    }
+    match ct.grew {
+        Some((n, at)) => {
+            let q = super::QueueDrops {
+                dropped: n,
+                at,
+                ports: Vec::new(),
+            };
+            let _ = write!(
+                summary,
+                ": the kernel dropped {n} new connections {} (nf_conntrack drop, early_drop, insert_failed)",
+                when(&q, input.now)
+            );
+        }
+        None if !t.full() => return None,
+        None => summary.push_str(": new connections are dropped"),
+    }
+    Some(Verdict {
+        summary,
+        fix: format!(
+            "raise net.netfilter.nf_conntrack_max (now {}), shorten the conntrack timeouts (net.netfilter.nf_conntrack_tcp_timeout_*), or find the flood filling it (conntrack -S; conntrack -L)",
+            t.max
+        ),
+        failed: Some(shown(first)),
     })
 }
 

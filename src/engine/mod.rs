@@ -135,6 +135,7 @@ impl Engine {
                     tcpext: crate::kernel::read_tcpext(&proc_root)
                         .inspect_err(|e| tracing::debug!(error = %e, "no kernel counters"))
                         .ok(),
+                    conntrack: crate::kernel::read_conntrack(&proc_root),
                 }
             });
             (result, (proc_root, owners))

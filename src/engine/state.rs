@@ -9,9 +9,9 @@ use std::ops::RangeInclusive;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Config;
-use crate::diagnosis::QueueDrops;
 use crate::diagnosis::{self, Failure, Firewall, Input, Vantages};
-use crate::kernel::TcpExt;
+use crate::diagnosis::{ConntrackView, QueueDrops};
+use crate::kernel::{Conntrack, TcpExt};
 use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Source};
@@ -30,6 +30,8 @@ pub struct Scan {
     pub ephemeral: RangeInclusive<u16>,
     /// The kernel's TcpExt counters, when they could be read.
     pub tcpext: Option<TcpExt>,
+    /// The connection-tracking table, when there is one.
+    pub conntrack: Option<Conntrack>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +59,7 @@ pub struct State {
     /// accept-queue drops with the ports it is attributed to.
     tcpext: Option<TcpExt>,
     queue_drops: Option<QueueDrops>,
+    conntrack: Option<ConntrackView>,
     sources: Sources,
     generation: u64,
 }
@@ -95,6 +98,7 @@ impl State {
         self.changed_at.retain(|p, _| watched.contains(p));
         self.failures.retain(|p, _| watched.contains(p));
         self.note_queue_drops(scan.tcpext, &scan.listeners, wall);
+        self.note_conntrack(scan.conntrack, wall);
         self.listeners = scan.listeners;
         self.source = Some(scan.source);
         self.scanned_at = Some(wall);
@@ -137,6 +141,24 @@ impl State {
             at: wall,
             ports,
         });
+    }
+
+    /// Keeps the conntrack table, and notes a growth of its drop counters.
+    fn note_conntrack(&mut self, table: Option<Conntrack>, wall: SystemTime) {
+        let Some(table) = table else {
+            self.conntrack = None;
+            return;
+        };
+        let before = self.conntrack.take();
+        let grown = before
+            .as_ref()
+            .map_or(0, |b| table.dropped.saturating_sub(b.table.dropped));
+        let grew = if grown > 0 {
+            Some((grown, wall))
+        } else {
+            before.and_then(|b| b.grew)
+        };
+        self.conntrack = Some(ConntrackView { table, grew });
     }
 
     /// The watched ports, or those of `only` that are watched.
@@ -287,6 +309,13 @@ impl State {
             })
             .unwrap_or_default();
         probes.sort_by(|a, b| a.target.cmp(&b.target));
+        let hold = queue_hold(config);
+        let conntrack = self.conntrack.clone().map(|mut c| {
+            c.grew = c
+                .grew
+                .filter(|(_, at)| now.duration_since(*at).unwrap_or_default() <= hold);
+            c
+        });
         let diagnosis = diagnosis::diagnose(&Input {
             port: w.port,
             expect: w.expect,
@@ -302,6 +331,7 @@ impl State {
                 .queue_drops
                 .as_ref()
                 .filter(|q| now.duration_since(q.at).unwrap_or_default() <= queue_hold(config)),
+            conntrack: conntrack.as_ref(),
         });
         let probe_counts = self
             .counts
@@ -377,6 +407,7 @@ mod tests {
             source: Source::Netlink,
             ephemeral: 32768..=60999,
             tcpext: None,
+            conntrack: None,
         }
     }
 

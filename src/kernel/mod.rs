@@ -80,9 +80,96 @@ pub fn parse_tcpext(text: &str) -> Option<TcpExt> {
     None
 }
 
+/// The connection-tracking table: how full it is, and its drop counters
+/// summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Conntrack {
+    pub count: u64,
+    pub max: u64,
+    /// `drop` + `early_drop` + `insert_failed` of `net/stat/nf_conntrack`,
+    /// summed over every CPU's line.
+    pub dropped: u64,
+}
+
+impl Conntrack {
+    pub fn full(&self) -> bool {
+        self.max > 0 && self.count >= self.max
+    }
+}
+
+/// Reads `<proc_root>/sys/net/netfilter/nf_conntrack_{count,max}` and
+/// `<proc_root>/net/stat/nf_conntrack`. `None` without conntrack (the
+/// module not loaded: nothing is tracked, nothing can fill).
+pub fn read_conntrack(proc_root: &Path) -> Option<Conntrack> {
+    let number = |p: &str| -> Option<u64> {
+        std::fs::read_to_string(proc_root.join(p))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let count = number("sys/net/netfilter/nf_conntrack_count")?;
+    let max = number("sys/net/netfilter/nf_conntrack_max")?;
+    let stat = std::fs::read_to_string(proc_root.join("net/stat/nf_conntrack")).unwrap_or_default();
+    Some(Conntrack {
+        count,
+        max,
+        dropped: parse_conntrack_stat(&stat),
+    })
+}
+
+/// `drop` + `early_drop` + `insert_failed` of the text of
+/// `/proc/net/stat/nf_conntrack`: a header of names, then one line of hex
+/// values per CPU; fields by name.
+pub fn parse_conntrack_stat(text: &str) -> u64 {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return 0;
+    };
+    let names: Vec<&str> = header.split_whitespace().collect();
+    let wanted: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(**n, "drop" | "early_drop" | "insert_failed"))
+        .map(|(i, _)| i)
+        .collect();
+    lines
+        .map(|line| {
+            let values: Vec<&str> = line.split_whitespace().collect();
+            wanted
+                .iter()
+                .filter_map(|&i| values.get(i))
+                .filter_map(|v| u64::from_str_radix(v, 16).ok())
+                .fold(0u64, u64::saturating_add)
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conntrack_drops_summed_over_cpus_by_name() {
+        let stat = "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error\n\
+                    00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000001 0000000a 00000002 00000000\n\
+                    00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000010 00000000 00000000\n";
+        assert_eq!(parse_conntrack_stat(stat), 1 + 10 + 2 + 16);
+        assert_eq!(parse_conntrack_stat(""), 0);
+        assert_eq!(parse_conntrack_stat("drop\nzz\n"), 0);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc");
+        let ct = read_conntrack(&root).unwrap();
+        assert_eq!(
+            ct,
+            Conntrack {
+                count: 262144,
+                max: 262144,
+                dropped: 0x25 + 0x3
+            }
+        );
+        assert!(ct.full());
+        assert_eq!(read_conntrack(Path::new("/nonexistent")), None);
+    }
 
     #[test]
     fn counters_by_name_whatever_their_position() {
