@@ -10,7 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use portsight::config::Expect;
+use portsight::config::{Expect, Protocol};
 use portsight::diagnosis::{Cause, Diagnosis};
 use portsight::engine::watch::Origin;
 use portsight::metrics::Metrics;
@@ -23,6 +23,7 @@ fn listener(address: &str, port: u16) -> Listener {
     Listener {
         address,
         port,
+        protocol: Protocol::Tcp,
         family: if address.is_ipv4() {
             Family::Ipv4
         } else {
@@ -68,6 +69,7 @@ fn port_status(port: u16) -> PortStatus {
     probe_counts.sort_by(|a, b| a.0.cmp(&b.0));
     PortStatus {
         port,
+        protocol: Protocol::Tcp,
         name: format!("svc-{port}"),
         expect: Expect::Public,
         origin: Origin::Config,

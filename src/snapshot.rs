@@ -5,18 +5,15 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::Expect;
+use crate::config::{Expect, Protocol};
 use crate::diagnosis::Diagnosis;
-use crate::engine::watch::Origin;
+use crate::engine::watch::{Origin, PortKey};
 use crate::probe::{Attempt, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 
-/// The only protocol so far.
-pub const PROTOCOL: &str = "tcp";
-
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Every watched port, ordered by port number.
+    /// Every watched port, ordered by protocol (TCP first), then port number.
     pub ports: Vec<PortStatus>,
     /// Where the last socket table came from.
     pub source: Option<Source>,
@@ -37,10 +34,12 @@ impl Snapshot {
 #[derive(Debug, Clone)]
 pub struct PortStatus {
     pub port: u16,
+    /// The `protocol` of the JSON and of every metric's labels.
+    pub protocol: Protocol,
     pub name: String,
     pub expect: Expect,
     pub origin: Origin,
-    /// The LISTEN sockets on this port.
+    /// The LISTEN sockets (TCP) or bound sockets (UDP) on this port.
     pub listeners: Vec<Listener>,
     /// The latest result for each target of this port, ordered by vantage and
     /// target; results from before the listeners last changed are left out.
@@ -54,6 +53,13 @@ pub struct PortStatus {
 impl PortStatus {
     pub fn listening(&self) -> bool {
         !self.listeners.is_empty()
+    }
+
+    pub fn key(&self) -> PortKey {
+        PortKey {
+            protocol: self.protocol,
+            port: self.port,
+        }
     }
 }
 
@@ -71,7 +77,7 @@ pub struct Status<'a> {
 #[derive(Debug, Serialize)]
 pub struct PortJson<'a> {
     pub port: u16,
-    pub protocol: &'static str,
+    pub protocol: Protocol,
     pub name: &'a str,
     pub expect: Expect,
     pub origin: Origin,
@@ -87,8 +93,9 @@ pub struct ListenerJson {
     pub scope: Scope,
     pub process: Option<String>,
     pub pid: Option<u32>,
-    pub accept_queue_length: u32,
-    /// `null` where the socket source cannot tell it (/proc/net/tcp).
+    /// `null` for UDP.
+    pub accept_queue_length: Option<u32>,
+    /// `null` where the socket source cannot tell it (/proc/net/tcp), and for UDP.
     pub accept_queue_limit: Option<u32>,
     pub v6only: Option<bool>,
 }
@@ -108,7 +115,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 impl Snapshot {
     /// The JSON view of the ports `only` selects (all when `None`).
-    pub fn status(&self, only: Option<&[u16]>) -> Status<'_> {
+    pub fn status(&self, only: Option<&[PortKey]>) -> Status<'_> {
         Status {
             ready: self.ready(),
             socket_source: self.source,
@@ -117,7 +124,7 @@ impl Snapshot {
             ports: self
                 .ports
                 .iter()
-                .filter(|p| only.is_none_or(|o| o.contains(&p.port)))
+                .filter(|p| only.is_none_or(|o| o.contains(&p.key())))
                 .map(PortStatus::json)
                 .collect(),
         }
@@ -128,7 +135,7 @@ impl PortStatus {
     fn json(&self) -> PortJson<'_> {
         PortJson {
             port: self.port,
-            protocol: PROTOCOL,
+            protocol: self.protocol,
             name: &self.name,
             expect: self.expect,
             origin: self.origin,
@@ -141,7 +148,8 @@ impl PortStatus {
                     scope: l.scope(),
                     process: l.owner.as_ref().map(|o| o.name.clone()),
                     pid: l.owner.as_ref().map(|o| o.pid),
-                    accept_queue_length: l.accept_queue_length,
+                    accept_queue_length: (l.protocol == Protocol::Tcp)
+                        .then_some(l.accept_queue_length),
                     accept_queue_limit: l.accept_queue_limit,
                     v6only: l.v6only,
                 })

@@ -13,7 +13,7 @@ use crate::sockets::Scope;
 use super::facts::{Facts, other_family_wildcard};
 use super::words::{
     describe, failed_verb, listening_on, ok_summary, owner_or_port, owner_or_process, owners,
-    targets, vantage_names,
+    port_name, targets, vantage_names,
 };
 use super::{Cause, Input};
 
@@ -65,7 +65,7 @@ fn not_listening(input: &Input, facts: &Facts) -> Option<Verdict> {
     if facts.listening || !facts.successes.is_empty() || input.expect == Expect::Closed {
         return None;
     }
-    let port = input.port;
+    let port = port_name(input);
     let failed: Vec<&ProbeResult> = input.probes.iter().collect();
     let summary = if failed.is_empty() {
         format!("nothing listens on port {port}")
@@ -93,7 +93,7 @@ fn forwarded(input: &Input, facts: &Facts) -> Option<Verdict> {
     Some(Verdict {
         summary: format!(
             "nothing listens on port {} on this host, yet {} answered: the port is forwarded",
-            input.port,
+            port_name(input),
             targets(&facts.successes)
         ),
         fix: "informational: a NAT/DNAT rule or a port-forwarding process answers for it (nft list ruleset; ss -tnp)".into(),
@@ -234,7 +234,7 @@ fn rejected(input: &Input, facts: &Facts) -> Option<Verdict> {
         ),
         fix: format!(
             "look for REJECT rules for port {} on the path from the {vantages} vantage (nft list ruleset; iptables -S)",
-            input.port
+            port_name(input)
         ),
         failed: Some(shown(first)),
     })
@@ -242,7 +242,7 @@ fn rejected(input: &Input, facts: &Facts) -> Option<Verdict> {
 
 /// A listener takes a wanted target, yet it timed out.
 fn filtered(input: &Input, facts: &Facts) -> Option<Verdict> {
-    let port = input.port;
+    let port = port_name(input);
     let filtered = &facts.split.filtered;
     let first = filtered.first()?;
     let nearer: Vec<&ProbeResult> = facts
@@ -287,7 +287,7 @@ fn unreachable(input: &Input, facts: &Facts) -> Option<Verdict> {
     Some(Verdict {
         summary: format!(
             "cannot reach port {} from the {} vantage ({errors})",
-            input.port,
+            port_name(input),
             vantage_names(unreachable)
         ),
         fix: "check routing to the address, and firewall rules that answer with ICMP admin-prohibited".into(),
@@ -297,7 +297,7 @@ fn unreachable(input: &Input, facts: &Facts) -> Option<Verdict> {
 
 /// A vantage the policy wants closed connects.
 fn exposed(input: &Input, facts: &Facts) -> Option<Verdict> {
-    let Input { port, expect, .. } = *input;
+    let (port, expect) = (port_name(input), input.expect);
     let exposed = &facts.exposed;
     if exposed.is_empty() {
         return None;
@@ -310,7 +310,7 @@ fn exposed(input: &Input, facts: &Facts) -> Option<Verdict> {
         ),
         fix: format!(
             "a security finding: bind {} to {} only, or firewall port {port}",
-            owner_or_port(input.listeners, port),
+            owner_or_port(input.listeners, &port),
             if expect == Expect::Local {
                 "127.0.0.1 / ::1"
             } else {
@@ -360,7 +360,7 @@ fn settled(input: &Input) -> Verdict {
     let summary = if input.expect == Expect::Closed {
         format!(
             "closed as expected: nothing listens on port {} and nothing answers",
-            input.port
+            port_name(input)
         )
     } else {
         ok_summary(input)

@@ -10,6 +10,7 @@ fn l(addr: &str) -> Listener {
     Listener {
         address,
         port: PORT,
+        protocol: Protocol::Tcp,
         family: family(address),
         v6only: address.is_ipv6().then_some(!address.is_unspecified()),
         accept_queue_length: 0,
@@ -37,6 +38,7 @@ fn p(vantage: Vantage, ip: &str, outcome: Outcome) -> ProbeResult {
             } else {
                 "local".into()
             },
+            protocol: Protocol::Tcp,
             addr: SocketAddr::new(ip, PORT),
         },
         outcome,
@@ -70,6 +72,8 @@ const ALL_VANTAGES: Vantages = Vantages {
 fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagnosis {
     diagnose(&Input {
         port: PORT,
+        protocol: Protocol::Tcp,
+        probed: true,
         expect,
         listeners,
         probes,
@@ -367,6 +371,8 @@ fn transient_within_the_window_then_ok() {
     };
     let input = Input {
         port: PORT,
+        protocol: Protocol::Tcp,
+        probed: true,
         expect: Expect::Public,
         listeners: &ls,
         probes: &ps,
@@ -472,6 +478,8 @@ fn a_closed_port_that_nothing_listens_on_is_ok_even_after_a_failure() {
     };
     let d = diagnose(&Input {
         port: PORT,
+        protocol: Protocol::Tcp,
+        probed: true,
         expect: Expect::Closed,
         listeners: &[],
         probes: &probes(Refused, Refused, Refused, Refused),

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Metrics, write_snapshot};
-use crate::config::Expect;
+use crate::config::{Expect, Protocol};
 use crate::diagnosis::{Cause, Diagnosis};
 use crate::engine::watch::Origin;
 use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
@@ -17,6 +17,7 @@ use crate::sockets::{Family, Listener, Owner};
 fn port(port: u16, name: &str, expect: Expect, origin: Origin, cause: Cause) -> PortStatus {
     PortStatus {
         port,
+        protocol: Protocol::Tcp,
         name: name.to_string(),
         expect,
         origin,
@@ -44,6 +45,7 @@ fn listener(
     Listener {
         address,
         port,
+        protocol: Protocol::Tcp,
         family: if address.is_ipv4() {
             Family::Ipv4
         } else {
@@ -71,6 +73,7 @@ fn probed(
     let target = Target {
         vantage,
         source: source.to_string(),
+        protocol: Protocol::Tcp,
         addr: addr.parse::<SocketAddr>().unwrap(),
     };
     let mut counts = OutcomeCounts::default();
