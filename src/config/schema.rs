@@ -424,7 +424,7 @@ impl TryFrom<String> for Payload {
             return Ok(Payload(Arc::from(s.into_bytes())));
         };
         let digits: Vec<u8> = hex.bytes().filter(|b| *b != b' ').collect();
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return Err(format!(
                 "{s:?}: odd number of hex digits after {HEX_PREFIX:?}"
             ));

@@ -446,4 +446,53 @@ mod tests {
             "counts belong to the old name"
         );
     }
+
+    /// TCP and UDP of one port number are two watched ports: their
+    /// listeners, results and causes never mix, and a discovered UDP port
+    /// is not probed.
+    #[test]
+    fn tcp_and_udp_of_one_number_never_mix() {
+        let mut config = config();
+        config.discover.enabled = true;
+        config.ports.push(PortConfig {
+            protocol: crate::config::Protocol::Udp,
+            ..PortConfig::tcp(PORT, Expect::Public)
+        });
+        let udp = PortKey {
+            protocol: crate::config::Protocol::Udp,
+            port: PORT,
+        };
+        let discovered = PortKey {
+            protocol: crate::config::Protocol::Udp,
+            port: 5353,
+        };
+        let t0 = Instant::now();
+        let mut st = State::default();
+        let mut read = scan(&[1]);
+        read.listeners
+            .push(Listener::udp("0.0.0.0".parse().unwrap(), 5353));
+        st.apply_scan(&config, read, t0, SystemTime::now());
+        assert_eq!(st.watched(None), [KEY, discovered, udp]);
+        let probed: Vec<PortKey> = st.probed(None).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(probed, [KEY, udp], "the discovered UDP port is not probed");
+        let mut refused = result(Outcome::Refused, t0);
+        refused.target.protocol = crate::config::Protocol::Udp;
+        st.record(
+            &[KEY, udp],
+            vec![result(Outcome::Success, t0), refused],
+            |_| true,
+        );
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        let by = |k: PortKey| s.ports.iter().find(|p| p.key() == k).unwrap();
+        assert_eq!(by(KEY).listeners.len(), 1);
+        assert_eq!(by(KEY).probes[0].outcome, Outcome::Success);
+        assert!(by(udp).listeners.is_empty());
+        assert_eq!(by(udp).probes[0].outcome, Outcome::Refused);
+        assert_eq!(by(udp).diagnosis.cause, Cause::NotListening);
+        assert_eq!(
+            by(discovered).listeners[0].protocol,
+            crate::config::Protocol::Udp
+        );
+        assert!(by(discovered).probes.is_empty());
+    }
 }

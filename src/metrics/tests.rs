@@ -168,10 +168,35 @@ fn app() -> PortStatus {
     app
 }
 
-/// The ports above, in port order, as the engine orders them.
+/// UDP, on loopback only (a stub resolver): no accept queue series.
+fn dns() -> PortStatus {
+    let cause = Cause::LoopbackOnly;
+    let mut dns = port(53, "dns", Expect::Public, Origin::Config, cause);
+    dns.protocol = Protocol::Udp;
+    dns.listeners = vec![Listener {
+        protocol: Protocol::Udp,
+        ..listener("127.0.0.53", 53, Some("systemd-resolve"), (0, None))
+    }];
+    let v4 = (Vantage::Loopback, "local", "127.0.0.1:53");
+    probed(
+        &mut dns,
+        v4,
+        (Outcome::Refused, 60),
+        &[(Outcome::Refused, 3)],
+    );
+    for r in &mut dns.probes {
+        r.target.protocol = Protocol::Udp;
+    }
+    for (t, _) in &mut dns.probe_counts {
+        t.protocol = Protocol::Udp;
+    }
+    dns
+}
+
+/// The ports above, TCP then UDP, in port order, as the engine orders them.
 fn golden_snapshot() -> Snapshot {
     Snapshot {
-        ports: vec![web(), api(), db(), app()],
+        ports: vec![web(), api(), db(), app(), dns()],
         generation: 1,
         ..Snapshot::default()
     }
