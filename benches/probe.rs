@@ -4,6 +4,12 @@
 //! `/probe?module=tcp_connect`.
 //!
 //! The targets: 1,000 loopback ports with a listener, 1,000 without.
+//!
+//! UDP beside TCP, in the same run: 2,000 closed UDP ports (each held by a
+//! socket connected elsewhere, so every probe draws an ICMP
+//! port-unreachable, `refused`) against the 1,000 closed TCP ports (RST,
+//! `refused`), twice each: the kernel answers both, so the ratio is what a
+//! UDP probe costs portsight next to a TCP one.
 //! `cargo bench --bench probe` (root). `PSB_ROUNDS` sets the sweeps per
 //! in-process prober (default 15), `PSB_BLACKBOX_ROUNDS` those of
 //! blackbox_exporter (default 3).
@@ -11,19 +17,21 @@
 mod support;
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portsight::probe::scheduler::Prober;
-use portsight::probe::{Outcome, Target, Vantage};
+use portsight::probe::{Outcome, Protocol, Target, Vantage};
 use socket2::{Domain, Socket, Type};
 use support::{Http, cpu_of, cpu_self, fmt_secs, median, table, verdict};
 
 const OPEN: u16 = 1000;
 const CLOSED: u16 = 1000;
 const FIRST_PORT: u16 = 20_000;
+const FIRST_UDP_PORT: u16 = 30_000;
+const UDP_TARGETS: u16 = 2000;
 const CONCURRENCY: usize = 256;
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests to blackbox_exporter in flight at once.
@@ -73,6 +81,80 @@ fn portsight_sweep(rt: &tokio::runtime::Runtime, prober: &Prober, targets: &[Tar
         let count = |o| results.iter().filter(|r| r.outcome == o).count();
         (count(Outcome::Success), count(Outcome::Refused))
     })
+}
+
+/// CPU per probe of one sweep in which every probe must be refused.
+fn refused_sweep(rt: &tokio::runtime::Runtime, prober: &Prober, targets: &[Target]) -> Sweep {
+    let (c0, t0) = (cpu_self(), Instant::now());
+    let results = rt.block_on(prober.run(targets.to_vec(), TIMEOUT));
+    let (wall, cpu) = (t0.elapsed(), cpu_self() - c0);
+    let refused = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Refused)
+        .count();
+    assert_eq!(refused, targets.len(), "every closed target is refused");
+    Sweep {
+        cpu: cpu.as_secs_f64() / targets.len() as f64,
+        wall: wall.as_secs_f64(),
+    }
+}
+
+/// UDP ports nothing can send to while the sockets live: bound, and
+/// connected to 127.0.0.1:9, so the kernel delivers them nothing else.
+fn closed_udp(n: u16) -> (Vec<UdpSocket>, Vec<Target>) {
+    let sockets: Vec<UdpSocket> = (0..n)
+        .map(|i| {
+            let s = UdpSocket::bind(("127.0.0.1", FIRST_UDP_PORT + i)).expect("bind udp");
+            s.connect("127.0.0.1:9").expect("connect udp");
+            s
+        })
+        .collect();
+    let targets = sockets
+        .iter()
+        .map(|s| {
+            Target::new(
+                Vantage::Loopback,
+                Protocol::Udp,
+                s.local_addr().expect("addr"),
+            )
+        })
+        .collect();
+    (sockets, targets)
+}
+
+/// TCP refused and UDP refused, interleaved sweeps; returns the table rows
+/// and the UDP / TCP ratio of CPU per probe.
+fn udp_beside_tcp(
+    rt: &tokio::runtime::Runtime,
+    prober: &Prober,
+    tcp_closed: &[Target],
+    rounds: usize,
+) -> (Vec<Vec<String>>, f64) {
+    let (_sockets, udp) = closed_udp(UDP_TARGETS);
+    refused_sweep(rt, prober, &udp);
+    refused_sweep(rt, prober, tcp_closed);
+    let (mut t, mut u) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        t.push(refused_sweep(rt, prober, tcp_closed));
+        u.push(refused_sweep(rt, prober, &udp));
+    }
+    let cpu = |xs: &[Sweep]| median(&xs.iter().map(|s| s.cpu).collect::<Vec<_>>());
+    let wall = |xs: &[Sweep]| median(&xs.iter().map(|s| s.wall).collect::<Vec<_>>());
+    let rows = vec![
+        vec![
+            format!("TCP, {} closed ports (RST → refused)", tcp_closed.len()),
+            rounds.to_string(),
+            fmt_secs(cpu(&t)),
+            fmt_secs(wall(&t)),
+        ],
+        vec![
+            format!("UDP, {UDP_TARGETS} closed ports (ICMP port-unreachable → refused)"),
+            rounds.to_string(),
+            fmt_secs(cpu(&u)),
+            fmt_secs(wall(&u)),
+        ],
+    ];
+    (rows, cpu(&u) / cpu(&t))
 }
 
 /// The physical reference: non-blocking connects, `CONCURRENCY` in flight,
@@ -312,6 +394,24 @@ fn main() {
         "Target 2: ratios",
         &["ratio", "value", "target", "result"],
         &ratios,
+    );
+
+    let tcp_closed = &targets[usize::from(OPEN)..];
+    let (rows, ratio) = udp_beside_tcp(&rt, &prober, tcp_closed, rounds);
+    table(
+        "UDP beside TCP: portsight `Prober`, every probe refused (medians over sweeps)",
+        &["probes", "sweeps", "CPU per probe", "wall time per sweep"],
+        &rows,
+    );
+    table(
+        "UDP beside TCP: ratio",
+        &["ratio", "value", "target", "result"],
+        &[vec![
+            "UDP / TCP, CPU per refused probe".into(),
+            format!("{ratio:.2}×"),
+            "—".into(),
+            "—".into(),
+        ]],
     );
 }
 

@@ -10,7 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use portsight::config::Expect;
+use portsight::config::{Expect, Protocol};
 use portsight::diagnosis::{Cause, Diagnosis};
 use portsight::metrics::Metrics;
 use portsight::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
@@ -62,6 +62,7 @@ fn port_status(port: u16) -> PortStatus {
     probe_counts.sort_by(|a, b| a.0.cmp(&b.0));
     PortStatus {
         port,
+        protocol: Protocol::Tcp,
         name: format!("svc-{port}"),
         expect: Expect::Public,
         origin: Origin::Config,

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{self, Config, Expect, PeerConfig, PortConfig};
+use crate::config::{self, Config, Expect, PeerConfig, PortConfig, Protocol};
 use crate::diagnosis::{Cause, Severity};
-use crate::engine::{Engine, Flags, Live, Loaded};
+use crate::engine::{Engine, Flags, Live, Loaded, PortKey};
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::snapshot::{PortStatus, Snapshot};
 
@@ -24,7 +24,7 @@ pub enum Error {
 /// `peers.token_file`).
 pub async fn run(
     mut config: Config,
-    ports: &[u16],
+    ports: &[PortKey],
     peers: &[String],
     peer_token_file: Option<PathBuf>,
 ) -> Result<Arc<Snapshot>, Error> {
@@ -49,12 +49,11 @@ pub async fn run(
     }
     if !ports.is_empty() {
         config.discover.enabled = false;
-        for &port in ports {
-            if config.port(port).is_none() {
+        for &key in ports {
+            if config.port(key.port, key.protocol).is_none() {
                 config.ports.push(PortConfig {
-                    port,
-                    name: String::new(),
-                    expect: Expect::Public,
+                    protocol: key.protocol,
+                    ..PortConfig::tcp(key.port, Expect::Public)
                 });
             }
         }
@@ -68,11 +67,11 @@ pub async fn run(
 }
 
 /// The ports of `snapshot` that `only` names (all when empty).
-pub fn selected<'a>(snapshot: &'a Snapshot, only: &[u16]) -> Vec<&'a PortStatus> {
+pub fn selected<'a>(snapshot: &'a Snapshot, only: &[PortKey]) -> Vec<&'a PortStatus> {
     snapshot
         .ports
         .iter()
-        .filter(|p| only.is_empty() || only.contains(&p.port))
+        .filter(|p| only.is_empty() || only.contains(&p.key()))
         .collect()
 }
 
@@ -97,7 +96,10 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
         .iter()
         .map(|p| {
             [
-                p.port.to_string(),
+                match p.protocol {
+                    Protocol::Tcp => p.port.to_string(),
+                    Protocol::Udp => p.key().to_string(),
+                },
                 if p.name.is_empty() {
                     "-".into()
                 } else {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portsight::config::{self, Config};
-use portsight::engine::{self, Engine, Flags, Live};
+use portsight::engine::{self, Engine, Flags, Live, PortKey};
 use portsight::metrics::Metrics;
 use portsight::web::{Handles, WebConfig};
 use tokio::signal::unix::{SignalKind, signal};
@@ -47,9 +47,11 @@ enum Command {
     },
     /// One scan, probe round and diagnosis; exit 0 when every port is ok, 1 when not.
     Check {
-        /// Ports to check (default: every watched port). Ports the config does
-        /// not list are checked with expect = "public".
-        ports: Vec<u16>,
+        /// Ports to check, as PORT (TCP), PORT/tcp or PORT/udp (default: every
+        /// watched port). Ports the config does not list are checked with
+        /// expect = "public".
+        #[arg(value_name = "PORT[/udp]")]
+        ports: Vec<PortKey>,
         /// Config file (TOML); without it the embedded default applies.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -116,10 +118,6 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return bad_config(&e),
             };
-            if ports.contains(&0) {
-                eprintln!("portsight: port 0: must be 1 to 65535");
-                return ExitCode::from(2);
-            }
             match check(cfg, &ports, json, &peers, peer_token_file) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
@@ -216,7 +214,7 @@ fn serve_command(file: Option<PathBuf>, flags: Flags) -> ExitCode {
 #[tokio::main]
 async fn check(
     cfg: Config,
-    ports: &[u16],
+    ports: &[PortKey],
     json: bool,
     peers: &[String],
     peer_token_file: Option<PathBuf>,
@@ -224,7 +222,7 @@ async fn check(
     let snapshot = portsight::check::run(cfg, ports, peers, peer_token_file).await?;
     let selected = portsight::check::selected(&snapshot, ports);
     if json {
-        let shown: Vec<u16> = selected.iter().map(|p| p.port).collect();
+        let shown: Vec<PortKey> = selected.iter().map(|p| p.key()).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&snapshot.status(Some(&shown)))?

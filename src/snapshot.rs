@@ -1,17 +1,76 @@
 //! The state of every watched port at one moment, produced by the scan and
 //! probe cycles and swapped in whole; readers only ever see a complete one.
 
+use std::fmt;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::Expect;
+use crate::config::{Expect, Protocol};
 use crate::diagnosis::Diagnosis;
 use crate::probe::{Attempt, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 
-/// The only protocol so far.
-pub const PROTOCOL: &str = "tcp";
+/// What names a watched port: its protocol and number. Every map of
+/// per-port state is keyed by it, so TCP and UDP state of one number never
+/// mix. Ordered by protocol, then number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl PortKey {
+    pub fn tcp(port: u16) -> PortKey {
+        PortKey {
+            protocol: Protocol::Tcp,
+            port,
+        }
+    }
+
+    pub fn udp(port: u16) -> PortKey {
+        PortKey {
+            protocol: Protocol::Udp,
+            port,
+        }
+    }
+
+    /// The key of a listener's port.
+    pub fn of(l: &Listener) -> PortKey {
+        PortKey {
+            protocol: l.protocol,
+            port: l.port,
+        }
+    }
+}
+
+/// `8080`, `8080/tcp` or `53/udp`, as `portsight check` takes it.
+impl std::str::FromStr for PortKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PortKey, String> {
+        let (number, protocol) = match s.split_once('/') {
+            Some((n, p)) => {
+                let protocol = p.parse::<Protocol>().map_err(|_| {
+                    format!("{s:?}: unknown protocol {p:?}, want PORT, PORT/tcp or PORT/udp")
+                })?;
+                (n, protocol)
+            }
+            None => (s, Protocol::Tcp),
+        };
+        match number.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(PortKey { protocol, port }),
+            _ => Err(format!("{s:?}: port must be 1 to 65535")),
+        }
+    }
+}
+
+/// `53/udp`, `80/tcp`.
+impl fmt::Display for PortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol)
+    }
+}
 
 /// Where a watched port comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,7 +91,7 @@ impl Origin {
 
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Every watched port, ordered by port number.
+    /// Every watched port, ordered by protocol (TCP first), then port number.
     pub ports: Vec<PortStatus>,
     /// Where the last socket table came from.
     pub source: Option<Source>,
@@ -89,10 +148,12 @@ impl Snapshot {
 #[derive(Debug, Clone)]
 pub struct PortStatus {
     pub port: u16,
+    /// The `protocol` of the JSON and of every metric's labels.
+    pub protocol: Protocol,
     pub name: String,
     pub expect: Expect,
     pub origin: Origin,
-    /// The LISTEN sockets on this port.
+    /// The LISTEN sockets (TCP) or bound sockets (UDP) on this port.
     pub listeners: Vec<Listener>,
     /// The latest result for each target of this port, ordered by vantage and
     /// target; results from before the listeners last changed are left out.
@@ -106,6 +167,13 @@ pub struct PortStatus {
 impl PortStatus {
     pub fn listening(&self) -> bool {
         !self.listeners.is_empty()
+    }
+
+    pub fn key(&self) -> PortKey {
+        PortKey {
+            protocol: self.protocol,
+            port: self.port,
+        }
     }
 }
 
@@ -124,7 +192,7 @@ pub struct Status<'a> {
 #[derive(Debug, Serialize)]
 pub struct PortJson<'a> {
     pub port: u16,
-    pub protocol: &'static str,
+    pub protocol: Protocol,
     pub name: &'a str,
     pub expect: Expect,
     pub origin: Origin,
@@ -140,8 +208,9 @@ pub struct ListenerJson {
     pub scope: Scope,
     pub process: Option<String>,
     pub pid: Option<u32>,
-    pub accept_queue_length: u32,
-    /// `null` where the socket source cannot tell it (/proc/net/tcp).
+    /// `null` for UDP.
+    pub accept_queue_length: Option<u32>,
+    /// `null` where the socket source cannot tell it (/proc/net/tcp), and for UDP.
     pub accept_queue_limit: Option<u32>,
     pub v6only: Option<bool>,
 }
@@ -161,7 +230,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 impl Snapshot {
     /// The JSON view of the ports `only` selects (all when `None`).
-    pub fn status(&self, only: Option<&[u16]>) -> Status<'_> {
+    pub fn status(&self, only: Option<&[PortKey]>) -> Status<'_> {
         Status {
             ready: self.ready(),
             socket_source: self.source,
@@ -170,7 +239,7 @@ impl Snapshot {
             ports: self
                 .ports
                 .iter()
-                .filter(|p| only.is_none_or(|o| o.contains(&p.port)))
+                .filter(|p| only.is_none_or(|o| o.contains(&p.key())))
                 .map(PortStatus::json)
                 .collect(),
             sources: self.sources,
@@ -182,7 +251,7 @@ impl PortStatus {
     fn json(&self) -> PortJson<'_> {
         PortJson {
             port: self.port,
-            protocol: PROTOCOL,
+            protocol: self.protocol,
             name: &self.name,
             expect: self.expect,
             origin: self.origin,
@@ -195,7 +264,8 @@ impl PortStatus {
                     scope: l.scope(),
                     process: l.owner.as_ref().map(|o| o.name.clone()),
                     pid: l.owner.as_ref().map(|o| o.pid),
-                    accept_queue_length: l.accept_queue_length,
+                    accept_queue_length: (l.protocol == Protocol::Tcp)
+                        .then_some(l.accept_queue_length),
                     accept_queue_limit: l.accept_queue_limit,
                     v6only: l.v6only,
                 })

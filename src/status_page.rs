@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::config::Protocol;
 use crate::diagnosis::{Cause, Severity};
 use crate::snapshot::Snapshot;
 
@@ -53,9 +54,17 @@ pub fn render(snapshot: &Snapshot) -> String {
         let d = &p.diagnosis;
         let _ = write!(
             h,
-            "<tr id=\"port-{port}\"><td>{port}</td><td>{name}</td><td>{expect}</td>\
+            "<tr id=\"port-{id}\"><td>{port}</td><td>{name}</td><td>{expect}</td>\
              <td class=\"cause {class}\">{cause}</td><td>{summary}",
-            port = p.port,
+            // TCP rows as they always were (`port-80`, `80`); UDP `port-53-udp`, `53/udp`.
+            id = match p.protocol {
+                Protocol::Tcp => p.port.to_string(),
+                Protocol::Udp => format!("{}-udp", p.port),
+            },
+            port = match p.protocol {
+                Protocol::Tcp => p.port.to_string(),
+                Protocol::Udp => p.key().to_string(),
+            },
             name = escape(&p.name),
             expect = p.expect,
             class = class(d.cause),
@@ -123,5 +132,44 @@ mod tests {
             escape("<script>a&'\"</script>"),
             "&lt;script&gt;a&amp;&#39;&quot;&lt;/script&gt;"
         );
+    }
+
+    /// 53/tcp and 53/udp are two rows with two ids.
+    #[test]
+    fn tcp_and_udp_of_one_number_are_two_rows() {
+        use crate::config::{Config, Expect, PortConfig};
+        use crate::engine::state::{Scan, State};
+        let mut config = Config::default();
+        config.discover.enabled = false;
+        config.ports = vec![
+            PortConfig::tcp(53, Expect::Public),
+            PortConfig {
+                protocol: Protocol::Udp,
+                ..PortConfig::tcp(53, Expect::Public)
+            },
+        ];
+        let mut st = State::default();
+        let scan = Scan {
+            listeners: Vec::new(),
+            source: crate::sockets::Source::Netlink,
+            sources: Default::default(),
+            ephemeral: 32768..=60999,
+            tcpext: None,
+            conntrack: None,
+        };
+        st.apply_scan(
+            &config,
+            scan,
+            std::time::Instant::now(),
+            std::time::SystemTime::now(),
+        );
+        let (snapshot, _) = st.snapshot(&config, std::time::SystemTime::now());
+        let html = render(&snapshot);
+        assert!(html.contains("<tr id=\"port-53\"><td>53</td>"), "{html}");
+        assert!(
+            html.contains("<tr id=\"port-53-udp\"><td>53/udp</td>"),
+            "{html}"
+        );
+        assert!(html.contains("nothing listens on port 53/udp"), "{html}");
     }
 }

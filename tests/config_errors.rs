@@ -52,6 +52,22 @@ const CASES: &[(&str, &str)] = &[
         "port[1].port: port 80 is already listed in port[0]",
     ),
     (
+        "invalid-port-duplicate-udp.toml",
+        "port[2].port: port 53/udp is already listed in port[0]",
+    ),
+    (
+        "invalid-protocol.toml",
+        "port[0].protocol: unknown value \"sctp\", expected one of tcp, udp",
+    ),
+    (
+        "invalid-payload-hex.toml",
+        "port[0].payload: \"hex:0g\": \"0g\" is not a hex byte",
+    ),
+    (
+        "invalid-payload-tcp.toml",
+        "port[0].payload: only a UDP port sends a payload; set protocol = \"udp\" or remove it",
+    ),
+    (
         "invalid-port-missing.toml",
         "port[0].port: missing, and it has no default",
     ),
@@ -159,5 +175,15 @@ fn a_valid_file_overrides_the_default() {
     assert_eq!(c.ports.len(), 1);
     assert_eq!(c.ports[0].name, "api");
     assert_eq!(c.ports[0].expect, portsight::config::Expect::Internal);
+    assert_eq!(c.ports[0].protocol, portsight::config::Protocol::Tcp);
+    std::fs::write(
+        &path,
+        "[[port]]\nport = 53\nprotocol = \"udp\"\npayload = \"hex:00 01\"\n[[port]]\nport = 53\n",
+    )
+    .unwrap();
+    let c = Config::load_with_env(Some(&path), HashMap::new()).unwrap();
+    assert_eq!(c.ports[0].protocol, portsight::config::Protocol::Udp);
+    assert_eq!(&c.ports[0].payload.bytes()[..], [0, 1]);
+    assert_eq!(c.ports[1].protocol, portsight::config::Protocol::Tcp);
     std::fs::remove_dir_all(&dir).unwrap();
 }

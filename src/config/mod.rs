@@ -15,8 +15,8 @@ mod validate;
 pub use address::{ListenAddress, parse_listen_address, parse_peer_url};
 pub use allow::{AllowRule, is_unicast};
 pub use schema::{
-    Config, DiagnosisConfig, Discover, Expect, PeerConfig, Peers, PortConfig, Probe, ProbeServer,
-    Scan, Vantage, Web,
+    Config, DiagnosisConfig, Discover, Expect, HEX_PREFIX, Payload, PeerConfig, Peers, PortConfig,
+    Probe, ProbeServer, Protocol, Scan, Vantage, Web,
 };
 pub use secrets::read_secret;
 

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -324,9 +325,137 @@ pub struct PortConfig {
     #[serde(deserialize_with = "port_number")]
     pub port: u16,
     #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub expect: Expect,
+    /// What a UDP probe sends (empty: an empty datagram).
+    #[serde(default)]
+    pub payload: Payload,
+}
+
+impl PortConfig {
+    /// A TCP port with no name, expected `expect`.
+    pub fn tcp(port: u16, expect: Expect) -> PortConfig {
+        PortConfig {
+            port,
+            protocol: Protocol::Tcp,
+            name: String::new(),
+            expect,
+            payload: Payload::default(),
+        }
+    }
+}
+
+/// The transport protocol of a watched port.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Deserialize, Serialize,
+)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl TryFrom<String> for Protocol {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(format!("unknown value {s:?}, expected one of tcp, udp")),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The datagram a UDP probe sends. Written as text (sent as its UTF-8
+/// bytes), or as `hex:` followed by an even number of hex digits
+/// (`hex:0001` sends two bytes; spaces between bytes are allowed).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Payload(Arc<[u8]>);
+
+/// The prefix of a payload written in hex.
+pub const HEX_PREFIX: &str = "hex:";
+
+impl Payload {
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<String> for Payload {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let Some(hex) = s.strip_prefix(HEX_PREFIX) else {
+            return Ok(Payload(Arc::from(s.into_bytes())));
+        };
+        let digits: Vec<u8> = hex.bytes().filter(|b| *b != b' ').collect();
+        if !digits.len().is_multiple_of(2) {
+            return Err(format!(
+                "{s:?}: odd number of hex digits after {HEX_PREFIX:?}"
+            ));
+        }
+        let mut bytes = Vec::with_capacity(digits.len() / 2);
+        for pair in digits.chunks(2) {
+            let byte = std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "{s:?}: {:?} is not a hex byte",
+                        String::from_utf8_lossy(pair)
+                    )
+                })?;
+            bytes.push(byte);
+        }
+        Ok(Payload(Arc::from(bytes)))
+    }
+}
+
+impl From<Payload> for String {
+    fn from(p: Payload) -> String {
+        match std::str::from_utf8(&p.0) {
+            Ok(text) if !text.starts_with(HEX_PREFIX) => text.to_string(),
+            _ => {
+                let hex: String = p.0.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{HEX_PREFIX}{hex}")
+            }
+        }
+    }
 }
 
 fn port_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
@@ -345,8 +474,49 @@ impl Config {
         !self.peer_list.is_empty() || !self.peers.dns.is_empty()
     }
 
-    /// The configured entry for `port`, if any.
-    pub fn port(&self, port: u16) -> Option<&PortConfig> {
-        self.ports.iter().find(|p| p.port == port)
+    /// The configured entry for `port` of `protocol`, if any.
+    pub fn port(&self, port: u16, protocol: Protocol) -> Option<&PortConfig> {
+        self.ports
+            .iter()
+            .find(|p| p.port == port && p.protocol == protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(s: &str) -> Result<Vec<u8>, String> {
+        Payload::try_from(s.to_string()).map(|p| p.bytes().to_vec())
+    }
+
+    #[test]
+    fn payloads_as_text_or_hex() {
+        assert_eq!(payload(""), Ok(vec![]));
+        assert_eq!(payload("ping\n"), Ok(b"ping\n".to_vec()));
+        assert_eq!(payload("hex:00ff1A"), Ok(vec![0, 0xff, 0x1a]));
+        assert_eq!(payload("hex:de ad"), Ok(vec![0xde, 0xad]));
+        assert_eq!(
+            payload("hex:abc"),
+            Err("\"hex:abc\": odd number of hex digits after \"hex:\"".into())
+        );
+        assert_eq!(
+            payload("hex:zz"),
+            Err("\"hex:zz\": \"zz\" is not a hex byte".into())
+        );
+        for s in ["", "ping", "hex:0001", "hex:686578"] {
+            let p = Payload::try_from(s.to_string()).unwrap();
+            assert_eq!(Payload::try_from(String::from(p.clone())), Ok(p), "{s}");
+        }
+    }
+
+    #[test]
+    fn protocols() {
+        assert_eq!("udp".parse(), Ok(Protocol::Udp));
+        assert_eq!(Protocol::default(), Protocol::Tcp);
+        assert_eq!(
+            "sctp".parse::<Protocol>(),
+            Err("unknown value \"sctp\", expected one of tcp, udp".into())
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{Config, MAX_CONCURRENCY, MAX_DURATION, fmt_duration};
+use super::{Config, MAX_CONCURRENCY, MAX_DURATION, Protocol, fmt_duration};
 
 /// The offending key and the reason.
 type Checked = Result<(), (String, String)>;
@@ -171,15 +171,32 @@ fn probe_server(c: &Config) -> Checked {
     Ok(())
 }
 
+/// The largest UDP payload of one IPv4 datagram.
+const MAX_PAYLOAD: usize = 65_507;
+
 fn ports(c: &Config) -> Checked {
     let mut seen = HashMap::new();
     for (i, p) in c.ports.iter().enumerate() {
         if p.port == 0 {
             return fail(format!("port[{i}].port"), "must be 1 to 65535");
         }
-        if let Some(first) = seen.insert(p.port, i) {
-            let reason = format!("port {} is already listed in port[{first}]", p.port);
+        if let Some(first) = seen.insert((p.port, p.protocol), i) {
+            let spelled = match p.protocol {
+                Protocol::Tcp => p.port.to_string(),
+                Protocol::Udp => format!("{}/udp", p.port),
+            };
+            let reason = format!("port {spelled} is already listed in port[{first}]");
             return fail(format!("port[{i}].port"), reason);
+        }
+        if p.payload.bytes().len() > MAX_PAYLOAD {
+            let reason = format!("must be at most {MAX_PAYLOAD} bytes (one UDP datagram)");
+            return fail(format!("port[{i}].payload"), reason);
+        }
+        if p.protocol == Protocol::Tcp && !p.payload.is_empty() {
+            return fail(
+                format!("port[{i}].payload"),
+                "only a UDP port sends a payload; set protocol = \"udp\" or remove it",
+            );
         }
     }
     Ok(())

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::Expect;
+use crate::config::{Expect, Protocol};
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::sockets::{Family, Listener, Scope};
 
@@ -18,7 +18,10 @@ pub(super) struct Facts<'a> {
     pub listening: bool,
     /// The probes that connected, in probe order.
     pub successes: Vec<&'a ProbeResult>,
-    /// The failed probes of targets the policy wants reachable (see [`wanted_failures`]).
+    /// The failed probes of targets the policy wants reachable (see
+    /// [`wanted_failures`]). A UDP probe that timed out on an address a
+    /// socket is bound to is not one: silence is what many UDP services
+    /// answer to a datagram they do not understand.
     pub failures: Vec<&'a ProbeResult>,
     /// The first listener whose accept queue is full.
     pub full_queue: Option<&'a Listener>,
@@ -49,7 +52,10 @@ pub(super) struct Split<'a> {
 impl<'a> Facts<'a> {
     pub fn of(input: &Input<'a>) -> Facts<'a> {
         let probes = input.probes;
-        let failures = wanted_failures(input.expect, probes);
+        let failures: Vec<&ProbeResult> = wanted_failures(input.expect, probes)
+            .into_iter()
+            .filter(|r| !silent_udp(input, r))
+            .collect();
         Facts {
             listening: !input.listeners.is_empty(),
             successes: probes
@@ -92,6 +98,11 @@ impl<'a> Split<'a> {
         }
         split
     }
+}
+
+/// A UDP probe that got no answer from an address a socket is bound to.
+pub(super) fn silent_udp(input: &Input, r: &ProbeResult) -> bool {
+    input.protocol == Protocol::Udp && r.outcome == Outcome::Timeout && reached(input, r)
 }
 
 /// What a policy asks of a vantage.

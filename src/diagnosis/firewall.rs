@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use crate::config::Protocol;
 use crate::netfilter::NamedRule;
 use crate::probe::{ProbeResult, Vantage};
 
@@ -12,15 +13,16 @@ use super::Input;
 /// What the host firewall says about the failed probes of the ports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Firewall {
-    /// The rules named for each failed target (by vantage and address).
-    pub rules: Vec<((Vantage, SocketAddr), Vec<NamedRule>)>,
+    /// The rules named for each failed target (by vantage, protocol and
+    /// address: TCP and UDP of one port are different packets).
+    pub rules: Vec<((Vantage, Protocol, SocketAddr), Vec<NamedRule>)>,
     /// Why the ruleset could not be read, when it could not.
     pub error: Option<String>,
 }
 
 impl Firewall {
     fn of(&self, r: &ProbeResult) -> Option<&[NamedRule]> {
-        let key = (r.target.vantage, r.target.addr);
+        let key = (r.target.vantage, r.target.protocol, r.target.addr);
         self.rules
             .iter()
             .find(|(k, _)| *k == key)
@@ -63,14 +65,18 @@ pub(super) fn blame(input: &Input, failed: &[&ProbeResult], verb: &str) -> Optio
         let names = sure.iter().map(|r| r.to_string()).collect::<Vec<_>>();
         return Some(Blame {
             phrase: format!("{verb} by {}", names.join(" and ")),
-            fix: fix(first, port),
+            fix: fix(first, input.protocol, port),
         });
     }
     if let Some(first) = rules.first() {
         let why = first.may_match.as_deref().unwrap_or("");
         return Some(Blame {
             phrase: format!("perhaps {verb} by {first} (it may match: {why})"),
-            fix: format!("check {}; {}", short(first), fix(first, port)),
+            fix: format!(
+                "check {}; {}",
+                short(first),
+                fix(first, input.protocol, port)
+            ),
         });
     }
     let outside_only = failed.iter().all(|r| r.target.vantage == Vantage::External);
@@ -94,8 +100,9 @@ fn short(r: &NamedRule) -> String {
 }
 
 /// What to change: the rule, or the chain whose policy drops the packet.
-fn fix(r: &NamedRule, port: u16) -> String {
+fn fix(r: &NamedRule, protocol: Protocol, port: u16) -> String {
     let (f, t, c) = (r.family.as_str(), &r.table, &r.chain);
+    let p = protocol.as_str();
     let how = if r.iptables {
         " (the table is written by iptables-nft: change it with the tool that wrote it — ufw, firewalld, Docker — or with iptables, not with nft)"
     } else {
@@ -103,10 +110,10 @@ fn fix(r: &NamedRule, port: u16) -> String {
     };
     match r.handle {
         Some(h) => format!(
-            "delete or narrow that rule (nft delete rule {f} {t} {c} handle {h}), or accept tcp dport {port} in chain {f} {t} {c} before it{how}"
+            "delete or narrow that rule (nft delete rule {f} {t} {c} handle {h}), or accept {p} dport {port} in chain {f} {t} {c} before it{how}"
         ),
         None => format!(
-            "chain {f} {t} {c} drops what no rule accepts: add a rule that accepts tcp dport {port} (nft add rule {f} {t} {c} tcp dport {port} accept){how}"
+            "chain {f} {t} {c} drops what no rule accepts: add a rule that accepts {p} dport {port} (nft add rule {f} {t} {c} {p} dport {port} accept){how}"
         ),
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use strum::VariantArray;
 
-use crate::config::Expect;
+use crate::config::{Expect, Protocol};
 use crate::netfilter::NamedRule;
 use crate::probe::{ProbeResult, Vantage};
 use crate::sockets::Listener;
@@ -135,6 +135,10 @@ impl Vantages {
 #[derive(Debug, Clone)]
 pub struct Input<'a> {
     pub port: u16,
+    pub protocol: Protocol,
+    /// Whether the port is probed at all: a discovered UDP port is not, and
+    /// is diagnosed from its sockets alone.
+    pub probed: bool,
     pub expect: Expect,
     pub listeners: &'a [Listener],
     /// The current probe results (stale ones already left out).

@@ -14,7 +14,7 @@ use super::facts::{Facts, other_family_wildcard};
 use super::firewall::blame;
 use super::words::{
     describe, failed_verb, listening_on, ok_summary, owner_or_port, owner_or_process, owners,
-    targets, vantage_names, when,
+    port_name, targets, vantage_names, when,
 };
 use super::{Cause, Input};
 
@@ -67,7 +67,7 @@ fn not_listening(input: &Input, facts: &Facts) -> Option<Verdict> {
     if facts.listening || !facts.successes.is_empty() || input.expect == Expect::Closed {
         return None;
     }
-    let port = input.port;
+    let port = port_name(input);
     let failed: Vec<&ProbeResult> = input.probes.iter().collect();
     let summary = if failed.is_empty() {
         format!("nothing listens on port {port}")
@@ -95,7 +95,7 @@ fn forwarded(input: &Input, facts: &Facts) -> Option<Verdict> {
     Some(Verdict {
         summary: format!(
             "nothing listens on port {} on this host, yet {} answered: the port is forwarded",
-            input.port,
+            port_name(input),
             targets(&facts.successes)
         ),
         fix: "informational: a NAT/DNAT rule or a port-forwarding process answers for it (nft list ruleset; ss -tnp)".into(),
@@ -325,7 +325,7 @@ fn rejected(input: &Input, facts: &Facts) -> Option<Verdict> {
             ),
             format!(
                 "look for REJECT rules for port {} on the path from the {vantages} vantage (nft list ruleset; iptables -S)",
-                input.port
+                port_name(input)
             ),
         ),
     };
@@ -338,7 +338,7 @@ fn rejected(input: &Input, facts: &Facts) -> Option<Verdict> {
 
 /// A listener takes a wanted target, yet it timed out.
 fn filtered(input: &Input, facts: &Facts) -> Option<Verdict> {
-    let port = input.port;
+    let port = port_name(input);
     let filtered = &facts.split.filtered;
     let first = filtered.first()?;
     let nearer: Vec<&ProbeResult> = facts
@@ -390,7 +390,7 @@ fn unreachable(input: &Input, facts: &Facts) -> Option<Verdict> {
         .join("; ");
     let cannot = format!(
         "cannot reach port {} from the {} vantage ({errors})",
-        input.port,
+        port_name(input),
         vantage_names(unreachable)
     );
     let (summary, fix) = match blame(input, unreachable, "stopped") {
@@ -409,7 +409,7 @@ fn unreachable(input: &Input, facts: &Facts) -> Option<Verdict> {
 
 /// A vantage the policy wants closed connects.
 fn exposed(input: &Input, facts: &Facts) -> Option<Verdict> {
-    let Input { port, expect, .. } = *input;
+    let (port, expect) = (port_name(input), input.expect);
     let exposed = &facts.exposed;
     if exposed.is_empty() {
         return None;
@@ -422,7 +422,7 @@ fn exposed(input: &Input, facts: &Facts) -> Option<Verdict> {
         ),
         fix: format!(
             "a security finding: bind {} to {} only, or firewall port {port}",
-            owner_or_port(input.listeners, port),
+            owner_or_port(input.listeners, &port),
             if expect == Expect::Local {
                 "127.0.0.1 / ::1"
             } else {
@@ -472,7 +472,7 @@ fn settled(input: &Input) -> Verdict {
     let summary = if input.expect == Expect::Closed {
         format!(
             "closed as expected: nothing listens on port {} and nothing answers",
-            input.port
+            port_name(input)
         )
     } else {
         ok_summary(input)

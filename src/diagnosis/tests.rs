@@ -33,6 +33,7 @@ fn p(vantage: Vantage, ip: &str, outcome: Outcome) -> ProbeResult {
             } else {
                 "local".into()
             },
+            protocol: Protocol::Tcp,
             addr: SocketAddr::new(ip, PORT),
         },
         outcome,
@@ -66,6 +67,8 @@ const ALL_VANTAGES: Vantages = Vantages {
 fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagnosis {
     diagnose(&Input {
         port: PORT,
+        protocol: Protocol::Tcp,
+        probed: true,
         expect,
         listeners,
         probes,
@@ -185,6 +188,8 @@ fn accept_queue_full() {
 fn with_drops(listeners: &[Listener], probes: &[ProbeResult], drops: &QueueDrops) -> Diagnosis {
     diagnose(&Input {
         port: PORT,
+        protocol: Protocol::Tcp,
+        probed: true,
         expect: Expect::Public,
         listeners,
         probes,
@@ -249,6 +254,8 @@ fn a_queue_that_overflowed_between_scans_is_full_for_a_while() {
 fn with_conntrack(ct: &ConntrackView, probes: &[ProbeResult]) -> Diagnosis {
     diagnose(&Input {
         port: PORT,
+        protocol: Protocol::Tcp,
+        probed: true,
         expect: Expect::Public,
         listeners: &[l("0.0.0.0"), l("::")],
         probes,
@@ -496,6 +503,8 @@ fn transient_within_the_window_then_ok() {
     };
     let input = Input {
         port: PORT,
+        protocol: Protocol::Tcp,
+        probed: true,
         expect: Expect::Public,
         listeners: &ls,
         probes: &ps,
@@ -605,6 +614,8 @@ fn a_closed_port_that_nothing_listens_on_is_ok_even_after_a_failure() {
     };
     let d = diagnose(&Input {
         port: PORT,
+        protocol: Protocol::Tcp,
+        probed: true,
         expect: Expect::Closed,
         listeners: &[],
         probes: &probes(Refused, Refused, Refused, Refused),
@@ -656,4 +667,157 @@ fn a_natted_public_address_that_times_out_is_filtered() {
         "a specific address is NATed to as well: {}",
         d.summary
     );
+}
+
+// UDP: the same causes, except that silence from a bound address is `ok`.
+
+fn udp_socket(addr: &str) -> Listener {
+    Listener {
+        protocol: Protocol::Udp,
+        accept_queue_limit: None,
+        ..l(addr)
+    }
+}
+
+fn udp(mut r: ProbeResult) -> ProbeResult {
+    r.target.protocol = Protocol::Udp;
+    r
+}
+
+fn udp_probes(lo4: Outcome, lo6: Outcome, if4: Outcome, if6: Outcome) -> Vec<ProbeResult> {
+    probes(lo4, lo6, if4, if6).into_iter().map(udp).collect()
+}
+
+fn run_udp(
+    expect: Expect,
+    probed: bool,
+    listeners: &[Listener],
+    probes: &[ProbeResult],
+) -> Diagnosis {
+    diagnose(&Input {
+        port: PORT,
+        protocol: Protocol::Udp,
+        probed,
+        expect,
+        listeners,
+        probes,
+        vantages: ALL_VANTAGES,
+        last_failure: None,
+        own_addresses: &OWN,
+        transient_window: Duration::from_secs(300),
+        now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        firewall: None,
+        queue_drops: None,
+        conntrack: None,
+    })
+}
+
+#[test]
+fn udp_silence_from_a_bound_address_is_ok_never_filtered() {
+    let both = [udp_socket("0.0.0.0"), v6only(udp_socket("::"), true)];
+    let d = run_udp(
+        Expect::Public,
+        true,
+        &both,
+        &udp_probes(Timeout, Timeout, Success, Timeout),
+    );
+    assert_eq!(d.cause, Cause::Ok, "{}", d.summary);
+    assert_eq!(
+        d.summary,
+        "reachable as expected (public): loopback 0/2 answered, 2 silent, interface 1/2 answered, 1 silent, external not measured"
+    );
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.ends_with("timeout in 0.10 ms (no reply: normal for many UDP services)")),
+        "{:?}",
+        d.evidence
+    );
+    // The same probes of TCP are filtered.
+    let tcp = [l("0.0.0.0"), v6only(l("::"), true)];
+    let d = run(
+        Expect::Public,
+        &tcp,
+        &probes(Success, Success, Success, Timeout),
+    );
+    assert_eq!(d.cause, Cause::Filtered);
+}
+
+#[test]
+fn udp_nothing_bound_names_the_protocol() {
+    let d = run_udp(
+        Expect::Public,
+        true,
+        &[],
+        &udp_probes(Refused, Refused, Refused, Refused),
+    );
+    assert_eq!(d.cause, Cause::NotListening);
+    assert_eq!(
+        d.summary,
+        "nothing listens on port 8080/udp; 127.0.0.1:8080, [::1]:8080, 10.77.0.1:8080 and [fd77::1]:8080 refused"
+    );
+    assert_eq!(d.evidence[0], "no listener on port 8080/udp");
+}
+
+#[test]
+fn udp_loopback_only_mismatch_and_rejected_as_for_tcp() {
+    let lo = [udp_socket("127.0.0.53")];
+    let d = run_udp(
+        Expect::Public,
+        true,
+        &lo,
+        &udp_probes(Refused, Refused, Refused, Refused),
+    );
+    assert_eq!(d.cause, Cause::LoopbackOnly);
+    assert!(
+        d.summary
+            .starts_with("listening on 127.0.0.53:8080 (python3, pid 4242) only; "),
+        "{}",
+        d.summary
+    );
+
+    let v4 = [udp_socket("0.0.0.0")];
+    let d = run_udp(
+        Expect::Public,
+        true,
+        &v4,
+        &udp_probes(Timeout, Refused, Timeout, Refused),
+    );
+    assert_eq!(d.cause, Cause::AddressFamilyMismatch);
+
+    let both = [udp_socket("0.0.0.0"), v6only(udp_socket("::"), true)];
+    let d = run_udp(
+        Expect::Public,
+        true,
+        &both,
+        &udp_probes(Success, Success, Refused, Success),
+    );
+    assert_eq!(d.cause, Cause::Rejected);
+    assert!(
+        d.fix.contains("REJECT rules for port 8080/udp"),
+        "{}",
+        d.fix
+    );
+}
+
+#[test]
+fn a_discovered_udp_port_is_diagnosed_from_its_sockets_alone() {
+    let d = run_udp(Expect::Internal, false, &[udp_socket("0.0.0.0")], &[]);
+    assert_eq!(d.cause, Cause::Ok);
+    assert_eq!(
+        d.summary,
+        "listening on 0.0.0.0:8080 (python3, pid 4242) as expected (internal), from the socket table alone: a discovered UDP port is not probed"
+    );
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.starts_with("loopback: not probed (a discovered UDP port")),
+        "{:?}",
+        d.evidence
+    );
+    let lo = run_udp(Expect::Public, false, &[udp_socket("127.0.0.1")], &[]);
+    assert_eq!(lo.cause, Cause::LoopbackOnly);
+    let gone = run_udp(Expect::Internal, false, &[], &[]);
+    assert_eq!(gone.cause, Cause::NotListening);
+    assert_eq!(gone.summary, "nothing listens on port 8080/udp");
 }

@@ -8,8 +8,18 @@ use std::time::Duration;
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::sockets::{Listener, Scope};
 
-use super::facts::{Want, want};
+use super::facts::{Want, silent_udp, want};
 use super::{Input, QueueDrops};
+use crate::config::Protocol;
+
+/// How a summary names the port: `8080` for TCP (as it always has), `53/udp`
+/// for UDP.
+pub(super) fn port_name(input: &Input) -> String {
+    match input.protocol {
+        Protocol::Tcp => input.port.to_string(),
+        Protocol::Udp => format!("{}/udp", input.port),
+    }
+}
 
 /// `127.0.0.1:8080 (python3, pid 4242)`.
 pub(super) fn describe(l: &Listener) -> String {
@@ -46,7 +56,7 @@ pub(super) fn owner_or_process(l: &Listener) -> String {
     }
 }
 
-pub(super) fn owner_or_port(listeners: &[Listener], port: u16) -> String {
+pub(super) fn owner_or_port(listeners: &[Listener], port: &str) -> String {
     match listeners.iter().find_map(|l| l.owner.as_ref()) {
         Some(o) => format!("{} (pid {})", o.name, o.pid),
         None => format!("the service on port {port}"),
@@ -97,18 +107,30 @@ pub(super) fn ok_summary(input: &Input) -> String {
             .filter(|r| r.target.vantage == v)
             .collect();
         let ok = of.iter().filter(|r| r.outcome == Outcome::Success).count();
+        let silent = of.iter().filter(|r| silent_udp(input, r)).count();
         let part = if of.is_empty() {
-            if configured {
+            if !input.probed {
+                format!("{} not probed", v.as_str())
+            } else if configured {
                 format!("{} not measured yet", v.as_str())
             } else {
                 format!("{} not measured", v.as_str())
             }
         } else if want(input.expect, v) == Want::None {
             format!("{} closed as expected", v.as_str())
+        } else if silent > 0 {
+            format!("{} {ok}/{} answered, {silent} silent", v.as_str(), of.len())
         } else {
             format!("{} {ok}/{} answered", v.as_str(), of.len())
         };
         parts.push(part);
+    }
+    if !input.probed {
+        return format!(
+            "{} as expected ({}), from the socket table alone: a discovered UDP port is not probed",
+            listening_on(input.listeners),
+            input.expect
+        );
     }
     format!(
         "reachable as expected ({}): {}",
@@ -121,14 +143,21 @@ pub(super) fn ok_summary(input: &Input) -> String {
 pub(super) fn evidence(input: &Input) -> Vec<String> {
     let mut lines = Vec::new();
     if input.listeners.is_empty() {
-        lines.push(format!("no listener on port {}", input.port));
+        lines.push(format!("no listener on port {}", port_name(input)));
     }
     lines.extend(input.listeners.iter().map(listener_line));
     lines.extend(queue_line(input));
     lines.extend(input.probes.iter().map(probe_line));
     for (v, configured) in input.vantages.each() {
         if !input.probes.iter().any(|r| r.target.vantage == v) {
-            lines.push(if configured {
+            lines.push(if !input.probed {
+                format!(
+                    "{}: not probed (a discovered UDP port; list it with protocol = \"udp\" to probe it)",
+                    v.as_str()
+                )
+            } else if configured && input.protocol == Protocol::Udp && v == Vantage::External {
+                "external: not measured (peers probe TCP only)".to_string()
+            } else if configured {
                 format!("{}: not measured yet", v.as_str())
             } else if v == Vantage::External {
                 "external: not measured (no peers configured)".to_string()
@@ -199,6 +228,9 @@ fn probe_line(r: &ProbeResult) -> String {
         && r.outcome != Outcome::Timeout
     {
         let _ = write!(line, " ({e})");
+    }
+    if r.target.protocol == Protocol::Udp && r.outcome == Outcome::Timeout {
+        line.push_str(" (no reply: normal for many UDP services)");
     }
     line
 }

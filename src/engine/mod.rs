@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch as channel;
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::diagnosis::Firewall;
 use crate::netfilter::{self, Packet};
 use crate::peer::{Answers, OutsideView};
@@ -25,6 +25,7 @@ use crate::sockets::{self, Source, interfaces, process::Owners};
 
 pub use live::{Flags, Live, Loaded};
 use state::{Scan, State};
+pub use watch::PortKey;
 
 /// Scans, probes and publishes snapshots; shared by the loops of `serve`,
 /// and used once by `check`.
@@ -43,7 +44,7 @@ pub struct Engine {
 #[derive(Debug, Default)]
 pub struct ScanReport {
     /// Watched ports whose set of listeners changed.
-    pub changed: Vec<u16>,
+    pub changed: Vec<PortKey>,
     pub took: Duration,
     /// The scan failed; nothing changed.
     pub failed: bool,
@@ -57,7 +58,7 @@ pub struct ProbeReport {
     /// Whether an external vantage (peers) is configured.
     pub external: bool,
     /// The ports probed.
-    ports: Vec<u16>,
+    ports: Vec<PortKey>,
     /// This host's interface addresses, as the round saw them.
     own: Vec<IpAddr>,
 }
@@ -191,26 +192,27 @@ impl Engine {
     }
 
     /// Probes `ports` (every watched port when `None`) from the local
-    /// vantages and publishes the results.
-    pub async fn probe(&self, ports: Option<&[u16]>) -> ProbeReport {
+    /// vantages and publishes the results. Discovered UDP ports are not
+    /// probed ([`watch::WatchedPort::probed`]).
+    pub async fn probe(&self, ports: Option<&[PortKey]>) -> ProbeReport {
         let loaded = self.live.current();
         let config = &loaded.config;
         let started = Instant::now();
-        let watched = self.lock().watched(ports);
+        let probed = self.lock().probed(ports);
+        let watched: Vec<PortKey> = probed.iter().map(|(key, _)| *key).collect();
         let (own, ipv6_up) = host_addresses().await;
         let addrs = local_vantages(config, &own, ipv6_up);
-        let targets: Vec<Target> = watched
+        let requests: Vec<(Target, Arc<[u8]>)> = probed
             .iter()
-            .flat_map(|&port| {
-                addrs
-                    .iter()
-                    .map(move |(v, ip)| Target::local(*v, SocketAddr::new(*ip, port)))
+            .flat_map(|(key, payload)| {
+                addrs.iter().map(move |(v, ip)| {
+                    let addr = SocketAddr::new(*ip, key.port);
+                    (Target::new(*v, key.protocol, addr), Arc::clone(payload))
+                })
             })
             .collect();
-        let results = loaded
-            .prober
-            .run(targets.clone(), config.probe.timeout)
-            .await;
+        let targets: Vec<Target> = requests.iter().map(|(t, _)| t.clone()).collect();
+        let results = loaded.prober.run_with(requests, config.probe.timeout).await;
         // Targets no longer probed (an address went away) drop out, and the
         // external view goes with the last peer.
         let local: HashSet<Target> = targets.into_iter().collect();
@@ -244,7 +246,15 @@ impl Engine {
     pub async fn ask_peers(&self, round: &ProbeReport) -> Option<Answers> {
         let loaded = self.live.current();
         let config = &loaded.config;
-        let (ports, own) = (&round.ports, &round.own);
+        let own = &round.own;
+        // Peers probe TCP only (the batch format names no protocol).
+        let keys: Vec<PortKey> = round
+            .ports
+            .iter()
+            .filter(|k| k.protocol == Protocol::Tcp)
+            .copied()
+            .collect();
+        let ports: Vec<u16> = keys.iter().map(|k| k.port).collect();
         if !round.external || !config.has_external_vantage() || ports.is_empty() {
             return None;
         }
@@ -255,11 +265,11 @@ impl Engine {
         };
         let mut answers = self
             .outside
-            .ask(config, &loaded.peers, ports, external, own)
+            .ask(config, &loaded.peers, &ports, external, own)
             .await;
         let results = std::mem::take(&mut answers.results);
         let answered: HashSet<Target> = results.iter().map(|r| r.target.clone()).collect();
-        self.lock().record(ports, results, |t| {
+        self.lock().record(&keys, results, |t| {
             t.vantage != Vantage::External || answered.contains(t) || answers.keeps(&t.source)
         });
         self.ask_firewall(own).await;
@@ -319,7 +329,7 @@ impl Engine {
 /// could be read.
 fn firewall_of(
     reader: &mut netfilter::Reader,
-    failed: &[(Vantage, SocketAddr)],
+    failed: &[(Vantage, Protocol, SocketAddr)],
     own: &[IpAddr],
 ) -> (Firewall, bool) {
     let rs = match reader.current() {
@@ -335,15 +345,19 @@ fn firewall_of(
     };
     let rules = failed
         .iter()
-        .map(|&(vantage, addr)| {
-            let packet = match vantage {
+        .map(|&(vantage, protocol, addr)| {
+            let mut packet = match vantage {
                 Vantage::External => {
                     let local = own.contains(&addr.ip()).then_some(true);
                     Packet::from_outside(addr.ip(), addr.port(), local)
                 }
                 _ => Packet::local(addr.ip(), addr.port()),
             };
-            ((vantage, addr), netfilter::name(&rs, &packet))
+            packet.l4proto = match protocol {
+                Protocol::Tcp => netfilter::TCP,
+                Protocol::Udp => netfilter::UDP,
+            };
+            ((vantage, protocol, addr), netfilter::name(&rs, &packet))
         })
         .collect();
     (Firewall { rules, error: None }, true)

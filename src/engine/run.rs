@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::{Engine, ScanReport};
+use super::{Engine, PortKey, ScanReport};
 use crate::metrics::{Metrics, Stage};
 
 /// Runs the scan loop, the probe loop and the re-probe loop until
@@ -19,7 +19,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<Vec<u16>>();
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<Vec<PortKey>>();
     // The first probe round needs the first watch list.
     let first_scan = Instant::now();
     scanned(&metrics, &engine.scan().await);
@@ -78,7 +78,7 @@ fn scanned(metrics: &Metrics, report: &ScanReport) {
 
 /// Local probes of `ports` (all when `None`), then the peers; reports the
 /// cost of a full round, and the peers.
-async fn probe_round(engine: &Engine, metrics: &Metrics, ports: Option<&[u16]>) {
+async fn probe_round(engine: &Engine, metrics: &Metrics, ports: Option<&[PortKey]>) {
     let round = engine.probe(ports).await;
     if ports.is_none() {
         metrics.observe_stage(Stage::Probe, round.took.as_secs_f64(), SystemTime::now());

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Instant, SystemTime};
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::diagnosis::{self, Failure, Firewall, Input, Vantages};
 use crate::diagnosis::{ConntrackView, QueueDrops};
 use crate::kernel::{Conntrack, TcpExt};
@@ -16,10 +16,10 @@ use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Source};
 
-use super::watch::{WatchList, WatchedPort};
+use super::watch::{PortKey, WatchList, WatchedPort};
 
 /// Each watched port's last reachability failure, for `transient`.
-pub type Failures = HashMap<u16, Failure>;
+pub type Failures = HashMap<PortKey, Failure>;
 
 /// One socket scan, as read.
 #[derive(Debug, Clone)]
@@ -43,15 +43,15 @@ pub struct State {
     source: Option<Source>,
     sources: Sources,
     /// The latest result per target, per port.
-    probes: BTreeMap<u16, HashMap<Target, ProbeResult>>,
+    probes: BTreeMap<PortKey, HashMap<Target, ProbeResult>>,
     /// Attempts per target, per port, with the name the port had when they
     /// were counted: a renamed port starts new series.
-    counts: BTreeMap<u16, (String, BTreeMap<Target, OutcomeCounts>)>,
+    counts: BTreeMap<PortKey, (String, BTreeMap<Target, OutcomeCounts>)>,
     scanned_at: Option<SystemTime>,
     probed_at: Option<SystemTime>,
     /// When each port's set of listeners last changed: older probe results
     /// describe sockets that are gone, and are not shown.
-    changed_at: HashMap<u16, Instant>,
+    changed_at: HashMap<PortKey, Instant>,
     failures: Failures,
     /// This host's interface addresses, as of the last probe round.
     own_addresses: Vec<IpAddr>,
@@ -76,7 +76,7 @@ impl State {
         scan: Scan,
         now: Instant,
         wall: SystemTime,
-    ) -> Vec<u16> {
+    ) -> Vec<PortKey> {
         let before = listener_sets(&self.listeners);
         self.watch.update(
             config,
@@ -86,7 +86,7 @@ impl State {
             now,
         );
         let after = listener_sets(&scan.listeners);
-        let changed: Vec<u16> = self
+        let changed: Vec<PortKey> = self
             .watched(None)
             .into_iter()
             .filter(|p| before.get(p) != after.get(p))
@@ -94,7 +94,7 @@ impl State {
         for port in &changed {
             self.changed_at.insert(*port, now);
         }
-        let watched: HashSet<u16> = self.watch.ports().map(|w| w.port).collect();
+        let watched: HashSet<PortKey> = self.watch.ports().map(|w| w.key).collect();
         self.probes.retain(|p, _| watched.contains(p));
         self.counts.retain(|p, _| watched.contains(p));
         self.changed_at.retain(|p, _| watched.contains(p));
@@ -177,11 +177,21 @@ impl State {
     }
 
     /// The watched ports, or those of `only` that are watched.
-    pub fn watched(&self, only: Option<&[u16]>) -> Vec<u16> {
+    pub fn watched(&self, only: Option<&[PortKey]>) -> Vec<PortKey> {
         self.watch
             .ports()
-            .map(|w| w.port)
+            .map(|w| w.key)
             .filter(|p| only.is_none_or(|o| o.contains(p)))
+            .collect()
+    }
+
+    /// The watched ports that are probed (see [`WatchedPort::probed`]), of
+    /// `only` when given, each with the payload a UDP probe sends.
+    pub fn probed(&self, only: Option<&[PortKey]>) -> Vec<(PortKey, std::sync::Arc<[u8]>)> {
+        self.watch
+            .ports()
+            .filter(|w| w.probed() && only.is_none_or(|o| o.contains(&w.key)))
+            .map(|w| (w.key, std::sync::Arc::clone(&w.payload)))
             .collect()
     }
 
@@ -189,16 +199,19 @@ impl State {
     /// every attempt; of `ports`' other results, keeps those `keep` says.
     pub fn record(
         &mut self,
-        ports: &[u16],
+        ports: &[PortKey],
         results: Vec<ProbeResult>,
         keep: impl Fn(&Target) -> bool,
     ) {
         for r in results {
-            let port = r.target.addr.port();
+            let port = PortKey {
+                protocol: r.target.protocol,
+                port: r.target.addr.port(),
+            };
             let Some(w) = self.watch.get(port) else {
                 continue;
             };
-            tracing::debug!(target = %r.target.addr, vantage = r.target.vantage.as_str(),
+            tracing::debug!(target = %r.target.addr, protocol = r.target.protocol.as_str(), vantage = r.target.vantage.as_str(),
                 source = %r.target.source, outcome = r.outcome.as_str(), duration = ?r.duration, "probe");
             let (name, counts) = self.counts.entry(port).or_default();
             if *name != w.name {
@@ -223,13 +236,13 @@ impl State {
 
     /// The targets whose latest result is a failure, each once: what the
     /// firewall is asked about.
-    pub fn failed_targets(&self) -> Vec<(Vantage, SocketAddr)> {
-        let mut out: Vec<(Vantage, SocketAddr)> = self
+    pub fn failed_targets(&self) -> Vec<(Vantage, Protocol, SocketAddr)> {
+        let mut out: Vec<(Vantage, Protocol, SocketAddr)> = self
             .probes
             .values()
             .flat_map(|m| m.values())
             .filter(|r| r.outcome != Outcome::Success)
-            .map(|r| (r.target.vantage, r.target.addr))
+            .map(|r| (r.target.vantage, r.target.protocol, r.target.addr))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -277,7 +290,7 @@ impl State {
             let d = &p.diagnosis;
             if d.cause.is_reachability_failure() {
                 failures.insert(
-                    p.port,
+                    p.key(),
                     Failure {
                         at: now,
                         cause: d.cause,
@@ -308,14 +321,14 @@ impl State {
         let mut listeners: Vec<Listener> = self
             .listeners
             .iter()
-            .filter(|l| l.port == w.port)
+            .filter(|l| PortKey::of(l) == w.key)
             .cloned()
             .collect();
         listeners.sort_by_key(|l| (l.address, l.inode));
-        let since = self.changed_at.get(&w.port).copied();
+        let since = self.changed_at.get(&w.key).copied();
         let mut probes: Vec<ProbeResult> = self
             .probes
-            .get(&w.port)
+            .get(&w.key)
             .map(|m| {
                 m.values()
                     .filter(|r| since.is_none_or(|t| r.started >= t))
@@ -332,12 +345,14 @@ impl State {
             c
         });
         let diagnosis = diagnosis::diagnose(&Input {
-            port: w.port,
+            port: w.key.port,
+            protocol: w.key.protocol,
+            probed: w.probed(),
             expect: w.expect,
             listeners: &listeners,
             probes: &probes,
             vantages,
-            last_failure: self.failures.get(&w.port),
+            last_failure: self.failures.get(&w.key),
             own_addresses: &self.own_addresses,
             transient_window: config.diagnosis.transient_window,
             now,
@@ -350,12 +365,13 @@ impl State {
         });
         let probe_counts = self
             .counts
-            .get(&w.port)
+            .get(&w.key)
             .filter(|(name, _)| *name == w.name)
             .map(|(_, c)| c.iter().map(|(t, n)| (t.clone(), *n)).collect())
             .unwrap_or_default();
         PortStatus {
-            port: w.port,
+            port: w.key.port,
+            protocol: w.key.protocol,
             name: w.name.clone(),
             expect: w.expect,
             origin: w.origin,
@@ -375,10 +391,12 @@ fn queue_hold(config: &Config) -> std::time::Duration {
 }
 
 /// The listener set of each port, to tell which ports changed between scans.
-fn listener_sets(listeners: &[Listener]) -> HashMap<u16, Vec<(IpAddr, u64)>> {
-    let mut sets: HashMap<u16, Vec<(IpAddr, u64)>> = HashMap::new();
+fn listener_sets(listeners: &[Listener]) -> HashMap<PortKey, Vec<(IpAddr, u64)>> {
+    let mut sets: HashMap<PortKey, Vec<(IpAddr, u64)>> = HashMap::new();
     for l in listeners {
-        sets.entry(l.port).or_default().push((l.address, l.inode));
+        sets.entry(PortKey::of(l))
+            .or_default()
+            .push((l.address, l.inode));
     }
     for s in sets.values_mut() {
         s.sort_unstable();
@@ -397,15 +415,18 @@ mod tests {
     use crate::probe::{Outcome, Vantage};
 
     const PORT: u16 = 8080;
+    const KEY: PortKey = PortKey {
+        protocol: crate::config::Protocol::Tcp,
+        port: PORT,
+    };
 
     fn config() -> Config {
         let mut c = Config::default();
         c.discover.enabled = false;
         c.vantage.interfaces = false;
         c.ports.push(PortConfig {
-            port: PORT,
             name: "web".into(),
-            expect: Expect::Public,
+            ..PortConfig::tcp(PORT, Expect::Public)
         });
         c
     }
@@ -454,7 +475,7 @@ mod tests {
         let mut st = State::default();
         assert_eq!(
             st.apply_scan(&config, scan(&[1]), t0, SystemTime::now()),
-            [PORT]
+            [KEY]
         );
         assert!(
             st.apply_scan(&config, scan(&[1]), t0, SystemTime::now())
@@ -462,12 +483,12 @@ mod tests {
         );
         assert_eq!(
             st.apply_scan(&config, scan(&[2]), t0, SystemTime::now()),
-            [PORT],
+            [KEY],
             "restarted"
         );
         assert_eq!(
             st.apply_scan(&config, scan(&[]), t0, SystemTime::now()),
-            [PORT],
+            [KEY],
             "gone"
         );
     }
@@ -478,7 +499,7 @@ mod tests {
         let t0 = Instant::now();
         let mut st = State::default();
         st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
-        st.record(&[PORT], vec![result(Outcome::Success, t0)], |_| true);
+        st.record(&[KEY], vec![result(Outcome::Success, t0)], |_| true);
         let (s, _) = st.snapshot(&config, SystemTime::now());
         assert_eq!(s.ports[0].probes.len(), 1);
         st.apply_scan(
@@ -505,8 +526,8 @@ mod tests {
         st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
         let newer = result(Outcome::Refused, t0 + Duration::from_secs(2));
         let older = result(Outcome::Success, t0 + Duration::from_secs(1));
-        st.record(&[PORT], vec![newer], |_| true);
-        st.record(&[PORT], vec![older], |_| true);
+        st.record(&[KEY], vec![newer], |_| true);
+        st.record(&[KEY], vec![older], |_| true);
         let (s, _) = st.snapshot(&config, SystemTime::now());
         assert_eq!(s.ports[0].probes[0].outcome, Outcome::Refused);
         assert_eq!(
@@ -522,9 +543,9 @@ mod tests {
         let (t0, wall) = (Instant::now(), SystemTime::now());
         let mut st = State::default();
         st.apply_scan(&config, scan(&[]), t0, wall);
-        st.record(&[PORT], vec![result(Outcome::Refused, t0)], |_| true);
+        st.record(&[KEY], vec![result(Outcome::Refused, t0)], |_| true);
         let (_, failures) = st.snapshot(&config, wall);
-        assert_eq!(failures[&PORT].cause, Cause::NotListening);
+        assert_eq!(failures[&KEY].cause, Cause::NotListening);
         assert!(
             st.failures.is_empty(),
             "snapshot changes no history on the side"
@@ -532,7 +553,7 @@ mod tests {
         st.set_failures(failures);
         let t1 = t0 + Duration::from_secs(1);
         st.apply_scan(&config, scan(&[1]), t1, wall);
-        st.record(&[PORT], vec![result(Outcome::Success, t1)], |_| true);
+        st.record(&[KEY], vec![result(Outcome::Success, t1)], |_| true);
         assert_eq!(
             cause(&mut st, &config, wall + Duration::from_secs(1)),
             Cause::Transient
@@ -547,7 +568,7 @@ mod tests {
         let t0 = Instant::now();
         let mut st = State::default();
         st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
-        st.record(&[PORT], vec![result(Outcome::Success, t0)], |_| true);
+        st.record(&[KEY], vec![result(Outcome::Success, t0)], |_| true);
         let (a, _) = st.snapshot(&config, SystemTime::now());
         config.ports[0].name = "api".into();
         st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
@@ -558,5 +579,54 @@ mod tests {
             b.ports[0].probe_counts.is_empty(),
             "counts belong to the old name"
         );
+    }
+
+    /// TCP and UDP of one port number are two watched ports: their
+    /// listeners, results and causes never mix, and a discovered UDP port
+    /// is not probed.
+    #[test]
+    fn tcp_and_udp_of_one_number_never_mix() {
+        let mut config = config();
+        config.discover.enabled = true;
+        config.ports.push(PortConfig {
+            protocol: crate::config::Protocol::Udp,
+            ..PortConfig::tcp(PORT, Expect::Public)
+        });
+        let udp = PortKey {
+            protocol: crate::config::Protocol::Udp,
+            port: PORT,
+        };
+        let discovered = PortKey {
+            protocol: crate::config::Protocol::Udp,
+            port: 5353,
+        };
+        let t0 = Instant::now();
+        let mut st = State::default();
+        let mut read = scan(&[1]);
+        read.listeners
+            .push(Listener::udp("0.0.0.0".parse().unwrap(), 5353));
+        st.apply_scan(&config, read, t0, SystemTime::now());
+        assert_eq!(st.watched(None), [KEY, discovered, udp]);
+        let probed: Vec<PortKey> = st.probed(None).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(probed, [KEY, udp], "the discovered UDP port is not probed");
+        let mut refused = result(Outcome::Refused, t0);
+        refused.target.protocol = crate::config::Protocol::Udp;
+        st.record(
+            &[KEY, udp],
+            vec![result(Outcome::Success, t0), refused],
+            |_| true,
+        );
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        let by = |k: PortKey| s.ports.iter().find(|p| p.key() == k).unwrap();
+        assert_eq!(by(KEY).listeners.len(), 1);
+        assert_eq!(by(KEY).probes[0].outcome, Outcome::Success);
+        assert!(by(udp).listeners.is_empty());
+        assert_eq!(by(udp).probes[0].outcome, Outcome::Refused);
+        assert_eq!(by(udp).diagnosis.cause, Cause::NotListening);
+        assert_eq!(
+            by(discovered).listeners[0].protocol,
+            crate::config::Protocol::Udp
+        );
+        assert!(by(discovered).probes.is_empty());
     }
 }

@@ -1,18 +1,22 @@
 //! The watch list: ports from the config, plus ports found listening
-//! (discovery), each with its name, policy and origin.
+//! (discovery), each with its name, policy and origin, keyed by
+//! [`PortKey`] (protocol and port number).
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, Expect};
-use crate::snapshot::Origin;
+use crate::config::{Config, Expect, Protocol};
 use crate::sockets::{Listener, Scope};
+
+use crate::snapshot::Origin;
+pub use crate::snapshot::PortKey;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchedPort {
-    pub port: u16,
+    pub key: PortKey,
     /// The configured name, else the owning process's name when known.
     pub name: String,
     /// The policy; `auto` is resolved on the first sight of a listener.
@@ -23,12 +27,23 @@ pub struct WatchedPort {
     pub origin: Origin,
     /// When a listener was last seen on the port.
     pub last_seen: Option<Instant>,
+    /// What a UDP probe sends (empty for TCP and for discovered ports).
+    pub payload: Arc<[u8]>,
+}
+
+impl WatchedPort {
+    /// Whether probes are sent to it: every TCP port, and configured UDP
+    /// ports. A discovered UDP port is diagnosed from the socket table only:
+    /// an unsolicited datagram can have effects.
+    pub fn probed(&self) -> bool {
+        self.key.protocol == Protocol::Tcp || self.origin == Origin::Config
+    }
 }
 
 /// The set of watched ports, updated after every socket scan.
 #[derive(Debug, Default, Clone)]
 pub struct WatchList {
-    ports: BTreeMap<u16, WatchedPort>,
+    ports: BTreeMap<PortKey, WatchedPort>,
 }
 
 impl WatchList {
@@ -36,8 +51,8 @@ impl WatchList {
         self.ports.values()
     }
 
-    pub fn get(&self, port: u16) -> Option<&WatchedPort> {
-        self.ports.get(&port)
+    pub fn get(&self, key: PortKey) -> Option<&WatchedPort> {
+        self.ports.get(&key)
     }
 
     /// Applies the config and the listeners of one scan: configured ports are
@@ -53,23 +68,30 @@ impl WatchList {
         external_vantage: bool,
         now: Instant,
     ) {
-        let mut by_port: BTreeMap<u16, Vec<&Listener>> = BTreeMap::new();
+        let mut by_port: BTreeMap<PortKey, Vec<&Listener>> = BTreeMap::new();
         for l in listeners {
-            by_port.entry(l.port).or_default().push(l);
+            by_port.entry(PortKey::of(l)).or_default().push(l);
         }
         // Ports dropped from the config (on reload) go unless discovery keeps them.
-        self.ports
-            .retain(|port, w| w.origin == Origin::Discovered || config.port(*port).is_some());
+        self.ports.retain(|key, w| {
+            w.origin == Origin::Discovered || config.port(key.port, key.protocol).is_some()
+        });
         for p in &config.ports {
-            let entry = self.ports.entry(p.port).or_insert_with(|| WatchedPort {
+            let key = PortKey {
+                protocol: p.protocol,
                 port: p.port,
+            };
+            let entry = self.ports.entry(key).or_insert_with(|| WatchedPort {
+                key,
                 name: p.name.clone(),
                 expect: p.expect,
                 policy: p.expect,
                 origin: Origin::Config,
                 last_seen: None,
+                payload: Arc::clone(p.payload.bytes()),
             });
             entry.origin = Origin::Config;
+            entry.payload = Arc::clone(p.payload.bytes());
             if !p.name.is_empty() {
                 entry.name = p.name.clone();
             }
@@ -79,24 +101,14 @@ impl WatchList {
             }
         }
         if config.discover.enabled {
-            for &port in by_port.keys() {
-                if !ephemeral.contains(&port) && !self.ports.contains_key(&port) {
-                    self.ports.insert(
-                        port,
-                        WatchedPort {
-                            port,
-                            name: String::new(),
-                            expect: Expect::Auto,
-                            policy: Expect::Auto,
-                            origin: Origin::Discovered,
-                            last_seen: None,
-                        },
-                    );
+            for &key in by_port.keys() {
+                if !ephemeral.contains(&key.port) && !self.ports.contains_key(&key) {
+                    self.ports.insert(key, discovered(key));
                 }
             }
         }
         for w in self.ports.values_mut() {
-            if let Some(ls) = by_port.get(&w.port) {
+            if let Some(ls) = by_port.get(&w.key) {
                 w.last_seen = Some(now);
                 if w.name.is_empty()
                     && let Some(owner) = ls.iter().find_map(|l| l.owner.as_ref())
@@ -115,6 +127,19 @@ impl WatchList {
                     && w.last_seen
                         .is_some_and(|seen| now.duration_since(seen) <= forget_after))
         });
+    }
+}
+
+/// A port first seen listening: policy `auto`, named after its owner later.
+fn discovered(key: PortKey) -> WatchedPort {
+    WatchedPort {
+        key,
+        name: String::new(),
+        expect: Expect::Auto,
+        policy: Expect::Auto,
+        origin: Origin::Discovered,
+        last_seen: None,
+        payload: Arc::from(Vec::new()),
     }
 }
 
@@ -179,7 +204,7 @@ mod tests {
         w.update(&config, &ls, &EPHEMERAL, false, Instant::now());
         let ports: Vec<_> = w
             .ports()
-            .map(|p| (p.port, p.name.as_str(), p.expect))
+            .map(|p| (p.key.port, p.name.as_str(), p.expect))
             .collect();
         assert_eq!(
             ports,
@@ -201,7 +226,7 @@ mod tests {
             true,
             Instant::now(),
         );
-        assert_eq!(w.get(443).unwrap().expect, Expect::Public);
+        assert_eq!(w.get(PortKey::tcp(443)).unwrap().expect, Expect::Public);
     }
 
     #[test]
@@ -223,7 +248,10 @@ mod tests {
             false,
             t0 + Duration::from_secs(60),
         );
-        assert!(w.get(8080).is_some(), "still watched after a minute");
+        assert!(
+            w.get(PortKey::tcp(8080)).is_some(),
+            "still watched after a minute"
+        );
         w.update(
             &config,
             &[],
@@ -231,7 +259,10 @@ mod tests {
             false,
             t0 + Duration::from_secs(3601),
         );
-        assert!(w.get(8080).is_none(), "forgotten after forget_after");
+        assert!(
+            w.get(PortKey::tcp(8080)).is_none(),
+            "forgotten after forget_after"
+        );
     }
 
     #[test]
@@ -239,9 +270,8 @@ mod tests {
         let mut config = Config::default();
         config.discover.enabled = false;
         config.ports.push(PortConfig {
-            port: 40001,
             name: "api".into(),
-            expect: Expect::Local,
+            ..PortConfig::tcp(40001, Expect::Local)
         });
         let mut w = WatchList::default();
         let ls = [
@@ -249,12 +279,12 @@ mod tests {
             listener("0.0.0.0", 22, None),
         ];
         w.update(&config, &ls, &EPHEMERAL, false, Instant::now());
-        let p = w.get(40001).unwrap();
+        let p = w.get(PortKey::tcp(40001)).unwrap();
         assert_eq!(
             (p.name.as_str(), p.expect, p.origin),
             ("api", Expect::Local, Origin::Config)
         );
-        assert!(w.get(22).is_none(), "discovery off");
+        assert!(w.get(PortKey::tcp(22)).is_none(), "discovery off");
         w.update(
             &config,
             &[],
@@ -263,7 +293,7 @@ mod tests {
             Instant::now() + Duration::from_secs(7200),
         );
         assert!(
-            w.get(40001).is_some(),
+            w.get(PortKey::tcp(40001)).is_some(),
             "configured ports are never forgotten"
         );
     }
@@ -272,17 +302,16 @@ mod tests {
     fn a_reload_to_auto_resolves_again() {
         let mut config = Config::default();
         config.ports.push(PortConfig {
-            port: 8080,
             name: String::new(),
-            expect: Expect::Public,
+            ..PortConfig::tcp(8080, Expect::Public)
         });
         let mut w = WatchList::default();
         let ls = [listener("127.0.0.1", 8080, None)];
         w.update(&config, &ls, &EPHEMERAL, false, Instant::now());
-        assert_eq!(w.get(8080).unwrap().expect, Expect::Public);
+        assert_eq!(w.get(PortKey::tcp(8080)).unwrap().expect, Expect::Public);
         config.ports[0].expect = Expect::Auto;
         w.update(&config, &ls, &EPHEMERAL, false, Instant::now());
-        assert_eq!(w.get(8080).unwrap().expect, Expect::Local);
+        assert_eq!(w.get(PortKey::tcp(8080)).unwrap().expect, Expect::Local);
     }
 
     #[test]

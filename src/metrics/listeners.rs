@@ -1,11 +1,13 @@
 //! The per-listener families: bind address, scope and owner of each
-//! listening socket of a watched port, and its accept queue.
+//! listening (TCP) or bound (UDP) socket of a watched port, and the accept
+//! queue of each TCP one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::labels::{Labels, ListenerLabels, PortLabels};
 use super::text::Family;
+use crate::config::Protocol;
 use crate::snapshot::PortStatus;
 
 const INFO: Family = Family {
@@ -32,8 +34,9 @@ struct Series<'a> {
     scope: &'static str,
     /// The owning processes' names (empty where not visible), each once.
     processes: BTreeSet<&'a str>,
-    /// The fullest socket's accept queue and its limit.
-    length: u32,
+    /// The fullest socket's accept queue and its limit; `None` for UDP,
+    /// which has no accept queue.
+    length: Option<u32>,
     limit: Option<u32>,
 }
 
@@ -56,14 +59,14 @@ fn series<'a>(p: &'a PortStatus, port: PortLabels<'a>) -> impl Iterator<Item = S
             address: l.address.to_string(),
             scope: l.scope().as_str(),
             processes: BTreeSet::new(),
-            length: l.accept_queue_length,
+            length: (l.protocol == Protocol::Tcp).then_some(l.accept_queue_length),
             limit: l.accept_queue_limit,
         });
         series
             .processes
             .insert(l.owner.as_ref().map_or("", |o| o.name.as_str()));
-        if l.accept_queue_length > series.length {
-            series.length = l.accept_queue_length;
+        if series.length.is_some_and(|n| l.accept_queue_length > n) {
+            series.length = Some(l.accept_queue_length);
             series.limit = l.accept_queue_limit;
         }
     }
@@ -84,9 +87,15 @@ pub(super) fn write(out: &mut String, ports: &[(&PortStatus, PortLabels<'_>)]) {
             INFO.sample(out, &labels, 1.0);
         }
     }
+    // The accept queue families are TCP-only.
+    if listeners.iter().all(|l| l.length.is_none()) {
+        return;
+    }
     QUEUE_LENGTH.header(out);
     for l in &listeners {
-        QUEUE_LENGTH.sample(out, &l.labels(), f64::from(l.length));
+        if let Some(length) = l.length {
+            QUEUE_LENGTH.sample(out, &l.labels(), f64::from(length));
+        }
     }
     if listeners.iter().all(|l| l.limit.is_none()) {
         return;

@@ -23,7 +23,7 @@ use prometheus::{
 };
 
 use crate::probe::{Outcome, ProbeResult};
-use crate::snapshot::{PROTOCOL, PortStatus, Snapshot};
+use crate::snapshot::{PortStatus, Snapshot};
 use labels::PortLabels;
 
 /// Cycle stages with a duration histogram and a completion timestamp.
@@ -252,7 +252,7 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
             let labels = PortLabels {
                 name: &p.name,
                 port,
-                protocol: PROTOCOL,
+                protocol: p.protocol.as_str(),
             };
             (p, labels)
         })

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Metrics, write_snapshot};
-use crate::config::Expect;
+use crate::config::{Expect, Protocol};
 use crate::diagnosis::{Cause, Diagnosis};
 use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::snapshot::Origin;
@@ -17,6 +17,7 @@ use crate::sockets::{Listener, Owner};
 fn port(port: u16, name: &str, expect: Expect, origin: Origin, cause: Cause) -> PortStatus {
     PortStatus {
         port,
+        protocol: Protocol::Tcp,
         name: name.to_string(),
         expect,
         origin,
@@ -66,6 +67,7 @@ fn probed(
     let target = Target {
         vantage,
         source: source.to_string(),
+        protocol: Protocol::Tcp,
         addr: addr.parse::<SocketAddr>().unwrap(),
     };
     let mut counts = OutcomeCounts::default();
@@ -203,10 +205,35 @@ fn admin() -> PortStatus {
     admin
 }
 
-/// The ports above, in port order, as the engine orders them.
+/// UDP, on loopback only (a stub resolver): no accept queue series.
+fn dns() -> PortStatus {
+    let cause = Cause::LoopbackOnly;
+    let mut dns = port(53, "dns", Expect::Public, Origin::Config, cause);
+    dns.protocol = Protocol::Udp;
+    dns.listeners = vec![Listener {
+        protocol: Protocol::Udp,
+        ..listener("127.0.0.53", 53, Some("systemd-resolve"), (0, None))
+    }];
+    let v4 = (Vantage::Loopback, "local", "127.0.0.1:53");
+    probed(
+        &mut dns,
+        v4,
+        (Outcome::Refused, 60),
+        &[(Outcome::Refused, 3)],
+    );
+    for r in &mut dns.probes {
+        r.target.protocol = Protocol::Udp;
+    }
+    for (t, _) in &mut dns.probe_counts {
+        t.protocol = Protocol::Udp;
+    }
+    dns
+}
+
+/// The ports above, TCP then UDP, in port order, as the engine orders them.
 fn golden_snapshot() -> Snapshot {
     Snapshot {
-        ports: vec![web(), api(), db(), app(), admin()],
+        ports: vec![web(), api(), db(), app(), admin(), dns()],
         generation: 1,
         sources: Sources {
             netlink: Some(true),

@@ -136,7 +136,9 @@ impl At<'_> {
                 Field::Known(Datum::Num(p.l4proto.into()))
             }
             ("ip", _, false) | ("ip6", _, true) => Field::Absent,
-            ("tcp" | "th", "dport", _) if p.l4proto == super::packet::TCP || protocol == "th" => {
+            ("tcp" | "udp" | "th", "dport", _)
+                if protocol == "th" || l4_number(protocol) == Some(p.l4proto.into()) =>
+            {
                 Field::Known(Datum::Num(p.dport.into()))
             }
             ("tcp" | "udp" | "th" | "sctp" | "dccp" | "udplite", _, _) => {

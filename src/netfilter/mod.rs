@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-pub use packet::Packet;
+pub use packet::{Packet, TCP, UDP};
 pub use read::Reader;
 pub use ruleset::{Family, Ruleset, Verdict};
 

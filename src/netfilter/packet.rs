@@ -53,6 +53,7 @@ pub struct Packet {
 }
 
 pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
 
 impl Packet {
     /// A probe from this host to one of its own addresses: it leaves

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::Peer;
 use super::wire::{BatchRequest, BatchResponse};
-use crate::probe::{ProbeResult, Target, Vantage};
+use crate::probe::{ProbeResult, Protocol, Target, Vantage};
 
 /// The largest answer accepted from a peer.
 const MAX_RESPONSE: usize = 16 << 20;
@@ -92,6 +92,7 @@ impl PeerClient {
                 target: Target {
                     vantage: Vantage::External,
                     source: peer.name.clone(),
+                    protocol: Protocol::Tcp,
                     addr,
                 },
                 outcome: r.attempt.outcome,

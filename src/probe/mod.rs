@@ -1,15 +1,20 @@
-//! Probes: one TCP connect attempt → [`ProbeResult`], and the scheduler that
-//! runs many under a concurrency limit. A failed probe is a result, not an error.
+//! Probes: one TCP connect attempt ([`tcp`]) or one UDP datagram and its
+//! answer ([`udp`]) → [`ProbeResult`], and the scheduler that runs many of
+//! both under one concurrency limit. A failed probe is a result, not an error.
 
 pub mod scheduler;
 pub mod tcp;
+pub mod udp;
+
+pub use crate::config::Protocol;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-/// What one connect attempt ended in.
+/// What one attempt ended in (for UDP: a reply is `Success`, ICMP
+/// port-unreachable `Refused`, silence `Timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -90,20 +95,29 @@ impl Vantage {
 /// The `source` of a probe made by this host.
 pub const LOCAL: &str = "local";
 
-/// One thing to probe.
+/// One thing to probe. The protocol is part of it: a TCP and a UDP result
+/// of the same `IP:PORT` are two targets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Target {
     pub vantage: Vantage,
     /// `local`, or the name of the peer that probed.
     pub source: String,
+    pub protocol: Protocol,
     pub addr: SocketAddr,
 }
 
 impl Target {
+    /// A TCP target probed by this host.
     pub fn local(vantage: Vantage, addr: SocketAddr) -> Target {
+        Target::new(vantage, Protocol::Tcp, addr)
+    }
+
+    /// A target of `protocol` probed by this host.
+    pub fn new(vantage: Vantage, protocol: Protocol, addr: SocketAddr) -> Target {
         Target {
             vantage,
             source: LOCAL.to_string(),
+            protocol,
             addr,
         }
     }

@@ -1,4 +1,4 @@
-//! Runs many probes at once under one concurrency limit.
+//! Runs many probes at once under one concurrency limit, TCP and UDP alike.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,9 +6,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{ProbeResult, Target, tcp};
+use super::{ProbeResult, Protocol, Target, tcp, udp};
 
-/// Shares one concurrency limit between every probe round of the process.
+/// Shares one concurrency limit between every probe round of the process,
+/// and between TCP and UDP probes.
 #[derive(Debug, Clone)]
 pub struct Prober {
     limit: Arc<Semaphore>,
@@ -22,15 +23,35 @@ impl Prober {
     }
 
     /// Probes every target, at most `concurrency` at a time across all rounds,
-    /// and returns the results in the order of `targets`.
+    /// and returns the results in the order of `targets`. A UDP target is
+    /// sent an empty datagram.
     pub async fn run(&self, targets: Vec<Target>, timeout: Duration) -> Vec<ProbeResult> {
+        let empty: Arc<[u8]> = Arc::from(Vec::new());
+        let with = targets
+            .into_iter()
+            .map(|t| (t, Arc::clone(&empty)))
+            .collect();
+        self.run_with(with, timeout).await
+    }
+
+    /// As [`Prober::run`], each UDP target sent its payload (TCP targets
+    /// ignore theirs).
+    pub async fn run_with(
+        &self,
+        targets: Vec<(Target, Arc<[u8]>)>,
+        timeout: Duration,
+    ) -> Vec<ProbeResult> {
         let mut tasks = JoinSet::new();
-        for (i, target) in targets.into_iter().enumerate() {
+        for (i, (target, payload)) in targets.into_iter().enumerate() {
             let limit = Arc::clone(&self.limit);
             tasks.spawn(async move {
                 // The semaphore is never closed, so acquire cannot fail.
                 let _permit = limit.acquire_owned().await.ok();
-                (i, tcp::connect(target, timeout).await)
+                let result = match target.protocol {
+                    Protocol::Tcp => tcp::connect(target, timeout).await,
+                    Protocol::Udp => udp::exchange(target, &payload, timeout).await,
+                };
+                (i, result)
             });
         }
         let mut results = Vec::with_capacity(tasks.len());
@@ -149,5 +170,53 @@ mod tests {
         );
         assert!(most <= 2, "{most} connects at once, with concurrency 2");
         assert_eq!(most, 2, "the probes were seen pending, two at a time");
+    }
+
+    /// Connected UDP sockets of this process whose peer is `port` on
+    /// loopback (state `01` of /proc/net/udp), counted by local address.
+    fn pending_udp(port: u16) -> usize {
+        let text = std::fs::read_to_string("/proc/net/udp").unwrap();
+        let remote = format!(":{port:04X}");
+        text.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 3 && f[2].ends_with(&remote) && f[3] == "01")
+            .map(|f| f[1].to_string())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// TCP and UDP probes share one limit: with concurrency 2, two silent UDP
+    /// probes hold both permits, and a TCP probe of a full accept queue
+    /// queued behind them never shows in SYN_SENT while they are pending.
+    /// Every UDP socket is gone once the round returns.
+    #[tokio::test]
+    async fn udp_and_tcp_share_the_limit_and_udp_leaves_no_socket() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let most = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut most = 0;
+                while !done.load(Ordering::Acquire) {
+                    most = most.max(pending_udp(addr.port()));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                most
+            })
+        };
+        let targets = vec![Target::new(Vantage::Loopback, Protocol::Udp, addr); 5];
+        let results = Prober::new(2)
+            .run(targets, Duration::from_millis(300))
+            .await;
+        done.store(true, Ordering::Release);
+        let most = most.join().unwrap();
+        assert!(
+            results.iter().all(|r| r.outcome == Outcome::Timeout),
+            "{results:?}"
+        );
+        assert_eq!(most, 2, "two UDP probes at a time, with concurrency 2");
+        assert_eq!(pending_udp(addr.port()), 0, "no socket left behind");
     }
 }

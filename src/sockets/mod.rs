@@ -1,6 +1,7 @@
-//! The listening-socket table: which TCP sockets are in LISTEN, on which
-//! address, with which accept queue, owned by which process; and the host's
-//! interface addresses.
+//! The listening-socket table: which TCP sockets are in LISTEN and which UDP
+//! sockets are bound (unconnected, with a local port), on which address, with
+//! which accept queue, owned by which process; and the host's interface
+//! addresses.
 //!
 //! The netlink `NETLINK_SOCK_DIAG` dump (state mask LISTEN only) is the
 //! primary source; `/proc/net/tcp{,6}` is the fallback when netlink is not
@@ -16,6 +17,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use serde::Serialize;
+
+use crate::config::Protocol;
 
 /// Address family of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -107,23 +110,24 @@ pub struct Owner {
     pub name: String,
 }
 
-/// One TCP socket in LISTEN state.
+/// One TCP socket in LISTEN state, or one bound, unconnected UDP socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub address: IpAddr,
     pub port: u16,
+    pub protocol: Protocol,
     pub family: Family,
     /// `IPV6_V6ONLY` of an IPv6 socket, where the source tells it (netlink
     /// does, /proc/net/tcp6 does not). `None` for IPv4 sockets. The kernel
     /// makes a socket bound to a specific, non-IPv4-mapped IPv6 address
     /// v6-only whatever the socket option said.
     pub v6only: Option<bool>,
-    /// Connections waiting in the accept queue.
+    /// Connections waiting in the accept queue (0 for UDP).
     pub accept_queue_length: u32,
     /// The accept queue's limit: the listen backlog, capped at
     /// `net.core.somaxconn`. The kernel drops new connections only once the
     /// length exceeds it (a full queue holds limit + 1). `None` where the
-    /// source cannot tell (the /proc fallback).
+    /// source cannot tell (the /proc fallback), and for UDP.
     pub accept_queue_limit: Option<u32>,
     /// Socket inode, to find the owning process.
     pub inode: u64,
@@ -132,18 +136,27 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// A listener on `address:port` with nothing else known (no queue, no
-    /// owner, inode 0); the sources and tests fill in the rest.
+    /// A TCP listener on `address:port` with nothing else known (no queue,
+    /// no owner, inode 0); the sources and tests fill in the rest.
     pub fn on(address: IpAddr, port: u16) -> Listener {
         Listener {
             address,
             port,
+            protocol: Protocol::Tcp,
             family: Family::of(address),
             v6only: None,
             accept_queue_length: 0,
             accept_queue_limit: None,
             inode: 0,
             owner: None,
+        }
+    }
+
+    /// A bound UDP socket on `address:port`, as [`Listener::on`].
+    pub fn udp(address: IpAddr, port: u16) -> Listener {
+        Listener {
+            protocol: Protocol::Udp,
+            ..Listener::on(address, port)
         }
     }
 
@@ -178,15 +191,22 @@ pub enum Error {
     },
 }
 
-/// Reads the LISTEN TCP sockets of this network namespace, IPv4 and IPv6:
-/// netlink first, `/proc/net/tcp{,6}` under `proc_root` when netlink fails.
-/// Owners are not filled in; see [`process::Owners`].
+/// Reads the LISTEN TCP sockets and the bound UDP sockets of this network
+/// namespace, IPv4 and IPv6: netlink first, `/proc/net/{tcp,udp}{,6}` under
+/// `proc_root` when netlink fails (for either protocol: one source for the
+/// whole table). Owners are not filled in; see [`process::Owners`].
 pub fn scan_listeners(proc_root: &Path) -> Result<(Vec<Listener>, Source), Error> {
-    match netlink::dump_listeners() {
+    let netlink = netlink::dump_listeners().and_then(|mut tcp| {
+        tcp.extend(netlink::dump_udp_sockets()?);
+        Ok(tcp)
+    });
+    match netlink {
         Ok(listeners) => Ok((listeners, Source::Netlink)),
         Err(err) => {
-            tracing::debug!(error = %err, "netlink unavailable, reading /proc/net/tcp");
-            procfs::read_listeners(proc_root).map(|l| (l, Source::Procfs))
+            tracing::debug!(error = %err, "netlink unavailable, reading /proc/net/tcp and udp");
+            let mut listeners = procfs::read_listeners(proc_root)?;
+            listeners.extend(procfs::read_udp_sockets(proc_root)?);
+            Ok((listeners, Source::Procfs))
         }
     }
 }

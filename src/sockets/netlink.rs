@@ -4,6 +4,11 @@
 //! only its listening hash table and never the established sockets: the cost
 //! of a dump does not grow with the number of connections.
 //!
+//! Bound UDP sockets come from the same interface: an unconnected UDP socket
+//! is in `TCP_CLOSE`, a connected one (a client) in `TCP_ESTABLISHED`, so the
+//! UDP request's mask is `1 << TCP_CLOSE`, and rows without a local port
+//! are dropped.
+//!
 //! [`dump_listeners`] does the I/O; [`parse_messages`] turns the bytes of one
 //! received datagram into [`Listener`]s and is what the tests feed.
 
@@ -15,12 +20,13 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     SockDiagMessage,
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_LISTEN},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, TCP_CLOSE, TCP_LISTEN},
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 use super::{Error, Family, Listener};
+use crate::config::Protocol;
 
 /// Receive buffer size. The kernel sizes dump datagrams to at most 32 KiB
 /// (or the largest buffer seen in `recvmsg`, capped at 32 KiB).
@@ -48,21 +54,27 @@ pub struct Parsed {
 /// Dumps every TCP socket in LISTEN state of this network namespace, IPv4
 /// then IPv6. `owner` is left `None`.
 pub fn dump_listeners() -> Result<Vec<Listener>, Error> {
-    let (listeners, skipped) = dump()?;
+    let (listeners, skipped) = dump(Protocol::Tcp)?;
     if skipped > 0 {
         tracing::debug!(skipped, "sock_diag dump returned rows not in LISTEN");
     }
     Ok(listeners)
 }
 
-/// The listeners, and how many other rows the kernel sent.
-fn dump() -> Result<(Vec<Listener>, usize), Error> {
+/// Dumps every bound, unconnected UDP socket with a local port of this
+/// network namespace, IPv4 then IPv6. `owner` is left `None`.
+pub fn dump_udp_sockets() -> Result<Vec<Listener>, Error> {
+    dump(Protocol::Udp).map(|(sockets, _)| sockets)
+}
+
+/// The sockets of `protocol`, and how many other rows the kernel sent.
+fn dump(protocol: Protocol) -> Result<(Vec<Listener>, usize), Error> {
     let socket = open()?;
     let mut buf = Vec::with_capacity(RECV_BUF_LEN);
     let mut listeners = Vec::new();
     let mut skipped = 0;
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
-        send_request(&socket, seq, family)?;
+        send_request(&socket, seq, family, protocol)?;
         loop {
             buf.clear();
             let len = socket
@@ -74,7 +86,7 @@ fn dump() -> Result<(Vec<Listener>, usize), Error> {
                     buf.len()
                 )));
             }
-            let parsed = parse_messages(&buf)?;
+            let parsed = parse_messages(&buf, protocol)?;
             listeners.extend(parsed.listeners);
             skipped += parsed.skipped;
             if parsed.done {
@@ -98,10 +110,11 @@ fn open() -> Result<Socket, Error> {
     Ok(socket)
 }
 
-/// Sends one inet dump request: TCP, LISTEN only, no extensions (the kernel
-/// sends `INET_DIAG_SKV6ONLY` for AF_INET6 LISTEN sockets unasked).
-fn send_request(socket: &Socket, seq: u32, family: u8) -> Result<(), Error> {
-    let packet = request(seq, family);
+/// Sends one inet dump request: TCP LISTEN only (or UDP unconnected only),
+/// no extensions (the kernel sends `INET_DIAG_SKV6ONLY` for AF_INET6
+/// sockets unasked).
+fn send_request(socket: &Socket, seq: u32, family: u8, protocol: Protocol) -> Result<(), Error> {
+    let packet = request(seq, family, protocol);
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf);
     let sent = socket
@@ -116,8 +129,8 @@ fn send_request(socket: &Socket, seq: u32, family: u8) -> Result<(), Error> {
     Ok(())
 }
 
-/// The dump request for one address family.
-fn request(seq: u32, family: u8) -> NetlinkMessage<SockDiagMessage> {
+/// The dump request for one address family and protocol.
+fn request(seq: u32, family: u8, protocol: Protocol) -> NetlinkMessage<SockDiagMessage> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = seq;
@@ -130,9 +143,15 @@ fn request(seq: u32, family: u8) -> NetlinkMessage<SockDiagMessage> {
         header,
         SockDiagMessage::InetRequest(InetRequest {
             family,
-            protocol: IPPROTO_TCP,
+            protocol: match protocol {
+                Protocol::Tcp => IPPROTO_TCP,
+                Protocol::Udp => IPPROTO_UDP,
+            },
             extensions: ExtensionFlags::empty(),
-            states: StateFlags::LISTEN,
+            states: match protocol {
+                Protocol::Tcp => StateFlags::LISTEN,
+                Protocol::Udp => StateFlags::CLOSE,
+            },
             socket_id,
         })
         .into(),
@@ -141,11 +160,12 @@ fn request(seq: u32, family: u8) -> NetlinkMessage<SockDiagMessage> {
     packet
 }
 
-/// Parses the netlink messages in one received datagram.
+/// Parses the netlink messages in one received datagram of a dump of
+/// `protocol`.
 ///
-/// Rows in a state other than LISTEN are skipped. `NLMSG_ERROR` with a
+/// Rows in a state other than LISTEN (TCP) or unconnected (UDP) are skipped. `NLMSG_ERROR` with a
 /// non-zero code is an error; so are bytes that do not parse.
-pub fn parse_messages(buf: &[u8]) -> Result<Parsed, Error> {
+pub fn parse_messages(buf: &[u8], protocol: Protocol) -> Result<Parsed, Error> {
     let mut parsed = Parsed::default();
     let mut offset = 0;
     while offset < buf.len() {
@@ -154,7 +174,7 @@ pub fn parse_messages(buf: &[u8]) -> Result<Parsed, Error> {
         let len = message.header.length as usize;
         match message.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                match listener(&response) {
+                match listener(&response, protocol) {
                     Some(listener) => parsed.listeners.push(listener),
                     None => parsed.skipped += 1,
                 }
@@ -179,10 +199,18 @@ pub fn parse_messages(buf: &[u8]) -> Result<Parsed, Error> {
 }
 
 /// The listener described by one inet_diag row, `None` if the row is not a
-/// TCP LISTEN socket of AF_INET or AF_INET6.
-fn listener(response: &InetResponse) -> Option<Listener> {
+/// TCP LISTEN socket (or, for UDP, an unconnected socket with a local port)
+/// of AF_INET or AF_INET6.
+fn listener(response: &InetResponse, protocol: Protocol) -> Option<Listener> {
     let header = &response.header;
-    if header.state != TCP_LISTEN {
+    let id = &header.socket_id;
+    let wanted = match protocol {
+        Protocol::Tcp => header.state == TCP_LISTEN,
+        Protocol::Udp => {
+            header.state == TCP_CLOSE && id.source_port != 0 && id.destination_port == 0
+        }
+    };
+    if !wanted {
         return None;
     }
     let family = match (header.family, header.socket_id.source_address) {
@@ -197,13 +225,19 @@ fn listener(response: &InetResponse) -> Option<Listener> {
             _ => None,
         }),
     };
+    // A UDP socket has no accept queue (its recv_queue counts bytes).
+    let (accept_queue_length, accept_queue_limit) = match protocol {
+        Protocol::Tcp => (header.recv_queue, Some(header.send_queue)),
+        Protocol::Udp => (0, None),
+    };
     Some(Listener {
-        address: header.socket_id.source_address,
-        port: header.socket_id.source_port,
+        address: id.source_address,
+        port: id.source_port,
+        protocol,
         family,
         v6only,
-        accept_queue_length: header.recv_queue,
-        accept_queue_limit: Some(header.send_queue),
+        accept_queue_length,
+        accept_queue_limit,
         inode: u64::from(header.inode),
         owner: None,
     })
@@ -216,6 +250,7 @@ mod tests {
     use std::num::NonZeroI32;
 
     use netlink_packet_core::{DoneMessage, ErrorMessage};
+    use netlink_packet_sock_diag::constants::TCP_CLOSE;
     use netlink_packet_sock_diag::constants::TCP_ESTABLISHED;
     use netlink_packet_sock_diag::inet::InetResponseHeader;
 
@@ -287,13 +322,14 @@ mod tests {
             8080,
             vec![],
         ))]);
-        let parsed = parse_messages(&buf).unwrap();
+        let parsed = parse_messages(&buf, Protocol::Tcp).unwrap();
         assert!(!parsed.done);
         assert_eq!(
             parsed.listeners,
             vec![Listener {
                 address: "127.0.0.1".parse().unwrap(),
                 port: 8080,
+                protocol: Protocol::Tcp,
                 family: Family::Ipv4,
                 v6only: None,
                 accept_queue_length: 3,
@@ -337,7 +373,7 @@ mod tests {
             )),
             done(),
         ]);
-        let parsed = parse_messages(&buf).unwrap();
+        let parsed = parse_messages(&buf, Protocol::Tcp).unwrap();
         assert!(parsed.done);
         assert_eq!(parsed.skipped, 1, "the ESTABLISHED row");
         let got: Vec<_> = parsed
@@ -369,12 +405,15 @@ mod tests {
             22,
             vec![],
         ))]);
-        assert_eq!(parse_messages(&buf).unwrap().listeners[0].v6only, None);
+        assert_eq!(
+            parse_messages(&buf, Protocol::Tcp).unwrap().listeners[0].v6only,
+            None
+        );
     }
 
     #[test]
     fn done_alone() {
-        let parsed = parse_messages(&datagram(&[done()])).unwrap();
+        let parsed = parse_messages(&datagram(&[done()]), Protocol::Tcp).unwrap();
         assert_eq!(
             parsed,
             Parsed {
@@ -388,7 +427,7 @@ mod tests {
     #[test]
     fn error_message_is_an_error() {
         let buf = datagram(&[error(-libc::EPERM)]);
-        let err = parse_messages(&buf).unwrap_err();
+        let err = parse_messages(&buf, Protocol::Tcp).unwrap_err();
         assert_eq!(
             err.to_string(),
             "netlink sock_diag: kernel replied: Operation not permitted (os error 1)"
@@ -397,7 +436,7 @@ mod tests {
 
     #[test]
     fn ack_is_not_an_error() {
-        let parsed = parse_messages(&datagram(&[error(0), done()])).unwrap();
+        let parsed = parse_messages(&datagram(&[error(0), done()]), Protocol::Tcp).unwrap();
         assert!(parsed.done);
     }
 
@@ -410,7 +449,7 @@ mod tests {
             80,
             vec![],
         ))]);
-        let err = parse_messages(&buf[..buf.len() - 10]).unwrap_err();
+        let err = parse_messages(&buf[..buf.len() - 10], Protocol::Tcp).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("netlink sock_diag: malformed reply at byte 0:"),
@@ -422,7 +461,7 @@ mod tests {
     fn zero_length_header_is_an_error_not_a_hang() {
         let mut buf = datagram(&[done()]);
         buf[..4].copy_from_slice(&0u32.to_ne_bytes());
-        assert!(parse_messages(&buf).is_err());
+        assert!(parse_messages(&buf, Protocol::Tcp).is_err());
     }
 
     #[test]
@@ -444,11 +483,11 @@ mod tests {
             )),
             done(),
         ]);
-        let full = parse_messages(&buf).unwrap();
+        let full = parse_messages(&buf, Protocol::Tcp).unwrap();
         assert!(full.done);
         assert_eq!(full.listeners.len(), 2);
         for end in 0..buf.len() {
-            if let Ok(parsed) = parse_messages(&buf[..end]) {
+            if let Ok(parsed) = parse_messages(&buf[..end], Protocol::Tcp) {
                 assert!(!parsed.done, "DONE seen in a prefix of {end} bytes");
                 assert_eq!(
                     parsed.listeners[..],
@@ -460,7 +499,7 @@ mod tests {
 
     #[test]
     fn request_asks_for_listen_only() {
-        let packet = request(7, AF_INET6);
+        let packet = request(7, AF_INET6, Protocol::Tcp);
         let mut buf = vec![0; packet.buffer_len()];
         packet.serialize(&mut buf);
         // nlmsghdr (16 bytes), then inet_diag_req_v2: family, protocol,
@@ -470,6 +509,115 @@ mod tests {
         assert_eq!(buf[18], 0, "no extensions");
         let states = u32::from_ne_bytes([buf[20], buf[21], buf[22], buf[23]]);
         assert_eq!(states, 1 << TCP_LISTEN);
+    }
+
+    #[test]
+    fn udp_rows_bound_and_unconnected_only() {
+        let mut connected = row(
+            AF_INET,
+            TCP_ESTABLISHED,
+            "10.77.0.1".parse().unwrap(),
+            5353,
+            vec![],
+        );
+        connected.header.socket_id.destination_port = 53;
+        let mut no_port = row(
+            AF_INET,
+            TCP_CLOSE,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            0,
+            vec![],
+        );
+        no_port.header.inode = 1;
+        let buf = datagram(&[
+            inet(row(
+                AF_INET,
+                TCP_CLOSE,
+                "127.0.0.53".parse().unwrap(),
+                53,
+                vec![],
+            )),
+            inet(connected),
+            inet(no_port),
+            inet(row(
+                AF_INET6,
+                TCP_CLOSE,
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                123,
+                vec![Nla::SkV6Only(true)],
+            )),
+            done(),
+        ]);
+        let parsed = parse_messages(&buf, Protocol::Udp).unwrap();
+        assert_eq!(
+            parsed.skipped, 2,
+            "the connected socket and the one without a port"
+        );
+        let got: Vec<_> = parsed
+            .listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.address.to_string(),
+                    l.port,
+                    l.protocol,
+                    l.v6only,
+                    l.accept_queue_limit,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.53".to_string(), 53, Protocol::Udp, None, None),
+                ("::".to_string(), 123, Protocol::Udp, Some(true), None),
+            ]
+        );
+        assert_eq!(
+            parse_messages(&buf, Protocol::Tcp).unwrap().listeners.len(),
+            0
+        );
+    }
+
+    #[test]
+    fn udp_request_asks_for_unconnected_sockets() {
+        let packet = request(3, AF_INET, Protocol::Udp);
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        assert_eq!(buf[17], IPPROTO_UDP);
+        let states = u32::from_ne_bytes([buf[20], buf[21], buf[22], buf[23]]);
+        assert_eq!(states, 1 << TCP_CLOSE);
+    }
+
+    /// Against the running kernel: a bound socket is listed, a connected
+    /// one (a client) is not, and an IPv6 socket says whether it is v6-only.
+    #[test]
+    fn dumps_real_bound_udp_sockets_and_not_clients() {
+        use std::net::UdpSocket;
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.connect(("127.0.0.1", port)).unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        let all = dump_udp_sockets().unwrap();
+        let on = |p: u16| -> Vec<&Listener> {
+            all.iter()
+                .filter(|l| l.port == p && l.address == IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .collect()
+        };
+        let ours = on(port);
+        assert_eq!(ours.len(), 1, "{ours:?}");
+        assert_eq!(ours[0].protocol, Protocol::Udp);
+        assert_ne!(ours[0].inode, 0);
+        assert!(on(client_port).is_empty(), "a connected socket is a client");
+        assert!(all.iter().all(|l| l.protocol == Protocol::Udp));
+        assert!(
+            dump_listeners()
+                .unwrap()
+                .iter()
+                .all(|l| l.protocol == Protocol::Tcp),
+            "the TCP dump has no UDP rows"
+        );
     }
 
     /// Against the running kernel.
@@ -504,7 +652,7 @@ mod tests {
         let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
         waiting.write_all(b"x").unwrap();
         let _accepted_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (all, skipped) = dump().unwrap();
+        let (all, skipped) = dump(Protocol::Tcp).unwrap();
         assert_eq!(skipped, 0, "the kernel must send LISTEN rows only");
         let during = ours(&all);
         assert_eq!(during.len(), 1, "connections must not add rows: {during:?}");

@@ -148,6 +148,7 @@ mod tests {
         Listener {
             address: "127.0.0.1".parse().unwrap(),
             port: 8080,
+            protocol: crate::config::Protocol::Tcp,
             family: Family::Ipv4,
             v6only: None,
             accept_queue_length: 0,

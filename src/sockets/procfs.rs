@@ -1,5 +1,6 @@
-//! LISTEN sockets from `/proc/net/tcp` and `/proc/net/tcp6`, the fallback
-//! when netlink is not available.
+//! LISTEN sockets from `/proc/net/tcp` and `/proc/net/tcp6`, and bound UDP
+//! sockets from `/proc/net/udp` and `/proc/net/udp6`: the fallback when
+//! netlink is not available.
 //!
 //! What this source cannot tell, compared with netlink:
 //! - the accept queue limit: for a LISTEN row the kernel prints the accept
@@ -16,34 +17,65 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use super::{Error, Family, Listener};
+use crate::config::Protocol;
 
 /// `TCP_LISTEN` as printed in the `st` column.
 const STATE_LISTEN: u8 = 0x0A;
+/// `TCP_CLOSE`: the state of an unconnected UDP socket (a connected one,
+/// a client, is `01`).
+const STATE_CLOSE: u8 = 0x07;
 
 /// Reads `<proc_root>/net/tcp` and `<proc_root>/net/tcp6`. A missing `tcp6`
 /// means IPv6 is disabled and is not an error.
 pub fn read_listeners(proc_root: &Path) -> Result<Vec<Listener>, Error> {
-    let mut listeners = read_file(&proc_root.join("net/tcp"), Family::Ipv4)?;
-    let tcp6 = proc_root.join("net/tcp6");
-    match read_file(&tcp6, Family::Ipv6) {
-        Ok(v6) => listeners.extend(v6),
-        Err(Error::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    let mut listeners = read_file(&proc_root.join("net/tcp"), Protocol::Tcp, Family::Ipv4)?;
+    listeners.extend(read_optional(
+        &proc_root.join("net/tcp6"),
+        Protocol::Tcp,
+        Family::Ipv6,
+    )?);
     Ok(listeners)
 }
 
-fn read_file(path: &Path, family: Family) -> Result<Vec<Listener>, Error> {
+/// Reads `<proc_root>/net/udp` and `<proc_root>/net/udp6`: the bound,
+/// unconnected UDP sockets. A missing file (IPv6 disabled, or a fixture
+/// root without UDP) is no sockets, not an error.
+pub fn read_udp_sockets(proc_root: &Path) -> Result<Vec<Listener>, Error> {
+    let mut sockets = read_optional(&proc_root.join("net/udp"), Protocol::Udp, Family::Ipv4)?;
+    sockets.extend(read_optional(
+        &proc_root.join("net/udp6"),
+        Protocol::Udp,
+        Family::Ipv6,
+    )?);
+    Ok(sockets)
+}
+
+fn read_optional(path: &Path, protocol: Protocol, family: Family) -> Result<Vec<Listener>, Error> {
+    match read_file(path, protocol, family) {
+        Err(Error::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
+fn read_file(path: &Path, protocol: Protocol, family: Family) -> Result<Vec<Listener>, Error> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: shown.clone(),
         source,
     })?;
-    parse_proc_net_tcp(&text, family, &shown)
+    parse_proc_net(&text, protocol, family, &shown)
+}
+
+/// [`parse_proc_net`] of `/proc/net/tcp{,6}`.
+pub fn parse_proc_net_tcp(text: &str, family: Family, path: &str) -> Result<Vec<Listener>, Error> {
+    parse_proc_net(text, Protocol::Tcp, family, path)
 }
 
 /// Parses the text of `/proc/net/tcp` (`family` IPv4) or `/proc/net/tcp6`
-/// (IPv6) and returns its LISTEN rows. `path` names the file in errors;
+/// (IPv6) and returns its LISTEN rows; for `/proc/net/udp{,6}` (the same
+/// columns), its unconnected rows with a local port. `path` names the file in errors;
 /// lines are counted from 1, the header line included.
 ///
 /// Addresses are printed by the kernel as 32-bit words in host byte order
@@ -53,7 +85,12 @@ fn read_file(path: &Path, family: Family) -> Result<Vec<Listener>, Error> {
 /// finds its place again by counting rows, so a socket can show twice when
 /// others come and go while it is read. A socket is one inode: the second
 /// row of an inode is dropped.
-pub fn parse_proc_net_tcp(text: &str, family: Family, path: &str) -> Result<Vec<Listener>, Error> {
+pub fn parse_proc_net(
+    text: &str,
+    protocol: Protocol,
+    family: Family,
+    path: &str,
+) -> Result<Vec<Listener>, Error> {
     let mut listeners: Vec<Listener> = Vec::new();
     let mut seen = HashSet::new();
     for (index, line) in text.lines().enumerate() {
@@ -61,7 +98,7 @@ pub fn parse_proc_net_tcp(text: &str, family: Family, path: &str) -> Result<Vec<
         if fields.is_empty() || (index == 0 && fields[0] == "sl") {
             continue;
         }
-        let row = parse_row(&fields, family).map_err(|reason| Error::Parse {
+        let row = parse_row(&fields, protocol, family).map_err(|reason| Error::Parse {
             path: path.to_string(),
             line: index + 1,
             reason,
@@ -72,8 +109,13 @@ pub fn parse_proc_net_tcp(text: &str, family: Family, path: &str) -> Result<Vec<
     Ok(listeners)
 }
 
-/// One data row: `Ok(None)` for a socket not in LISTEN.
-fn parse_row(fields: &[&str], family: Family) -> Result<Option<Listener>, String> {
+/// One data row: `Ok(None)` for a socket not in LISTEN (TCP), or connected
+/// or without a local port (UDP).
+fn parse_row(
+    fields: &[&str],
+    protocol: Protocol,
+    family: Family,
+) -> Result<Option<Listener>, String> {
     // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...
     if fields.len() < 10 {
         return Err(format!(
@@ -85,11 +127,18 @@ fn parse_row(fields: &[&str], family: Family) -> Result<Option<Listener>, String
         .ok()
         .filter(|_| fields[3].len() == 2)
         .ok_or_else(|| format!("bad state {:?}", fields[3]))?;
-    if state != STATE_LISTEN {
+    let wanted = match protocol {
+        Protocol::Tcp => STATE_LISTEN,
+        Protocol::Udp => STATE_CLOSE,
+    };
+    if state != wanted {
         return Ok(None);
     }
     let (address, port) = parse_endpoint(fields[1], family)
         .ok_or_else(|| format!("bad local address {:?}", fields[1]))?;
+    if protocol == Protocol::Udp && port == 0 {
+        return Ok(None);
+    }
     let accept_queue_length = fields[4]
         .split_once(':')
         .and_then(|(_tx, rx)| u32::from_str_radix(rx, 16).ok())
@@ -97,9 +146,14 @@ fn parse_row(fields: &[&str], family: Family) -> Result<Option<Listener>, String
     let inode = fields[9]
         .parse::<u64>()
         .map_err(|_| format!("bad inode {:?}", fields[9]))?;
+    let accept_queue_length = match protocol {
+        Protocol::Tcp => accept_queue_length,
+        Protocol::Udp => 0,
+    };
     Ok(Some(Listener {
         address,
         port,
+        protocol,
         family,
         v6only: None,
         accept_queue_length,
@@ -282,6 +336,58 @@ mod tests {
             ),
             r#"parsing f line 1: bad inode "-1""#
         );
+    }
+
+    #[test]
+    fn udp_lines_bound_and_unconnected_only() {
+        let text = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  123: 3500007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   991        0 20412 2 0000000000000000 0
+  200: 0100007F:D431 0100007F:0035 01 00000000:00000000 00:00000000 00000000     0        0 20500 2 0000000000000000 0
+  201: 00000000:0000 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 20501 2 0000000000000000 0
+  300: 00000000:007B 00000000:0000 07 00000000:00000340 00:00000000 00000000     0        0 20600 2 0000000000000000 0
+";
+        let ls = parse_proc_net(text, Protocol::Udp, Family::Ipv4, "/proc/net/udp").unwrap();
+        assert_eq!(
+            endpoints(&ls),
+            vec![
+                ("127.0.0.53".into(), 53, 0, 20412),
+                ("0.0.0.0".into(), 123, 0, 20600)
+            ]
+        );
+        assert!(
+            ls.iter()
+                .all(|l| l.protocol == Protocol::Udp && l.accept_queue_limit.is_none())
+        );
+        assert!(
+            parse_proc_net_tcp(text, Family::Ipv4, "/proc/net/udp")
+                .unwrap()
+                .is_empty(),
+            "no row of udp is a TCP listener"
+        );
+    }
+
+    #[test]
+    fn real_proc_shows_a_bound_udp_socket() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut misses = 0;
+        loop {
+            let ls = read_udp_sockets(Path::new("/proc")).unwrap();
+            let ours: Vec<&Listener> = ls
+                .iter()
+                .filter(|l| l.port == port && l.address == IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .collect();
+            assert!(ours.len() <= 1, "one socket, one row: {ours:?}");
+            if let Some(l) = ours.first() {
+                assert_eq!(l.protocol, Protocol::Udp);
+                break;
+            }
+            misses += 1;
+            assert!(
+                misses < 100,
+                "{misses} reads of /proc/net/udp missed port {port}"
+            );
+        }
     }
 
     #[test]

@@ -36,9 +36,8 @@ pub fn config(ports: &[(u16, &str, Expect)]) -> Config {
     c.ports = ports
         .iter()
         .map(|&(port, name, expect)| PortConfig {
-            port,
             name: name.to_string(),
-            expect,
+            ..PortConfig::tcp(port, expect)
         })
         .collect();
     c
