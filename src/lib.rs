@@ -7,6 +7,7 @@ pub mod diagnosis;
 pub mod engine;
 pub mod metrics;
 pub mod peer;
+pub mod privileges;
 pub mod probe;
 pub mod snapshot;
 pub mod sockets;

@@ -95,6 +95,12 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_level.as_deref().unwrap_or(default_level));
+    if matches!(cli.command, Command::Serve { .. } | Command::Check { .. }) {
+        match portsight::privileges::raise() {
+            Ok(have) => portsight::privileges::report(&have),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
     match cli.command {
         Command::Config {
             command: ConfigCommand::Default,
