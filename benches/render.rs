@@ -12,22 +12,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use portsight::config::Expect;
 use portsight::diagnosis::{Cause, Diagnosis};
-use portsight::engine::watch::Origin;
 use portsight::metrics::Metrics;
 use portsight::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
+use portsight::snapshot::Origin;
 use portsight::snapshot::{PortStatus, Snapshot};
-use portsight::sockets::{Family, Listener, Owner};
+use portsight::sockets::{Listener, Owner};
 
 fn listener(address: &str, port: u16) -> Listener {
     let address: IpAddr = address.parse().unwrap();
     Listener {
-        address,
-        port,
-        family: if address.is_ipv4() {
-            Family::Ipv4
-        } else {
-            Family::Ipv6
-        },
         v6only: address.is_ipv6().then_some(true),
         accept_queue_length: 0,
         accept_queue_limit: Some(4096),
@@ -36,6 +29,7 @@ fn listener(address: &str, port: u16) -> Listener {
             pid: 1,
             name: "portsight-bench".into(),
         }),
+        ..Listener::on(address, port)
     }
 }
 

@@ -7,12 +7,28 @@ use serde::Serialize;
 
 use crate::config::Expect;
 use crate::diagnosis::Diagnosis;
-use crate::engine::watch::Origin;
 use crate::probe::{Attempt, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 
 /// The only protocol so far.
 pub const PROTOCOL: &str = "tcp";
+
+/// Where a watched port comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Config,
+    Discovered,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Discovered => "discovered",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -25,6 +41,38 @@ pub struct Snapshot {
     pub probed_at: Option<SystemTime>,
     /// Bumped for every new snapshot, so that renderings can be cached.
     pub generation: u64,
+    /// Which sources of evidence worked at their last use.
+    pub sources: Sources,
+}
+
+/// Whether each source of evidence worked at its last use (`None`: not
+/// used). A source that failed is said so (`portsight_source_up 0`), so that
+/// missing evidence is never mistaken for a healthy port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Sources {
+    /// The netlink `sock_diag` socket table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netlink: Option<bool>,
+    /// The `/proc/net/tcp` fallback, used only when netlink fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub procfs: Option<bool>,
+    /// Owners of sockets (`/proc/<pid>/fd`): false when permissions hid an
+    /// owner that was looked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owners: Option<bool>,
+}
+
+impl Sources {
+    /// Each source used, by its `source` label, in label order.
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, bool)> {
+        [
+            ("netlink", self.netlink),
+            ("owners", self.owners),
+            ("procfs", self.procfs),
+        ]
+        .into_iter()
+        .filter_map(|(name, up)| Some((name, up?)))
+    }
 }
 
 impl Snapshot {
@@ -66,6 +114,7 @@ pub struct Status<'a> {
     pub scanned_at: Option<String>,
     pub probed_at: Option<String>,
     pub ports: Vec<PortJson<'a>>,
+    pub sources: Sources,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +169,7 @@ impl Snapshot {
                 .filter(|p| only.is_none_or(|o| o.contains(&p.port)))
                 .map(PortStatus::json)
                 .collect(),
+            sources: self.sources,
         }
     }
 }

@@ -301,6 +301,16 @@ fn http_endpoints() {
     ] {
         assert!(!metric(&m, name).all().is_empty(), "{name} missing");
     }
+    // The test runs as root: netlink and owners work, the /proc fallback is unused.
+    let source = |name| {
+        metric(&m, "portsight_source_up")
+            .label("source", name)
+            .value()
+    };
+    assert_eq!(
+        (source("netlink"), source("owners"), source("procfs")),
+        (Some(1.0), Some(1.0), None)
+    );
     for stage in ["scan", "probe"] {
         assert!(
             metric(&m, "portsight_last_cycle_timestamp_seconds")

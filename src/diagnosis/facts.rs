@@ -131,12 +131,8 @@ pub fn covers(l: &Listener, target: IpAddr) -> bool {
     }
 }
 
-pub(super) fn family(a: IpAddr) -> Family {
-    if a.is_ipv4() {
-        Family::Ipv4
-    } else {
-        Family::Ipv6
-    }
+fn family(a: IpAddr) -> Family {
+    Family::of(a)
 }
 
 /// Whether a listener takes connections to `r`'s target. An external target

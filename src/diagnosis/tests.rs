@@ -1,4 +1,3 @@
-use super::facts::family;
 use super::*;
 use crate::probe::{Outcome, Target};
 use crate::sockets::Owner;
@@ -8,17 +7,14 @@ const PORT: u16 = 8080;
 fn l(addr: &str) -> Listener {
     let address: IpAddr = addr.parse().unwrap();
     Listener {
-        address,
-        port: PORT,
-        family: family(address),
         v6only: address.is_ipv6().then_some(!address.is_unspecified()),
-        accept_queue_length: 0,
         accept_queue_limit: Some(128),
         inode: 1,
         owner: Some(Owner {
             pid: 4242,
             name: "python3".into(),
         }),
+        ..Listener::on(address, PORT)
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::watch as channel;
 use crate::config::Config;
 use crate::peer::{Answers, OutsideView};
 use crate::probe::{Target, Vantage};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Sources};
 use crate::sockets::{self, Source, interfaces, process::Owners};
 
 pub use live::{Flags, Live, Loaded};
@@ -92,6 +92,12 @@ impl Engine {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(error = %e, "socket scan failed");
+                self.lock().scan_failed(Sources {
+                    netlink: Some(false),
+                    procfs: Some(false),
+                    owners: None,
+                });
+                self.publish(config);
                 return ScanReport {
                     failed: true,
                     ..ScanReport::default()
@@ -123,9 +129,15 @@ impl Engine {
         let read = tokio::task::spawn_blocking(move || {
             let result = sockets::scan_listeners(&proc_root).map(|(mut listeners, source)| {
                 owners.fill(&mut listeners);
+                let netlink = source == Source::Netlink;
                 Scan {
                     listeners,
                     source,
+                    sources: Sources {
+                        netlink: Some(netlink),
+                        procfs: (!netlink).then_some(true),
+                        owners: Some(owners.complete()),
+                    },
                     ephemeral: watch::ephemeral_range(&proc_root),
                 }
             });
@@ -136,13 +148,35 @@ impl Engine {
         let (result, owners) = read;
         *self.owners.lock().unwrap_or_else(|e| e.into_inner()) = Some(owners);
         let scan = result.map_err(|e| e.to_string())?;
-        self.note_source(scan.source);
+        self.note_sources(scan.source, &scan.sources);
         Ok(scan)
     }
 
-    fn note_source(&self, source: Source) {
-        if self.snapshot.borrow().source != Some(source) {
+    /// Logs where the socket table comes from, and each source that stops
+    /// or starts working, once per change.
+    fn note_sources(&self, source: Source, now: &Sources) {
+        let before = self.snapshot.borrow();
+        if before.source != Some(source) {
             tracing::info!(source = ?source, "reading listening sockets");
+        }
+        for (name, up) in now.each() {
+            let was = before
+                .sources
+                .each()
+                .find(|(n, _)| *n == name)
+                .map(|(_, u)| u);
+            match (was, up) {
+                (Some(true) | None, false) => {
+                    tracing::warn!(
+                        source = name,
+                        "source of evidence unavailable (portsight_source_up 0); see the README's privileges"
+                    )
+                }
+                (Some(false), true) => {
+                    tracing::info!(source = name, "source of evidence available again")
+                }
+                _ => {}
+            }
         }
     }
 

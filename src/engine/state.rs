@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 use crate::config::Config;
 use crate::diagnosis::{self, Failure, Input, Vantages};
 use crate::probe::{OutcomeCounts, ProbeResult, Target};
-use crate::snapshot::{PortStatus, Snapshot};
+use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Source};
 
 use super::watch::{WatchList, WatchedPort};
@@ -24,6 +24,8 @@ pub type Failures = HashMap<u16, Failure>;
 pub struct Scan {
     pub listeners: Vec<Listener>,
     pub source: Source,
+    /// Which sources worked in reading it.
+    pub sources: Sources,
     /// The kernel's ephemeral port range: ports there are not discovered.
     pub ephemeral: RangeInclusive<u16>,
 }
@@ -33,6 +35,7 @@ pub struct State {
     watch: WatchList,
     listeners: Vec<Listener>,
     source: Option<Source>,
+    sources: Sources,
     /// The latest result per target, per port.
     probes: BTreeMap<u16, HashMap<Target, ProbeResult>>,
     /// Attempts per target, per port, with the name the port had when they
@@ -84,8 +87,14 @@ impl State {
         self.failures.retain(|p, _| watched.contains(p));
         self.listeners = scan.listeners;
         self.source = Some(scan.source);
+        self.sources = scan.sources;
         self.scanned_at = Some(wall);
         changed
+    }
+
+    /// Records a scan that read nothing: every source it tried failed.
+    pub fn scan_failed(&mut self, sources: Sources) {
+        self.sources = sources;
     }
 
     /// The watched ports, or those of `only` that are watched.
@@ -183,6 +192,7 @@ impl State {
             scanned_at: self.scanned_at,
             probed_at: self.probed_at,
             generation: self.generation,
+            sources: self.sources,
         };
         (snapshot, failures)
     }
@@ -289,6 +299,7 @@ mod tests {
                 })
                 .collect(),
             source: Source::Netlink,
+            sources: Sources::default(),
             ephemeral: 32768..=60999,
         }
     }

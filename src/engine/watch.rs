@@ -6,27 +6,9 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::config::{Config, Expect};
+use crate::snapshot::Origin;
 use crate::sockets::{Listener, Scope};
-
-/// Where a watched port comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    Config,
-    Discovered,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Config => "config",
-            Origin::Discovered => "discovered",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchedPort {

@@ -21,6 +21,11 @@ pub(super) trait Labels {
     }
 }
 
+/// No labels: the base of a family with one label, `().with(name, value)`.
+impl Labels for () {
+    fn each(&self, _: &mut impl FnMut(&'static str, &str)) {}
+}
+
 /// A label set and one more label, put in its place among the others.
 #[derive(Clone, Copy)]
 pub(super) struct With<'v, L> {

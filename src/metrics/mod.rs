@@ -7,6 +7,7 @@ mod labels;
 mod listeners;
 mod ports;
 mod probes;
+mod sources;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -237,6 +238,7 @@ impl Metrics {
 /// The per-port families of `snapshot`, in the order scrapes have always
 /// seen them: the counters first, then ports, listeners and latest probes.
 fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
+    sources::write(out, &snapshot.sources);
     if snapshot.ports.is_empty() {
         return;
     }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Metrics, write_snapshot};
 use crate::config::Expect;
 use crate::diagnosis::{Cause, Diagnosis};
-use crate::engine::watch::Origin;
 use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
-use crate::snapshot::{PortStatus, Snapshot};
-use crate::sockets::{Family, Listener, Owner};
+use crate::snapshot::Origin;
+use crate::snapshot::{PortStatus, Snapshot, Sources};
+use crate::sockets::{Listener, Owner};
 
 fn port(port: u16, name: &str, expect: Expect, origin: Origin, cause: Cause) -> PortStatus {
     PortStatus {
@@ -42,13 +42,6 @@ fn listener(
 ) -> Listener {
     let address: std::net::IpAddr = address.parse().unwrap();
     Listener {
-        address,
-        port,
-        family: if address.is_ipv4() {
-            Family::Ipv4
-        } else {
-            Family::Ipv6
-        },
         v6only: address.is_ipv6().then_some(true),
         accept_queue_length: queue.0,
         accept_queue_limit: queue.1,
@@ -57,6 +50,7 @@ fn listener(
             pid: 4242,
             name: name.to_string(),
         }),
+        ..Listener::on(address, port)
     }
 }
 
@@ -170,6 +164,11 @@ fn golden_snapshot() -> Snapshot {
     Snapshot {
         ports: vec![web(), api(), db(), app()],
         generation: 1,
+        sources: Sources {
+            netlink: Some(true),
+            procfs: None,
+            owners: Some(false),
+        },
         ..Snapshot::default()
     }
 }

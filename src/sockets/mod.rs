@@ -25,6 +25,16 @@ pub enum Family {
     Ipv6,
 }
 
+impl Family {
+    pub fn of(address: IpAddr) -> Family {
+        if address.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+}
+
 /// Where a bind address reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -128,11 +138,7 @@ impl Listener {
         Listener {
             address,
             port,
-            family: if address.is_ipv4() {
-                Family::Ipv4
-            } else {
-                Family::Ipv6
-            },
+            family: Family::of(address),
             v6only: None,
             accept_queue_length: 0,
             accept_queue_limit: None,

@@ -33,6 +33,9 @@ pub struct Owners {
     proc_root: PathBuf,
     cache: HashMap<u64, Option<Owner>>,
     walks: u64,
+    /// False when the last walk missed an owner and permissions hid some
+    /// process's descriptors: the owners it did not find may exist.
+    complete: bool,
 }
 
 impl Owners {
@@ -41,6 +44,7 @@ impl Owners {
             proc_root,
             cache: HashMap::new(),
             walks: 0,
+            complete: true,
         }
     }
 
@@ -66,6 +70,12 @@ impl Owners {
         }
     }
 
+    /// Whether every owner looked for could be looked for: no permission
+    /// hid the descriptors of a process that may hold a missing one.
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
     /// How many times `/proc/*/fd` has been walked.
     pub fn walks(&self) -> u64 {
         self.walks
@@ -77,15 +87,22 @@ impl Owners {
         self.walks += 1;
         let mut found = HashMap::new();
         let Ok(entries) = fs::read_dir(&self.proc_root) else {
+            self.complete = false;
             return found;
         };
+        let mut denied = false;
         let mut pids: Vec<u32> = entries
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
         pids.sort_unstable();
         for pid in pids {
-            let Ok(fds) = fs::read_dir(self.proc_root.join(pid.to_string()).join("fd")) else {
-                continue;
+            let fds = match fs::read_dir(self.proc_root.join(pid.to_string()).join("fd")) {
+                Ok(fds) => fds,
+                Err(e) => {
+                    // A process that exited meanwhile hides nothing.
+                    denied |= e.kind() == std::io::ErrorKind::PermissionDenied;
+                    continue;
+                }
             };
             for fd in fds.flatten() {
                 let Ok(target) = fs::read_link(fd.path()) else {
@@ -102,6 +119,7 @@ impl Owners {
                 break;
             }
         }
+        self.complete = found.len() == wanted.len() || !denied;
         found
     }
 
