@@ -241,6 +241,10 @@ fn the_image_is_built_without_a_registry_and_runs_non_root_with_only_its_capabil
             Err(held.to_string())
         }
     });
+    assert_eq!(
+        served.status()["sources"],
+        serde_json::json!({"netlink": true, "owners": true})
+    );
     // portsight's own listener names its pid (the host's PID namespace).
     let own = listener(&served.status(), 10917);
     assert_eq!(own["process"], "portsight", "{own}");
@@ -262,7 +266,11 @@ fn the_image_is_built_without_a_registry_and_runs_non_root_with_only_its_capabil
     let served = serve(&storage, &host, &[]);
     support::wait_scans(|| served.scrape(), 2);
     let status = served.status();
-    assert_eq!(status["socket_source"], "netlink", "{status}");
+    assert_eq!(
+        status["sources"],
+        serde_json::json!({"netlink": true, "owners": false}),
+        "{status}"
+    );
     let held = listener(&status, 8080);
     assert_eq!(held["process"], Value::Null, "{held}");
     let port = status["ports"]
