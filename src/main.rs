@@ -95,12 +95,6 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_level.as_deref().unwrap_or(default_level));
-    if matches!(cli.command, Command::Serve { .. } | Command::Check { .. }) {
-        match portsight::privileges::raise() {
-            Ok(have) => portsight::privileges::report(&have),
-            Err(e) => tracing::warn!("{e}"),
-        }
-    }
     match cli.command {
         Command::Config {
             command: ConfigCommand::Default,
@@ -126,6 +120,7 @@ fn main() -> ExitCode {
                 eprintln!("portsight: port 0: must be 1 to 65535");
                 return ExitCode::from(2);
             }
+            raise_capabilities();
             match check(cfg, &ports, json, &peers, peer_token_file) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
@@ -158,6 +153,16 @@ fn main() -> ExitCode {
             };
             serve_command(config, flags)
         }
+    }
+}
+
+/// Makes the capabilities portsight was permitted effective (see
+/// `privileges`), and says which it has. Called once everything is loaded
+/// and before any thread starts: threads inherit the calling thread's set.
+fn raise_capabilities() {
+    match portsight::privileges::raise() {
+        Ok(have) => portsight::privileges::report(&have),
+        Err(e) => tracing::warn!("{e}"),
     }
 }
 
@@ -210,6 +215,7 @@ fn serve_command(file: Option<PathBuf>, flags: Flags) -> ExitCode {
         }
     };
     metrics.set_reload(true, std::time::SystemTime::now());
+    raise_capabilities();
     match serve(live, metrics, web_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
