@@ -72,6 +72,7 @@ fn port_status(port: u16) -> PortStatus {
             summary: String::new(),
             fix: String::new(),
             evidence: Vec::new(),
+            firewall: Vec::new(),
             failed: None,
         },
         probe_counts,

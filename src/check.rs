@@ -136,6 +136,13 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
     for (p, r) in ports.iter().zip(&rows) {
         line(&mut out, r, Some(p.diagnosis.cause));
         let _ = writeln!(out, "      {}", p.diagnosis.summary);
+        for r in &p.diagnosis.firewall {
+            let _ = write!(out, "      firewall: {r}");
+            if let Some(why) = &r.may_match {
+                let _ = write!(out, " — may match: {why}");
+            }
+            out.push('\n');
+        }
         if !p.diagnosis.fix.is_empty() {
             let _ = writeln!(out, "      fix: {}", p.diagnosis.fix);
         }

@@ -60,12 +60,16 @@ pub struct Sources {
     /// owner that was looked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owners: Option<bool>,
+    /// The nftables ruleset, read when a port fails from a local vantage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netfilter: Option<bool>,
 }
 
 impl Sources {
     /// Each source used, by its `source` label, in label order.
     pub fn each(&self) -> impl Iterator<Item = (&'static str, bool)> {
         [
+            ("netfilter", self.netfilter),
             ("netlink", self.netlink),
             ("owners", self.owners),
             ("procfs", self.procfs),

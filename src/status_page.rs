@@ -54,7 +54,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         let _ = write!(
             h,
             "<tr id=\"port-{port}\"><td>{port}</td><td>{name}</td><td>{expect}</td>\
-             <td class=\"cause {class}\">{cause}</td><td>{summary}<details><summary>evidence</summary><ul>",
+             <td class=\"cause {class}\">{cause}</td><td>{summary}",
             port = p.port,
             name = escape(&p.name),
             expect = p.expect,
@@ -62,6 +62,24 @@ pub fn render(snapshot: &Snapshot) -> String {
             cause = d.cause.as_str(),
             summary = escape(&d.summary),
         );
+        if !d.firewall.is_empty() {
+            h.push_str("<ul class=\"firewall\">");
+            for r in &d.firewall {
+                let maybe = r
+                    .may_match
+                    .as_ref()
+                    .map(|w| format!(" (may match: {w})"))
+                    .unwrap_or_default();
+                let _ = write!(
+                    h,
+                    "<li>firewall: <code>{}</code>{}</li>",
+                    escape(&r.to_string()),
+                    escape(&maybe)
+                );
+            }
+            h.push_str("</ul>");
+        }
+        h.push_str("<details><summary>evidence</summary><ul>");
         for line in &d.evidence {
             let _ = write!(h, "<li>{}</li>", escape(line));
         }

@@ -130,9 +130,17 @@ fn received(webhook: &Webhook, alertname: &str, status: &str) -> Vec<Value> {
 #[test]
 fn stopped_service_alerts_with_its_cause_and_every_panel_has_data() {
     needs!(prom::unavailable());
+    needs!(support::netns::nft_unavailable());
     let started = Instant::now();
     let t0 = SystemTime::now();
     let host = Host::new("alert");
+    // A second port, rejected by a rule of the host's firewall, so that
+    // the panels about firewall rules have data.
+    let _admin = support::listen("[::]:8081").v6only(false).bind_in(&host);
+    host.nft(
+        "table inet fw {\n chain input {\n  type filter hook input priority 0;\n  \
+         tcp dport 8081 reject comment \"block-admin\"\n }\n}\n",
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
 
@@ -150,6 +158,10 @@ enabled = false
 [[port]]
 port = 8080
 name = "web"
+expect = "public"
+[[port]]
+port = 8081
+name = "admin"
 expect = "public"
 "#,
     )
@@ -334,6 +346,9 @@ receivers:
         .alerts()
         .into_iter()
         .filter(|a| label(a, "alertname") != "PortsightPortNotListening")
+        .filter(|a| {
+            !(label(a, "alertname") == "PortsightPortRejected" && label(a, "port") == "8081")
+        })
         .collect();
     assert!(others.is_empty(), "no other alert: {others:#?}");
 

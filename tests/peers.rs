@@ -127,6 +127,21 @@ impl World {
         self.status()["ports"][0]["diagnosis"].clone()
     }
 
+    /// Waits for `ok` with the outside view measured: a round publishes its
+    /// local results before the peers answer, so `ok` alone may come first.
+    fn wait_ok_from_outside(&self) -> Value {
+        wait_for(Duration::from_secs(20), "ok, measured from outside", || {
+            let d = self.status()["ports"][0]["diagnosis"].clone();
+            let summary = d["summary"].as_str().unwrap_or_default().to_string();
+            if d["cause"] == "ok" && summary.contains("external 1/1 answered") {
+                Ok(())
+            } else {
+                Err(format!("{}: {summary}", d["cause"]))
+            }
+        });
+        self.status()["ports"][0]["diagnosis"].clone()
+    }
+
     /// `portsight check --json --peer … 8080` on the watched host, with a
     /// config that lists no peer.
     fn check(&self, expect: &str) -> (i32, Value) {
@@ -178,7 +193,7 @@ fn reachable_from_outside_is_ok() {
     let w = World::new("pok", "");
     let _l = w.listen_inside();
     let _p = w.serve_inside("public");
-    let d = w.wait_cause("ok");
+    let d = w.wait_ok_from_outside();
     assert_eq!(
         d["summary"],
         "reachable as expected (public): loopback 1/1 answered, interface 1/1 answered, external 1/1 answered"
@@ -237,7 +252,7 @@ fn peers_found_through_dns_are_asked_except_this_host() {
     let _p = w
         .inside
         .serve(&["--config", &cfg, "--web.listen-address", INSIDE_WEB]);
-    w.wait_cause("ok");
+    w.wait_ok_from_outside();
     let m = w.scrape_inside();
     assert_eq!(
         metric(&m, "portsight_peer_up")
@@ -271,8 +286,9 @@ fn dropped_from_outside_is_filtered() {
     let d = w.wait_cause("filtered");
     assert_eq!(
         d["summary"],
-        "10.77.0.1:8080 timed out from the external vantage while 127.0.0.1:8080 and 10.77.0.1:8080 answered: packets to port 8080 are dropped"
+        "10.77.0.1:8080 timed out from the external vantage while 127.0.0.1:8080 and 10.77.0.1:8080 answered: it was perhaps dropped by rule (inet portsight_test input, handle 2: ip saddr 10.77.0.2 tcp dport 8080 drop) (it may match: ip saddr of the packet is not known here)"
     );
+    assert_eq!(d["firewall"][0]["handle"], 2, "{d}");
     assert_eq!(
         external(&w.scrape_inside(), "portsight_probe_success"),
         Some(0.0)
@@ -281,6 +297,39 @@ fn dropped_from_outside_is_filtered() {
     assert_eq!(
         (code, port["diagnosis"]["cause"].as_str()),
         (1, Some("filtered"))
+    );
+}
+
+#[test]
+fn dropped_on_the_path_is_said_to_be_off_this_host() {
+    needs!(netns::nft_unavailable());
+    let w = World::new("ppa", "");
+    let _l = w.listen_inside();
+    // The block is between the hosts (here: the observer's own output),
+    // not in the watched host's firewall, which has a table with no rule
+    // for the port.
+    w.inside.nft(
+        "table inet portsight_test {\n chain input {\n  type filter hook input priority 0;\n  \
+         tcp dport 22 drop\n }\n}\n",
+    );
+    w.outside.nft(
+        "table inet portsight_test {\n chain output {\n  type filter hook output priority 0;\n  \
+         ip daddr 10.77.0.1 tcp dport 8080 drop\n }\n}\n",
+    );
+    let _p = w.serve_inside("public");
+    let d = w.wait_cause("filtered");
+    assert_eq!(
+        d["summary"],
+        "10.77.0.1:8080 timed out from the external vantage while 127.0.0.1:8080 and 10.77.0.1:8080 answered: it was dropped on the path, not on this host: no rule of this host's firewall matches the packet"
+    );
+    assert!(d["fix"].as_str().unwrap().contains("security group"), "{d}");
+    assert_eq!(d["firewall"], serde_json::json!([]));
+    let m = w.scrape_inside();
+    assert_eq!(
+        metric(&m, "portsight_source_up")
+            .label("source", "netfilter")
+            .value(),
+        Some(1.0)
     );
 }
 
@@ -296,7 +345,7 @@ fn rejected_from_outside_is_rejected() {
         d["summary"]
             .as_str()
             .unwrap()
-            .contains("yet it was refused from the external vantage"),
+            .contains("yet it was perhaps rejected by rule (inet portsight_test input, handle 2: ip saddr 10.77.0.2 tcp dport 8080 reject"),
         "{d}"
     );
     let (_, port) = w.check("public");
@@ -327,7 +376,7 @@ fn a_dead_peer_gives_no_evidence_and_no_false_cause() {
     let mut w = World::new("pdd", "");
     let _l = w.listen_inside();
     let _p = w.serve_inside("public");
-    w.wait_cause("ok");
+    w.wait_ok_from_outside();
     assert_eq!(
         external(&w.scrape_inside(), "portsight_probe_success"),
         Some(1.0)
@@ -360,7 +409,7 @@ fn peers_removed_by_a_reload_leave_no_evidence_behind() {
     let w = World::new("prm", "");
     let _l = w.listen_inside();
     let p = w.serve_inside("public");
-    w.wait_cause("ok");
+    w.wait_ok_from_outside();
     assert_eq!(
         external(&w.scrape_inside(), "portsight_probe_success"),
         Some(1.0)

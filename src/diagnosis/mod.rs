@@ -7,6 +7,7 @@
 //! applies; the phrasing lives apart ([`words`]).
 
 mod facts;
+mod firewall;
 mod rules;
 mod words;
 
@@ -17,10 +18,12 @@ use serde::Serialize;
 use strum::VariantArray;
 
 use crate::config::Expect;
+use crate::netfilter::NamedRule;
 use crate::probe::{ProbeResult, Vantage};
 use crate::sockets::Listener;
 
 pub use facts::covers;
+pub use firewall::Firewall;
 
 /// Why a port is (not) reachable. A closed set, in the order the rules
 /// evaluate it (DESIGN.md, "Diagnosis causes").
@@ -44,6 +47,7 @@ pub enum Cause {
     Forwarded,
     UnexpectedListener,
     AcceptQueueFull,
+    ConntrackFull,
     LoopbackOnly,
     BoundElsewhere,
     AddressFamilyMismatch,
@@ -87,6 +91,7 @@ impl Cause {
             self,
             Cause::NotListening
                 | Cause::AcceptQueueFull
+                | Cause::ConntrackFull
                 | Cause::LoopbackOnly
                 | Cause::BoundElsewhere
                 | Cause::AddressFamilyMismatch
@@ -143,6 +148,36 @@ pub struct Input<'a> {
     pub own_addresses: &'a [IpAddr],
     pub transient_window: Duration,
     pub now: SystemTime,
+    /// What the host firewall says about the failed probes; `None` when
+    /// it was not asked.
+    pub firewall: Option<&'a Firewall>,
+    /// The last growth of the kernel's accept-queue drops, within the
+    /// hold window.
+    pub queue_drops: Option<&'a QueueDrops>,
+    /// The connection-tracking table, when there is one.
+    pub conntrack: Option<&'a ConntrackView>,
+}
+
+/// The connection-tracking table as of the last scan, and the last growth
+/// of its drop counters within the hold window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConntrackView {
+    pub table: crate::kernel::Conntrack,
+    /// New connections dropped (drop, early_drop, insert_failed) between
+    /// two scans, and when that was seen.
+    pub grew: Option<(u64, SystemTime)>,
+}
+
+/// A growth of the kernel's accept-queue drops (TcpExt ListenOverflows)
+/// between two scans.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDrops {
+    pub dropped: u64,
+    /// The scan that saw it.
+    pub at: SystemTime,
+    /// The ports whose listeners were full or nearly so then; empty when
+    /// it cannot be told whose queue it was.
+    pub ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -154,6 +189,9 @@ pub struct Diagnosis {
     pub fix: String,
     /// One line per piece of evidence: listeners, each probe, vantages not measured.
     pub evidence: Vec<String>,
+    /// The firewall rules on the path that drop or reject the failed
+    /// probes (`rejected`, `filtered`, `unreachable`); empty otherwise.
+    pub firewall: Vec<NamedRule>,
     /// The vantage and target that showed a failure, for the failure history.
     #[serde(skip)]
     pub failed: Option<(Vantage, SocketAddr)>,
@@ -163,11 +201,20 @@ pub struct Diagnosis {
 pub fn diagnose(input: &Input) -> Diagnosis {
     let facts = facts::Facts::of(input);
     let (cause, verdict) = rules::first(input, &facts);
+    let blamed = match cause {
+        Cause::Rejected => facts.split.rejected.as_slice(),
+        Cause::Filtered => facts.split.filtered.as_slice(),
+        Cause::Unreachable => facts.split.unreachable.as_slice(),
+        _ => &[],
+    };
+    let mut evidence = words::evidence(input);
+    evidence.extend(firewall::evidence(input));
     Diagnosis {
         cause,
         summary: verdict.summary,
         fix: verdict.fix,
-        evidence: words::evidence(input),
+        evidence,
+        firewall: firewall::named(input, blamed),
         failed: verdict.failed,
     }
 }

@@ -11,9 +11,10 @@ use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::sockets::Scope;
 
 use super::facts::{Facts, other_family_wildcard};
+use super::firewall::blame;
 use super::words::{
     describe, failed_verb, listening_on, ok_summary, owner_or_port, owner_or_process, owners,
-    targets, vantage_names,
+    targets, vantage_names, when,
 };
 use super::{Cause, Input};
 
@@ -36,6 +37,7 @@ pub(super) const RULES: &[(Cause, Rule)] = &[
     (Cause::Forwarded, forwarded),
     (Cause::UnexpectedListener, unexpected_listener),
     (Cause::AcceptQueueFull, accept_queue_full),
+    (Cause::ConntrackFull, conntrack_full),
     (Cause::LoopbackOnly, loopback_only),
     (Cause::BoundElsewhere, bound_elsewhere),
     (Cause::AddressFamilyMismatch, address_family_mismatch),
@@ -119,16 +121,42 @@ fn unexpected_listener(input: &Input, facts: &Facts) -> Option<Verdict> {
     })
 }
 
-/// A listener's accept queue is at or past its limit.
+/// A listener's accept queue is at or past its limit, or overflowed
+/// between scans within the hold window (the kernel's counters grew while
+/// this port's queue was full or nearly so).
 fn accept_queue_full(input: &Input, facts: &Facts) -> Option<Verdict> {
-    let l = facts.full_queue?;
-    Some(Verdict {
-        summary: format!(
-            "the accept queue of {} holds {} connections, limit {}: new connections are dropped",
-            describe(l),
-            l.accept_queue_length,
-            l.accept_queue_limit.unwrap_or(0)
+    let held = input.queue_drops.filter(|q| q.ports.contains(&input.port));
+    let (l, summary) = match (facts.full_queue, held) {
+        (Some(l), _) => (
+            l,
+            format!(
+                "the accept queue of {} holds {} connections, limit {}: new connections are dropped",
+                describe(l),
+                l.accept_queue_length,
+                l.accept_queue_limit.unwrap_or(0)
+            ),
         ),
+        (None, Some(q)) => {
+            let l = input
+                .listeners
+                .iter()
+                .max_by_key(|l| l.accept_queue_length)?;
+            (
+                l,
+                format!(
+                    "the accept queue of {} overflowed: the kernel dropped {} connections to full accept queues {}; it holds {} of {} now",
+                    describe(l),
+                    q.dropped,
+                    when(q, input.now),
+                    l.accept_queue_length,
+                    l.accept_queue_limit.unwrap_or(0)
+                ),
+            )
+        }
+        (None, None) => return None,
+    };
+    Some(Verdict {
+        summary,
         fix: format!(
             "{} is not accepting connections fast enough: overloaded or hung; look at it (CPU, threads, strace), or raise its listen backlog",
             owner_or_process(l)
@@ -138,6 +166,58 @@ fn accept_queue_full(input: &Input, facts: &Facts) -> Option<Verdict> {
             .iter()
             .find(|r| r.outcome != Outcome::Success)
             .map(shown),
+    })
+}
+
+/// Probes time out and the connection-tracking table is full, or dropped
+/// new connections between scans.
+fn conntrack_full(input: &Input, facts: &Facts) -> Option<Verdict> {
+    let ct = input.conntrack?;
+    let timeouts: Vec<&ProbeResult> = facts
+        .failures
+        .iter()
+        .filter(|r| r.outcome == Outcome::Timeout)
+        .copied()
+        .collect();
+    let first = timeouts.first()?;
+    let t = &ct.table;
+    let mut summary = format!("{} timed out", targets(&timeouts));
+    if t.full() {
+        let _ = write!(
+            summary,
+            " and the connection-tracking table is full ({} of {} entries)",
+            t.count, t.max
+        );
+    } else {
+        let _ = write!(
+            summary,
+            " while the connection-tracking table dropped new connections ({} of {} entries now)",
+            t.count, t.max
+        );
+    }
+    match ct.grew {
+        Some((n, at)) => {
+            let q = super::QueueDrops {
+                dropped: n,
+                at,
+                ports: Vec::new(),
+            };
+            let _ = write!(
+                summary,
+                ": the kernel dropped {n} new connections {} (nf_conntrack drop, early_drop, insert_failed)",
+                when(&q, input.now)
+            );
+        }
+        None if !t.full() => return None,
+        None => summary.push_str(": new connections are dropped"),
+    }
+    Some(Verdict {
+        summary,
+        fix: format!(
+            "raise net.netfilter.nf_conntrack_max (now {}), shorten the conntrack timeouts (net.netfilter.nf_conntrack_tcp_timeout_*), or find the flood filling it (conntrack -S; conntrack -L)",
+            t.max
+        ),
+        failed: Some(shown(first)),
     })
 }
 
@@ -226,16 +306,32 @@ fn rejected(input: &Input, facts: &Facts) -> Option<Verdict> {
     let rejected = &facts.split.rejected;
     let first = rejected.first()?;
     let vantages = vantage_names(rejected);
+    let covers = format!(
+        "{} covers {}",
+        listening_on(input.listeners),
+        targets(rejected)
+    );
+    let (summary, fix) = match blame(input, rejected, "rejected") {
+        Some(b) => (
+            format!(
+                "{covers}, yet it was {} from the {vantages} vantage",
+                b.phrase
+            ),
+            b.fix,
+        ),
+        None => (
+            format!(
+                "{covers}, yet it was refused from the {vantages} vantage: a firewall rejects it"
+            ),
+            format!(
+                "look for REJECT rules for port {} on the path from the {vantages} vantage (nft list ruleset; iptables -S)",
+                input.port
+            ),
+        ),
+    };
     Some(Verdict {
-        summary: format!(
-            "{} covers {}, yet it was refused from the {vantages} vantage: a firewall rejects it",
-            listening_on(input.listeners),
-            targets(rejected)
-        ),
-        fix: format!(
-            "look for REJECT rules for port {} on the path from the {vantages} vantage (nft list ruleset; iptables -S)",
-            input.port
-        ),
+        summary,
+        fix,
         failed: Some(shown(first)),
     })
 }
@@ -256,15 +352,23 @@ fn filtered(input: &Input, facts: &Facts) -> Option<Verdict> {
     } else {
         format!(" while {} answered", targets(&nearer))
     };
+    let timed_out = format!(
+        "{} timed out from the {} vantage{nearer}",
+        targets(filtered),
+        vantage_names(filtered)
+    );
+    let (summary, fix) = match blame(input, filtered, "dropped") {
+        Some(b) => (format!("{timed_out}: it was {}", b.phrase), b.fix),
+        None => (
+            format!("{timed_out}: packets to port {port} are dropped"),
+            format!(
+                "a firewall drops port {port} on the way: the host firewall (nft list ruleset), a security group or a network ACL"
+            ),
+        ),
+    };
     Some(Verdict {
-        summary: format!(
-            "{} timed out from the {} vantage{nearer}: packets to port {port} are dropped",
-            targets(filtered),
-            vantage_names(filtered)
-        ),
-        fix: format!(
-            "a firewall drops port {port} on the way: the host firewall (nft list ruleset), a security group or a network ACL"
-        ),
+        summary,
+        fix,
         failed: Some(shown(first)),
     })
 }
@@ -284,13 +388,21 @@ fn unreachable(input: &Input, facts: &Facts) -> Option<Verdict> {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    Some(Verdict {
-        summary: format!(
-            "cannot reach port {} from the {} vantage ({errors})",
-            input.port,
-            vantage_names(unreachable)
+    let cannot = format!(
+        "cannot reach port {} from the {} vantage ({errors})",
+        input.port,
+        vantage_names(unreachable)
+    );
+    let (summary, fix) = match blame(input, unreachable, "stopped") {
+        Some(b) => (format!("{cannot}: it was {}", b.phrase), b.fix),
+        None => (
+            cannot,
+            "check routing to the address, and firewall rules that answer with ICMP admin-prohibited".into(),
         ),
-        fix: "check routing to the address, and firewall rules that answer with ICMP admin-prohibited".into(),
+    };
+    Some(Verdict {
+        summary,
+        fix,
         failed: Some(shown(first)),
     })
 }

@@ -74,6 +74,9 @@ fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagno
         own_addresses: &OWN,
         transient_window: Duration::from_secs(300),
         now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        firewall: None,
+        queue_drops: None,
+        conntrack: None,
     })
 }
 
@@ -177,6 +180,136 @@ fn accept_queue_full() {
         run(Expect::Public, &[full], &[]).cause,
         Cause::AcceptQueueFull
     );
+}
+
+fn with_drops(listeners: &[Listener], probes: &[ProbeResult], drops: &QueueDrops) -> Diagnosis {
+    diagnose(&Input {
+        port: PORT,
+        expect: Expect::Public,
+        listeners,
+        probes,
+        vantages: ALL_VANTAGES,
+        last_failure: None,
+        own_addresses: &OWN,
+        transient_window: Duration::from_secs(300),
+        now: drops.at + Duration::from_secs(4),
+        firewall: None,
+        queue_drops: Some(drops),
+        conntrack: None,
+    })
+}
+
+#[test]
+fn a_queue_that_overflowed_between_scans_is_full_for_a_while() {
+    let mut ls = l("0.0.0.0");
+    ls.accept_queue_length = 0;
+    let drops = QueueDrops {
+        dropped: 37,
+        at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        ports: vec![PORT],
+    };
+    let d = with_drops(
+        &[ls.clone()],
+        &probes(Success, Success, Timeout, Timeout),
+        &drops,
+    );
+    assert_eq!(d.cause, Cause::AcceptQueueFull);
+    assert_eq!(
+        d.summary,
+        "the accept queue of 0.0.0.0:8080 (python3, pid 4242) overflowed: the kernel dropped 37 connections to full accept queues 4s ago; it holds 0 of 128 now"
+    );
+    assert!(
+        d.evidence.contains(
+            &"the kernel dropped 37 connections to full accept queues 4s ago".to_string()
+        ),
+        "{:?}",
+        d.evidence
+    );
+    // Another port's queue: host evidence at most, never this port's cause.
+    let other = QueueDrops {
+        ports: vec![9999],
+        ..drops.clone()
+    };
+    let d = with_drops(
+        &[ls.clone()],
+        &probes(Success, Success, Success, Success),
+        &other,
+    );
+    assert_eq!(d.cause, Cause::Ok);
+    assert!(!d.evidence.iter().any(|e| e.contains("kernel dropped")));
+    let nobody = QueueDrops {
+        ports: vec![],
+        ..drops
+    };
+    let d = with_drops(&[ls], &probes(Success, Success, Success, Success), &nobody);
+    assert_eq!(d.cause, Cause::Ok);
+    assert!(d.evidence.contains(&"host: the kernel dropped 37 connections to full accept queues 4s ago, not attributable to one listener".to_string()), "{:?}", d.evidence);
+}
+
+fn with_conntrack(ct: &ConntrackView, probes: &[ProbeResult]) -> Diagnosis {
+    diagnose(&Input {
+        port: PORT,
+        expect: Expect::Public,
+        listeners: &[l("0.0.0.0"), l("::")],
+        probes,
+        vantages: ALL_VANTAGES,
+        last_failure: None,
+        own_addresses: &OWN,
+        transient_window: Duration::from_secs(300),
+        now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        firewall: None,
+        queue_drops: None,
+        conntrack: Some(ct),
+    })
+}
+
+#[test]
+fn a_full_conntrack_table_with_timeouts_is_conntrack_full() {
+    use crate::kernel::Conntrack;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc");
+    let table = crate::kernel::read_conntrack(&root).unwrap();
+    let full = ConntrackView { table, grew: None };
+    let timeouts = probes(Success, Success, Timeout, Timeout);
+    let d = with_conntrack(&full, &timeouts);
+    assert_eq!(d.cause, Cause::ConntrackFull);
+    assert_eq!(
+        d.summary,
+        "10.77.0.1:8080 and [fd77::1]:8080 timed out and the connection-tracking table is full (262144 of 262144 entries): new connections are dropped"
+    );
+    assert!(
+        d.fix
+            .starts_with("raise net.netfilter.nf_conntrack_max (now 262144)"),
+        "{}",
+        d.fix
+    );
+    // Not full, but its drop counters grew between scans.
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(999_990);
+    let grew = ConntrackView {
+        table: Conntrack {
+            count: 1000,
+            max: 262144,
+            dropped: 40,
+        },
+        grew: Some((12, at)),
+    };
+    let d = with_conntrack(&grew, &timeouts);
+    assert_eq!(d.cause, Cause::ConntrackFull);
+    assert!(d.summary.ends_with("the kernel dropped 12 new connections 10s ago (nf_conntrack drop, early_drop, insert_failed)"), "{}", d.summary);
+    // Refusals, not timeouts: a full table does not explain them.
+    assert_eq!(
+        with_conntrack(&full, &probes(Success, Success, Refused, Refused)).cause,
+        Cause::Rejected
+    );
+    // A table with room and no drops explains nothing.
+    let roomy = ConntrackView {
+        table: Conntrack {
+            count: 10,
+            max: 262144,
+            dropped: 40,
+        },
+        grew: None,
+    };
+    assert_eq!(with_conntrack(&roomy, &timeouts).cause, Cause::Filtered);
 }
 
 #[test]
@@ -371,6 +504,9 @@ fn transient_within_the_window_then_ok() {
         own_addresses: &OWN,
         transient_window: Duration::from_secs(300),
         now,
+        firewall: None,
+        queue_drops: None,
+        conntrack: None,
     };
     let d = diagnose(&input);
     assert_eq!(d.cause, Cause::Transient);
@@ -396,11 +532,12 @@ fn not_measured_is_never_assumed() {
 }
 
 /// DESIGN.md's table of causes, in its order (`conntrack_full` is not implemented yet).
-const DESIGN_ORDER: [&str; 13] = [
+const DESIGN_ORDER: [&str; 14] = [
     "not_listening",
     "forwarded",
     "unexpected_listener",
     "accept_queue_full",
+    "conntrack_full",
     "loopback_only",
     "bound_elsewhere",
     "address_family_mismatch",
@@ -476,6 +613,9 @@ fn a_closed_port_that_nothing_listens_on_is_ok_even_after_a_failure() {
         own_addresses: &OWN,
         transient_window: Duration::from_secs(300),
         now,
+        firewall: None,
+        queue_drops: None,
+        conntrack: None,
     });
     assert_eq!(d.cause, Cause::Ok);
     assert_eq!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::sockets::{Listener, Scope};
 
-use super::Input;
 use super::facts::{Want, want};
+use super::{Input, QueueDrops};
 
 /// `127.0.0.1:8080 (python3, pid 4242)`.
 pub(super) fn describe(l: &Listener) -> String {
@@ -124,6 +124,7 @@ pub(super) fn evidence(input: &Input) -> Vec<String> {
         lines.push(format!("no listener on port {}", input.port));
     }
     lines.extend(input.listeners.iter().map(listener_line));
+    lines.extend(queue_line(input));
     lines.extend(input.probes.iter().map(probe_line));
     for (v, configured) in input.vantages.each() {
         if !input.probes.iter().any(|r| r.target.vantage == v) {
@@ -137,6 +138,37 @@ pub(super) fn evidence(input: &Input) -> Vec<String> {
         }
     }
     lines
+}
+
+/// `since the last scan`, or `12s ago`.
+pub(super) fn when(q: &QueueDrops, now: std::time::SystemTime) -> String {
+    let ago = now.duration_since(q.at).unwrap_or_default();
+    if ago < Duration::from_secs(1) {
+        "since the last scan".into()
+    } else {
+        format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(ago.as_secs()))
+        )
+    }
+}
+
+/// The kernel's accept-queue drops: this port's, or the host's when they
+/// cannot be told to be any port's.
+fn queue_line(input: &Input) -> Option<String> {
+    let q = input.queue_drops?;
+    let what = format!(
+        "the kernel dropped {} connections to full accept queues {}",
+        q.dropped,
+        when(q, input.now)
+    );
+    if q.ports.contains(&input.port) {
+        Some(what)
+    } else if q.ports.is_empty() && !input.listeners.is_empty() {
+        Some(format!("host: {what}, not attributable to one listener"))
+    } else {
+        None
+    }
 }
 
 /// `listening on 0.0.0.0:8080 (python3, pid 4242), accept queue 0/128`.

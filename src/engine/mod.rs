@@ -16,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch as channel;
 
 use crate::config::Config;
+use crate::diagnosis::Firewall;
+use crate::netfilter::{self, Packet};
 use crate::peer::{Answers, OutsideView};
 use crate::probe::{Target, Vantage};
 use crate::snapshot::{Snapshot, Sources};
@@ -32,6 +34,8 @@ pub struct Engine {
     /// The owner cache, with the proc root it reads.
     owners: Mutex<Option<(PathBuf, Owners)>>,
     outside: OutsideView,
+    /// The ruleset, cached by its generation.
+    netfilter: Mutex<Option<netfilter::Reader>>,
     snapshot: channel::Sender<Arc<Snapshot>>,
 }
 
@@ -66,6 +70,7 @@ impl Engine {
             state: Mutex::new(State::default()),
             owners: Mutex::new(None),
             outside: OutsideView::default(),
+            netfilter: Mutex::new(Some(netfilter::Reader::default())),
             snapshot,
         }
     }
@@ -95,7 +100,7 @@ impl Engine {
                 self.lock().scan_failed(Sources {
                     netlink: Some(false),
                     procfs: Some(false),
-                    owners: None,
+                    ..Sources::default()
                 });
                 self.publish(config);
                 return ScanReport {
@@ -137,8 +142,13 @@ impl Engine {
                         netlink: Some(netlink),
                         procfs: (!netlink).then_some(true),
                         owners: Some(owners.complete()),
+                        netfilter: None,
                     },
                     ephemeral: watch::ephemeral_range(&proc_root),
+                    tcpext: crate::kernel::read_tcpext(&proc_root)
+                        .inspect_err(|e| tracing::debug!(error = %e, "no kernel counters"))
+                        .ok(),
+                    conntrack: crate::kernel::read_conntrack(&proc_root),
                 }
             });
             (result, (proc_root, owners))
@@ -215,6 +225,7 @@ impl Engine {
                 st.round_completed(SystemTime::now());
             }
         }
+        self.ask_firewall(&own).await;
         let took = started.elapsed();
         self.publish(config);
         ProbeReport {
@@ -251,8 +262,43 @@ impl Engine {
         self.lock().record(ports, results, |t| {
             t.vantage != Vantage::External || answered.contains(t) || answers.keeps(&t.source)
         });
+        self.ask_firewall(own).await;
         self.publish(config);
         Some(answers)
+    }
+
+    /// Names the firewall rules on the path of every failed probe: the
+    /// ruleset is read (or taken from the cache, while its generation
+    /// holds) only when something failed; else only whether it could be
+    /// read is checked, cheaply.
+    async fn ask_firewall(&self, own: &[IpAddr]) {
+        let failed = self.lock().failed_targets();
+        let Some(mut reader) = self
+            .netfilter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return; // another round is reading it
+        };
+        let own = own.to_vec();
+        let read = tokio::task::spawn_blocking(move || {
+            let found = if failed.is_empty() {
+                (None, netfilter::Reader::available().is_ok())
+            } else {
+                let (fw, up) = firewall_of(&mut reader, &failed, &own);
+                (Some(fw), up)
+            };
+            (found, reader)
+        })
+        .await;
+        let Ok(((firewall, up), reader)) = read else {
+            *self.netfilter.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(netfilter::Reader::default());
+            return;
+        };
+        *self.netfilter.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+        self.lock().set_firewall(firewall, Some(up));
     }
 
     /// Diagnoses the current state and swaps the snapshot in, under the
@@ -267,6 +313,40 @@ impl Engine {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The rules named for each failed target, and whether the ruleset
+/// could be read.
+fn firewall_of(
+    reader: &mut netfilter::Reader,
+    failed: &[(Vantage, SocketAddr)],
+    own: &[IpAddr],
+) -> (Firewall, bool) {
+    let rs = match reader.current() {
+        Ok(rs) => rs,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the nftables ruleset");
+            let fw = Firewall {
+                rules: Vec::new(),
+                error: Some(e.to_string()),
+            };
+            return (fw, false);
+        }
+    };
+    let rules = failed
+        .iter()
+        .map(|&(vantage, addr)| {
+            let packet = match vantage {
+                Vantage::External => {
+                    let local = own.contains(&addr.ip()).then_some(true);
+                    Packet::from_outside(addr.ip(), addr.port(), local)
+                }
+                _ => Packet::local(addr.ip(), addr.port()),
+            };
+            ((vantage, addr), netfilter::name(&rs, &packet))
+        })
+        .collect();
+    (Firewall { rules, error: None }, true)
 }
 
 /// This host's interface addresses (not loopback, not link-local), and

@@ -4,13 +4,15 @@
 //! and tests call it without threads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Config;
-use crate::diagnosis::{self, Failure, Input, Vantages};
-use crate::probe::{OutcomeCounts, ProbeResult, Target};
+use crate::diagnosis::{self, Failure, Firewall, Input, Vantages};
+use crate::diagnosis::{ConntrackView, QueueDrops};
+use crate::kernel::{Conntrack, TcpExt};
+use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Source};
 
@@ -28,6 +30,10 @@ pub struct Scan {
     pub sources: Sources,
     /// The kernel's ephemeral port range: ports there are not discovered.
     pub ephemeral: RangeInclusive<u16>,
+    /// The kernel's TcpExt counters, when they could be read.
+    pub tcpext: Option<TcpExt>,
+    /// The connection-tracking table, when there is one.
+    pub conntrack: Option<Conntrack>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +55,14 @@ pub struct State {
     failures: Failures,
     /// This host's interface addresses, as of the last probe round.
     own_addresses: Vec<IpAddr>,
+    /// What the host firewall says about the failed probes, as of the
+    /// last time it was asked; `None` when nothing failed.
+    firewall: Option<Firewall>,
+    /// The TcpExt counters of the last scan, and the last growth of the
+    /// accept-queue drops with the ports it is attributed to.
+    tcpext: Option<TcpExt>,
+    queue_drops: Option<QueueDrops>,
+    conntrack: Option<ConntrackView>,
     generation: u64,
 }
 
@@ -85,16 +99,81 @@ impl State {
         self.counts.retain(|p, _| watched.contains(p));
         self.changed_at.retain(|p, _| watched.contains(p));
         self.failures.retain(|p, _| watched.contains(p));
+        self.note_queue_drops(scan.tcpext, &scan.listeners, wall);
+        self.note_conntrack(scan.conntrack, wall);
         self.listeners = scan.listeners;
         self.source = Some(scan.source);
-        self.sources = scan.sources;
+        // The ruleset is read apart from the scan: keep what it said.
+        self.sources = Sources {
+            netfilter: self.sources.netfilter,
+            ..scan.sources
+        };
         self.scanned_at = Some(wall);
         changed
     }
 
     /// Records a scan that read nothing: every source it tried failed.
     pub fn scan_failed(&mut self, sources: Sources) {
-        self.sources = sources;
+        self.sources = Sources {
+            netfilter: self.sources.netfilter,
+            ..sources
+        };
+    }
+
+    /// Notes a growth of the kernel's accept-queue drops since the last
+    /// scan, attributed to the ports whose listeners were full or nearly
+    /// so (half their limit) in this scan or the last: where the evidence
+    /// allows, and else to none (host evidence).
+    fn note_queue_drops(
+        &mut self,
+        tcpext: Option<TcpExt>,
+        listeners: &[Listener],
+        wall: SystemTime,
+    ) {
+        let grew = match (&tcpext, &self.tcpext) {
+            (Some(now), Some(then)) => now.dropped_since(then),
+            _ => 0,
+        };
+        self.tcpext = tcpext;
+        if grew == 0 {
+            return;
+        }
+        let near = |l: &&Listener| {
+            l.accept_queue_limit.is_some_and(|limit| {
+                l.accept_queue_length > 0 && l.accept_queue_length * 2 >= limit
+            })
+        };
+        let mut ports: Vec<u16> = listeners
+            .iter()
+            .chain(&self.listeners)
+            .filter(near)
+            .map(|l| l.port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        self.queue_drops = Some(QueueDrops {
+            dropped: grew,
+            at: wall,
+            ports,
+        });
+    }
+
+    /// Keeps the conntrack table, and notes a growth of its drop counters.
+    fn note_conntrack(&mut self, table: Option<Conntrack>, wall: SystemTime) {
+        let Some(table) = table else {
+            self.conntrack = None;
+            return;
+        };
+        let before = self.conntrack.take();
+        let grown = before
+            .as_ref()
+            .map_or(0, |b| table.dropped.saturating_sub(b.table.dropped));
+        let grew = if grown > 0 {
+            Some((grown, wall))
+        } else {
+            before.and_then(|b| b.grew)
+        };
+        self.conntrack = Some(ConntrackView { table, grew });
     }
 
     /// The watched ports, or those of `only` that are watched.
@@ -140,6 +219,28 @@ impl State {
                 slot.retain(|t, _| keep(t));
             }
         }
+    }
+
+    /// The targets whose latest result is a failure, each once: what the
+    /// firewall is asked about.
+    pub fn failed_targets(&self) -> Vec<(Vantage, SocketAddr)> {
+        let mut out: Vec<(Vantage, SocketAddr)> = self
+            .probes
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|r| r.outcome != Outcome::Success)
+            .map(|r| (r.target.vantage, r.target.addr))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// What the firewall says about the failed targets (`None`: nothing
+    /// failed), and whether the ruleset could be read (`None`: not tried).
+    pub fn set_firewall(&mut self, firewall: Option<Firewall>, up: Option<bool>) {
+        self.firewall = firewall;
+        self.sources.netfilter = up;
     }
 
     /// Records this host's interface addresses, as the probe round saw them.
@@ -223,6 +324,13 @@ impl State {
             })
             .unwrap_or_default();
         probes.sort_by(|a, b| a.target.cmp(&b.target));
+        let hold = queue_hold(config);
+        let conntrack = self.conntrack.clone().map(|mut c| {
+            c.grew = c
+                .grew
+                .filter(|(_, at)| now.duration_since(*at).unwrap_or_default() <= hold);
+            c
+        });
         let diagnosis = diagnosis::diagnose(&Input {
             port: w.port,
             expect: w.expect,
@@ -233,6 +341,12 @@ impl State {
             own_addresses: &self.own_addresses,
             transient_window: config.diagnosis.transient_window,
             now,
+            firewall: self.firewall.as_ref(),
+            queue_drops: self
+                .queue_drops
+                .as_ref()
+                .filter(|q| now.duration_since(q.at).unwrap_or_default() <= queue_hold(config)),
+            conntrack: conntrack.as_ref(),
         });
         let probe_counts = self
             .counts
@@ -251,6 +365,13 @@ impl State {
             probe_counts,
         }
     }
+}
+
+/// How long a growth of the accept-queue drops keeps a port
+/// `accept_queue_full` after its queue emptied: two probe intervals, so
+/// that at least one probe round is diagnosed with it.
+fn queue_hold(config: &Config) -> std::time::Duration {
+    config.probe.interval * 2
 }
 
 /// The listener set of each port, to tell which ports changed between scans.
@@ -301,6 +422,8 @@ mod tests {
             source: Source::Netlink,
             sources: Sources::default(),
             ephemeral: 32768..=60999,
+            tcpext: None,
+            conntrack: None,
         }
     }
 

@@ -104,6 +104,29 @@ impl Labels for ListenerLabels<'_> {
     }
 }
 
+/// Firewall rule labels: port labels and the rule a diagnosis names.
+#[derive(Clone, Copy)]
+pub(super) struct RuleLabels<'a> {
+    pub port: PortLabels<'a>,
+    pub chain: &'a str,
+    pub family: &'static str,
+    /// Empty for a chain's policy.
+    pub handle: &'a str,
+    pub table: &'a str,
+    pub verdict: &'static str,
+}
+
+impl Labels for RuleLabels<'_> {
+    fn each(&self, f: &mut impl FnMut(&'static str, &str)) {
+        f("chain", self.chain);
+        f("family", self.family);
+        f("handle", self.handle);
+        self.port.each(f);
+        f("table", self.table);
+        f("verdict", self.verdict);
+    }
+}
+
 /// Writes `{name="value",…}`, values escaped.
 pub(super) fn write_labels(out: &mut String, labels: &impl Labels) {
     out.push('{');

@@ -3,6 +3,7 @@
 //! ([`labels`]); the fixed-size families (cycle stages, peers, requests,
 //! reload, process) live in a Prometheus registry.
 
+mod firewall;
 mod labels;
 mod listeners;
 mod ports;
@@ -260,6 +261,7 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
     ports::write(out, &ports);
     listeners::write(out, &ports);
     probes::write_latest(out, &ports);
+    firewall::write_rules(out, &ports);
 }
 
 /// How a probe request from another client ended.

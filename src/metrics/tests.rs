@@ -27,6 +27,7 @@ fn port(port: u16, name: &str, expect: Expect, origin: Origin, cause: Cause) -> 
             summary: String::new(),
             fix: String::new(),
             evidence: Vec::new(),
+            firewall: Vec::new(),
             failed: None,
         },
         probe_counts: Vec::new(),
@@ -159,15 +160,59 @@ fn app() -> PortStatus {
     app
 }
 
+/// Rejected by a rule of an inet table, and dropped by a chain's policy.
+fn admin() -> PortStatus {
+    use crate::netfilter::{Family as Nf, NamedRule, RuleVerdict};
+    let mut admin = port(
+        9090,
+        "admin",
+        Expect::Public,
+        Origin::Config,
+        Cause::Rejected,
+    );
+    admin.listeners = vec![listener("0.0.0.0", 9090, Some("admin"), (0, Some(128)))];
+    let rule = |family, table: &str, chain: &str, handle, verdict, rule: &str| NamedRule {
+        family,
+        table: table.into(),
+        chain: chain.into(),
+        handle,
+        verdict,
+        comment: None,
+        rule: rule.into(),
+        may_match: None,
+        iptables: false,
+    };
+    admin.diagnosis.firewall = vec![
+        rule(
+            Nf::Inet,
+            "fw",
+            "input",
+            Some(7),
+            RuleVerdict::Reject,
+            "tcp dport 9090 reject",
+        ),
+        rule(
+            Nf::Ip,
+            "filter",
+            "INPUT",
+            None,
+            RuleVerdict::Drop,
+            "policy drop",
+        ),
+    ];
+    admin
+}
+
 /// The ports above, in port order, as the engine orders them.
 fn golden_snapshot() -> Snapshot {
     Snapshot {
-        ports: vec![web(), api(), db(), app()],
+        ports: vec![web(), api(), db(), app(), admin()],
         generation: 1,
         sources: Sources {
             netlink: Some(true),
             procfs: None,
             owners: Some(false),
+            netfilter: Some(true),
         },
         ..Snapshot::default()
     }
