@@ -1,25 +1,27 @@
 //! The process's own capabilities: which of those portsight uses it has,
-//! made effective.
+//! made effective, and passed on to the `nft` it runs.
 //!
 //! portsight needs no capability for its own namespace's socket table, its
-//! probes and its HTTP server; `CAP_DAC_READ_SEARCH` and `CAP_SYS_PTRACE`
+//! probes and its HTTP server. `CAP_DAC_READ_SEARCH` and `CAP_SYS_PTRACE`
 //! together let it see the owners of other users' sockets
-//! (`/proc/<pid>/fd`). The systemd unit grants them as ambient
-//! capabilities, which are effective already. The container image's binary
+//! (`/proc/<pid>/fd`); `CAP_NET_ADMIN` lets `nft list ruleset` read the
+//! firewall. The systemd unit grants them as ambient capabilities, which
+//! are effective already and reach `nft`. The container image's binary
 //! carries them as file capabilities in the *permitted* set only: the
 //! kernel refuses to run a binary whose effective file capabilities are not
 //! all available (a container that does not add them), while a permitted
 //! one it cannot grant is just left out. [`raise`] makes what was permitted
-//! effective.
+//! effective, and ambient so that `nft` (no file capabilities) gets it too.
 
 use caps::{CapSet, Capability};
 
 /// The capabilities portsight has a use for, and what each gives.
-pub const USED: [(Capability, &str); 2] = [
+pub const USED: [(Capability, &str); 3] = [
     (
         Capability::CAP_DAC_READ_SEARCH,
         "list other users' /proc/<pid>/fd",
     ),
+    (Capability::CAP_NET_ADMIN, "read the nftables ruleset"),
     (
         Capability::CAP_SYS_PTRACE,
         "read other users' /proc/<pid>/fd links",
@@ -32,13 +34,22 @@ pub enum Error {
     Caps(#[from] caps::errors::CapsError),
 }
 
-/// Makes every permitted capability effective and returns which of
-/// [`USED`] are effective now, in that order.
+/// Makes every permitted capability effective, and each permitted one of
+/// [`USED`] inheritable and ambient; returns which of [`USED`] are
+/// effective now, in that order. Call it before any thread starts: the
+/// sets are per thread, and threads inherit them.
 pub fn raise() -> Result<Vec<Capability>, Error> {
     let permitted = caps::read(None, CapSet::Permitted)?;
     let effective = caps::read(None, CapSet::Effective)?;
     if !permitted.is_subset(&effective) {
         caps::set(None, CapSet::Effective, &permitted)?;
+    }
+    let ambient = caps::read(None, CapSet::Ambient)?;
+    for (cap, _) in USED {
+        if permitted.contains(&cap) && !ambient.contains(&cap) {
+            caps::raise(None, CapSet::Inheritable, cap)?;
+            caps::raise(None, CapSet::Ambient, cap)?;
+        }
     }
     let effective = caps::read(None, CapSet::Effective)?;
     Ok(USED
@@ -61,7 +72,7 @@ pub fn report(have: &[Capability]) {
         tracing::warn!(
             capabilities = ?have,
             missing = %missing.join(", "),
-            "without these capabilities the owners of other users' sockets stay unknown"
+            "without these capabilities some evidence stays unknown (portsight_source_up)"
         );
     }
 }

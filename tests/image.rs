@@ -243,7 +243,7 @@ fn the_image_is_built_without_a_registry_and_runs_non_root_with_only_its_capabil
     });
     assert_eq!(
         served.status()["sources"],
-        serde_json::json!({"netlink": true, "owners": true})
+        serde_json::json!({"netfilter": true, "netlink": true, "owners": true})
     );
     // portsight's own listener names its pid (the host's PID namespace).
     let own = listener(&served.status(), 10917);
@@ -254,8 +254,8 @@ fn the_image_is_built_without_a_registry_and_runs_non_root_with_only_its_capabil
     let bits = u64::from_str_radix(&status_line(pid, "CapEff"), 16).unwrap();
     assert_eq!(
         bits,
-        (1 << 2) | (1 << 19),
-        "CapEff: dac_read_search + sys_ptrace"
+        (1 << 2) | (1 << 12) | (1 << 19),
+        "CapEff: dac_read_search, net_admin, sys_ptrace"
     );
     stop(served);
 
@@ -268,7 +268,7 @@ fn the_image_is_built_without_a_registry_and_runs_non_root_with_only_its_capabil
     let status = served.status();
     assert_eq!(
         status["sources"],
-        serde_json::json!({"netlink": true, "owners": false}),
+        serde_json::json!({"netfilter": false, "netlink": true, "owners": false}),
         "{status}"
     );
     let held = listener(&status, 8080);
