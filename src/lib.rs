@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod netfilter;
 pub mod peer;
+pub mod privileges;
 pub mod probe;
 pub mod snapshot;
 pub mod sockets;

@@ -118,6 +118,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return bad_config(&e),
             };
+            raise_capabilities();
             match check(cfg, &ports, json, &peers, peer_token_file) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
@@ -150,6 +151,16 @@ fn main() -> ExitCode {
             };
             serve_command(config, flags)
         }
+    }
+}
+
+/// Makes the capabilities portsight was permitted effective (see
+/// `privileges`), and says which it has. Called once everything is loaded
+/// and before any thread starts: threads inherit the calling thread's set.
+fn raise_capabilities() {
+    match portsight::privileges::raise() {
+        Ok(have) => portsight::privileges::report(&have),
+        Err(e) => tracing::warn!("{e}"),
     }
 }
 
@@ -202,6 +213,7 @@ fn serve_command(file: Option<PathBuf>, flags: Flags) -> ExitCode {
         }
     };
     metrics.set_reload(true, std::time::SystemTime::now());
+    raise_capabilities();
     match serve(live, metrics, web_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -301,15 +301,20 @@ fn http_endpoints() {
     ] {
         assert!(!metric(&m, name).all().is_empty(), "{name} missing");
     }
-    // The test runs as root: netlink and owners work, the /proc fallback is unused.
+    // The test runs as root: netlink works, the /proc fallback is unused.
+    // Owners are reported either way; whether all of them are found
+    // depends on the machine: this one's PID 1 hides its descriptors' links
+    // even from root, and its listener is in this (the root) namespace.
+    // tests/package.rs asserts owners 1 and 0 in a namespace of its own.
     let source = |name| {
         metric(&m, "portsight_source_up")
             .label("source", name)
             .value()
     };
-    assert_eq!(
-        (source("netlink"), source("owners"), source("procfs")),
-        (Some(1.0), Some(1.0), None)
+    assert_eq!((source("netlink"), source("procfs")), (Some(1.0), None));
+    assert!(
+        source("owners").is_some(),
+        "portsight_source_up{{source=\"owners\"}} missing"
     );
     for stage in ["scan", "probe"] {
         assert!(

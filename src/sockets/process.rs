@@ -105,8 +105,14 @@ impl Owners {
                 }
             };
             for fd in fds.flatten() {
-                let Ok(target) = fs::read_link(fd.path()) else {
-                    continue;
+                // With CAP_DAC_READ_SEARCH alone the list is readable but
+                // the links are not (they need CAP_SYS_PTRACE).
+                let target = match fs::read_link(fd.path()) {
+                    Ok(target) => target,
+                    Err(e) => {
+                        denied |= e.kind() == std::io::ErrorKind::PermissionDenied;
+                        continue;
+                    }
                 };
                 match target.to_str().and_then(parse_socket_link) {
                     Some(inode) if wanted.contains(&inode) => {

@@ -201,7 +201,27 @@ impl Host {
     pub fn serve(&self, args: &[&str]) -> Served {
         let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
         args.insert(0, "serve".into());
-        let mut process = self.spawn(Path::new(PORTSIGHT), &args);
+        self.serve_via(Path::new(PORTSIGHT), &args)
+    }
+
+    /// A portsight that `PROGRAM ARGS` starts in this namespace (a wrapper
+    /// that execs it: an installed package, a container), once it listens.
+    pub fn serve_via(&self, program: &Path, args: &[String]) -> Served {
+        let mut process = self.spawn(program, args);
+        let listen = process.address();
+        Served {
+            process,
+            netns: self.name.clone(),
+            listen,
+            addr: reachable(listen),
+        }
+    }
+
+    /// A portsight that `cmd`, run outside, puts into this namespace (a
+    /// container runtime given `--network ns:/run/netns/<name>`), once it
+    /// listens.
+    pub fn serve_from_outside(&self, cmd: Command) -> Served {
+        let mut process = Process::spawn(cmd);
         let listen = process.address();
         Served {
             process,
