@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::Expect;
 use crate::diagnosis::Diagnosis;
 use crate::engine::watch::Origin;
-use crate::probe::{Attempt, OutcomeCounts, ProbeResult, Target, Vantage};
+use crate::probe::{Attempt, Discarded, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 
 /// The only protocol so far.
@@ -25,6 +25,10 @@ pub struct Snapshot {
     pub probed_at: Option<SystemTime>,
     /// Bumped for every new snapshot, so that renderings can be cached.
     pub generation: u64,
+    /// Probe attempts discarded because this host lacked a resource.
+    pub probes_discarded: Discarded,
+    /// Listening ports discovery leaves out (`discover.max_ports`).
+    pub discovery_left_out: usize,
 }
 
 impl Snapshot {

@@ -237,6 +237,8 @@ impl Metrics {
 /// The per-port families of `snapshot`, in the order scrapes have always
 /// seen them: the counters first, then ports, listeners and latest probes.
 fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
+    probes::write_discarded(out, &snapshot.probes_discarded);
+    ports::write_left_out(out, snapshot.discovery_left_out);
     if snapshot.ports.is_empty() {
         return;
     }

@@ -10,7 +10,7 @@ use super::{Metrics, write_snapshot};
 use crate::config::Expect;
 use crate::diagnosis::{Cause, Diagnosis};
 use crate::engine::watch::Origin;
-use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
+use crate::probe::{Discarded, Outcome, OutcomeCounts, ProbeResult, Shortage, Target, Vantage};
 use crate::snapshot::{PortStatus, Snapshot};
 use crate::sockets::{Family, Listener, Owner};
 
@@ -170,6 +170,14 @@ fn golden_snapshot() -> Snapshot {
     Snapshot {
         ports: vec![web(), api(), db(), app()],
         generation: 1,
+        probes_discarded: {
+            let mut d = Discarded::default();
+            d.add(Shortage::ProcessDescriptors);
+            d.add(Shortage::ProcessDescriptors);
+            d.add(Shortage::Buffers);
+            d
+        },
+        discovery_left_out: 3,
         ..Snapshot::default()
     }
 }
@@ -290,10 +298,21 @@ fn render_is_cached_by_generation() {
 }
 
 #[test]
-fn an_empty_snapshot_has_only_the_registry_families() {
+fn an_empty_snapshot_has_the_registry_families_and_the_discard_and_cap_counts() {
     let out = Metrics::new()
         .unwrap()
         .render(&Snapshot::default())
         .unwrap();
-    assert!(snapshot_part(&out).is_empty());
+    let part = snapshot_part(&out);
+    let samples: Vec<&str> = part.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        samples,
+        [
+            r#"portsight_probes_discarded_total{reason="emfile"} 0"#,
+            r#"portsight_probes_discarded_total{reason="enfile"} 0"#,
+            r#"portsight_probes_discarded_total{reason="enobufs"} 0"#,
+            r#"portsight_probes_discarded_total{reason="enomem"} 0"#,
+            "portsight_discovery_ports_left_out 0",
+        ]
+    );
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::{ProbeResult, Target, tcp};
 
@@ -24,13 +25,40 @@ impl Prober {
     /// Probes every target, at most `concurrency` at a time across all rounds,
     /// and returns the results in the order of `targets`.
     pub async fn run(&self, targets: Vec<Target>, timeout: Duration) -> Vec<ProbeResult> {
+        self.run_by(targets, timeout, None)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// As [`Prober::run`], all of it — waiting for a connect slot included
+    /// — over by `deadline` when one is given: a connect gets what is left
+    /// of `timeout` before it, and a target whose slot did not come in time
+    /// is `None` (not probed, so no evidence either way).
+    pub async fn run_by(
+        &self,
+        targets: Vec<Target>,
+        timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Vec<Option<ProbeResult>> {
         let mut tasks = JoinSet::new();
         for (i, target) in targets.into_iter().enumerate() {
             let limit = Arc::clone(&self.limit);
             tasks.spawn(async move {
-                // The semaphore is never closed, so acquire cannot fail.
-                let _permit = limit.acquire_owned().await.ok();
-                (i, tcp::connect(target, timeout).await)
+                let permit = match deadline {
+                    None => limit.acquire_owned().await.ok(),
+                    Some(d) => match tokio::time::timeout_at(d, limit.acquire_owned()).await {
+                        Ok(permit) => permit.ok(),
+                        Err(_) => return (i, None),
+                    },
+                };
+                let timeout = deadline.map_or(timeout, |d| {
+                    timeout.min(d.saturating_duration_since(Instant::now()))
+                });
+                let result = tcp::connect(target, timeout).await;
+                drop(permit);
+                (i, Some(result))
             });
         }
         let mut results = Vec::with_capacity(tasks.len());
