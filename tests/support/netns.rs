@@ -199,9 +199,17 @@ impl Host {
     /// `portsight serve ARGS` in this namespace, once it listens (the
     /// address from its start-up log line).
     pub fn serve(&self, args: &[&str]) -> Served {
-        let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
-        args.insert(0, "serve".into());
-        let mut process = self.spawn(Path::new(PORTSIGHT), &args);
+        self.serve_with(&[], &[], args)
+    }
+
+    /// As [`Host::serve`], run through `wrapper` (`prlimit --nofile=…`) with
+    /// `env` set.
+    pub fn serve_with(&self, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Served {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(wrapper);
+        cmd.arg(PORTSIGHT).arg("serve").args(args);
+        cmd.envs(env.iter().copied());
+        let mut process = Process::spawn(cmd);
         let listen = process.address();
         Served {
             process,
