@@ -546,4 +546,70 @@ mod tests {
         assert!(!same(b"abc", b"abd"));
         assert!(!same(b"abc", b"abcd"));
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn target_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                ".{0,80}",
+                "\\[?[0-9a-fA-F:.%]{0,45}\\]?(:[0-9]{0,6})?",
+                "[0-9]{1,4}(\\.[0-9]{1,4}){0,4}(:[0-9+-]{0,7})?",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn query_strings_never_panic(q in ".{0,200}", raw in prop::collection::vec(any::<u8>(), 0..100)) {
+                let _ = parse_query(&q);
+                let _ = parse_query(&String::from_utf8_lossy(&raw));
+            }
+
+            #[test]
+            fn targets_never_panic_and_are_echoed_short(t in target_text()) {
+                if let Err(Refusal(status, _, reason)) = parse_target(&t) {
+                    prop_assert_eq!(status, StatusCode::BAD_REQUEST);
+                    prop_assert!(reason.len() < 600, "{}", reason.len());
+                }
+            }
+
+            #[test]
+            fn authorization_headers_never_panic(
+                values in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
+                prefixed in prop::collection::vec(".{0,20}", 0..3),
+            ) {
+                let mut headers = HeaderMap::new();
+                for v in values.iter().map(Vec::as_slice).chain(prefixed.iter().map(|p| p.as_bytes())) {
+                    if let Ok(v) = HeaderValue::from_bytes(v) {
+                        headers.append(AUTHORIZATION, v);
+                    }
+                    let mut bearer = b"Bearer ".to_vec();
+                    bearer.extend_from_slice(v);
+                    if let Ok(v) = HeaderValue::from_bytes(&bearer) {
+                        headers.append(AUTHORIZATION, v);
+                    }
+                }
+                let n = headers.get_all(AUTHORIZATION).iter().count();
+                let ok = check_token(Some("s3cret"), &headers).is_ok();
+                prop_assert!(!ok || (n == 1 && headers[AUTHORIZATION] == "Bearer s3cret"));
+                let _ = check_token(None, &headers);
+            }
+
+            #[test]
+            fn timeouts_never_panic(param in ".{0,30}", scrape in ".{0,30}") {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&scrape) {
+                    headers.insert("X-Prometheus-Scrape-Timeout-Seconds", v);
+                }
+                let config = Config::default();
+                if let Ok(t) = timeout(&config, Some(&param), &headers) {
+                    prop_assert!(t <= MAX_TIMEOUT && !t.is_zero());
+                }
+            }
+        }
+    }
 }
