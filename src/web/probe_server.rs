@@ -285,7 +285,7 @@ fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<(), Refusa
             "several Authorization headers: send exactly one".into(),
         ));
     }
-    let given = first.map(|v| v.as_bytes().strip_prefix(b"Bearer ".as_slice()));
+    let given = first.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ".as_slice()));
     let expected = expected.unwrap_or_default().as_bytes();
     match given {
         None => Err(Refusal(
@@ -293,7 +293,7 @@ fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<(), Refusa
             RequestResult::Unauthorized,
             "missing bearer token: send Authorization: Bearer <token>".into(),
         )),
-        Some(Some(t)) if !expected.is_empty() && same(t, expected) => Ok(()),
+        Some(t) if !expected.is_empty() && same(t, expected) => Ok(()),
         Some(_) => Err(Refusal(
             StatusCode::UNAUTHORIZED,
             RequestResult::Unauthorized,
