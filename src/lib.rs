@@ -3,8 +3,10 @@
 
 pub mod check;
 pub mod config;
+pub mod descriptors;
 pub mod diagnosis;
 pub mod engine;
+pub mod escape;
 pub mod kernel;
 pub mod metrics;
 pub mod netfilter;

@@ -189,6 +189,17 @@ fn config_check(file: &std::path::Path) -> ExitCode {
 /// `portsight serve`: loads everything it needs (exit 2 when any of it is
 /// bad), then serves until SIGINT or SIGTERM.
 fn serve_command(file: Option<PathBuf>, flags: Flags) -> ExitCode {
+    match portsight::descriptors::raise_to_hard_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(
+                before,
+                after,
+                "raised the soft descriptor limit to the hard limit"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+    }
     let live = match Live::load(file, flags) {
         Ok(l) => Arc::new(l),
         Err(e) => return bad_config(&e),
@@ -253,7 +264,7 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(|| portsight::escape::LogWriter(std::io::stderr()))
         .init();
 }
 

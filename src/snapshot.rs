@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::{Expect, Protocol};
 use crate::diagnosis::Diagnosis;
-use crate::probe::{Attempt, OutcomeCounts, ProbeResult, Target, Vantage};
+use crate::probe::{Attempt, Discarded, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 
 /// What names a watched port: its protocol and number. Every map of
@@ -102,6 +102,10 @@ pub struct Snapshot {
     pub generation: u64,
     /// Which sources of evidence worked at their last use.
     pub sources: Sources,
+    /// Probe attempts discarded because this host lacked a resource.
+    pub probes_discarded: Discarded,
+    /// Listening ports discovery leaves out (`discover.max_ports`).
+    pub discovery_left_out: usize,
 }
 
 /// Whether each source of evidence worked at its last use (`None`: not

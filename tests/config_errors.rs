@@ -8,6 +8,14 @@ use portsight::config::Config;
 
 const CASES: &[(&str, &str)] = &[
     (
+        "invalid-discover-max-ports.toml",
+        "discover.max_ports: must be 1 to 65535",
+    ),
+    (
+        "invalid-discover-min-age.toml",
+        "discover.min_age: must be at most 7days",
+    ),
+    (
         "invalid-concurrency-huge.toml",
         "probe.concurrency: must be 1 to 65536",
     ),

@@ -96,8 +96,9 @@ fn default_config_discovers_listeners_and_keeps_a_vanished_one() {
         listen("0.0.0.0:0").bind_in(&host),
     );
     let ephemeral_port = ephemeral.local_addr().unwrap().port();
-    // The embedded default, as the README's first command runs it.
-    let mut p = host.serve(&[]);
+    // The embedded default, as the README's first command runs it, but
+    // discovering at once (discover.min_age is 1m).
+    let mut p = host.serve_with(&[], &[("PORTSIGHT__DISCOVER__MIN_AGE", "0s")], &[]);
     assert_eq!(
         p.listen,
         "[::]:10917".parse().unwrap(),

@@ -14,6 +14,28 @@ impl Config {
         Config::load_with_env(file, std::env::vars().collect())
     }
 
+    /// As [`Config::load`], for a reload of a running portsight: a file
+    /// with nothing in it (no bytes, or only white space) is refused rather
+    /// than read as the embedded default. Mid-reload such a file is far more
+    /// likely one caught half written (an editor or a config-management
+    /// tool truncating before writing) than a wish to drop every port; a
+    /// comment is enough to mean the default on purpose.
+    pub fn reload(file: Option<&Path>) -> Result<Config, Error> {
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.trim().is_empty() && path.exists() {
+                return Err(Error::Syntax {
+                    origin: path.display().to_string(),
+                    reason:
+                        "the file is empty: a reload never replaces the running config with the \
+                             embedded default (to mean the default, write a comment in it)"
+                            .into(),
+                });
+            }
+        }
+        Config::load(file)
+    }
+
     /// As [`Config::load`], with the environment given (for tests).
     pub fn load_with_env(
         file: Option<&Path>,

@@ -161,6 +161,13 @@ pub struct Discover {
     pub enabled: bool,
     #[serde(with = "humantime_serde")]
     pub forget_after: Duration,
+    /// How long a port must have listened (as portsight saw it, scan after
+    /// scan) before discovery watches it: short-lived listeners never alarm.
+    #[serde(with = "humantime_serde")]
+    pub min_age: Duration,
+    /// The most discovered ports watched at once; more are left out,
+    /// counted and logged.
+    pub max_ports: usize,
 }
 
 impl Default for Discover {
@@ -168,6 +175,8 @@ impl Default for Discover {
         Discover {
             enabled: true,
             forget_after: Duration::from_secs(3600),
+            min_age: Duration::from_secs(60),
+            max_ports: 1000,
         }
     }
 }

@@ -18,6 +18,7 @@ const RULES: &[fn(&Config) -> Checked] = &[
     peer_list,
     peers,
     probe_server,
+    discover,
     ports,
 ];
 
@@ -74,6 +75,7 @@ fn durations(c: &Config) -> Checked {
         ("scan.interval", c.scan.interval),
         ("probe.interval", c.probe.interval),
         ("discover.forget_after", c.discover.forget_after),
+        ("discover.min_age", c.discover.min_age),
         ("diagnosis.transient_window", c.diagnosis.transient_window),
         ("peers.timeout", c.peers.timeout),
     ] {
@@ -173,6 +175,13 @@ fn probe_server(c: &Config) -> Checked {
 
 /// The largest UDP payload of one IPv4 datagram.
 const MAX_PAYLOAD: usize = 65_507;
+
+fn discover(c: &Config) -> Checked {
+    if !(1..=usize::from(u16::MAX)).contains(&c.discover.max_ports) {
+        return fail("discover.max_ports", "must be 1 to 65535");
+    }
+    Ok(())
+}
 
 fn ports(c: &Config) -> Checked {
     let mut seen = HashMap::new();

@@ -43,8 +43,12 @@ pub struct Loaded {
     pub server_token: Option<String>,
     /// The engine's probes, under `probe.concurrency`.
     pub prober: Prober,
-    /// Probes served to others, under `probe_server.concurrency`.
+    /// Batches served to others (`/api/v1/probe`), under
+    /// `probe_server.concurrency`.
     pub server_prober: Prober,
+    /// Single probes served to others (`/probe`), with slots of their own
+    /// (as many), so that batches never make them wait.
+    pub single_prober: Prober,
 }
 
 impl Loaded {
@@ -63,6 +67,7 @@ impl Loaded {
             server_token,
             prober: Prober::new(config.probe.concurrency),
             server_prober: Prober::new(config.probe_server.concurrency),
+            single_prober: Prober::new(config.probe_server.concurrency),
             config,
         })
     }
@@ -76,6 +81,7 @@ impl Loaded {
         }
         if new.config.probe_server.concurrency == old.config.probe_server.concurrency {
             new.server_prober = old.server_prober.clone();
+            new.single_prober = old.single_prober.clone();
         }
         Ok(new)
     }
@@ -94,7 +100,7 @@ impl Live {
     /// Loads `file` (and the environment), applies `flags` and reads the
     /// token files.
     pub fn load(file: Option<PathBuf>, flags: Flags) -> Result<Live, config::Error> {
-        let loaded = Loaded::new(Self::read(file.as_deref(), &flags)?)?;
+        let loaded = Loaded::new(Self::read(Config::load(file.as_deref())?, &flags))?;
         Ok(Live::with(loaded, file, flags))
     }
 
@@ -107,10 +113,9 @@ impl Live {
         }
     }
 
-    fn read(file: Option<&std::path::Path>, flags: &Flags) -> Result<Config, config::Error> {
-        let mut config = Config::load(file)?;
+    fn read(mut config: Config, flags: &Flags) -> Config {
         flags.apply(&mut config);
-        Ok(config)
+        config
     }
 
     pub fn current(&self) -> Arc<Loaded> {
@@ -118,12 +123,13 @@ impl Live {
     }
 
     /// Loads the config again; the next scan and probe round use it. A bad
-    /// config (or an unreadable token file) is reported and the running one
-    /// kept. The listen address is not changed by a reload.
+    /// config, an empty file ([`Config::reload`]) or an unreadable token
+    /// file is reported and the running one kept. The listen address is not
+    /// changed by a reload.
     pub fn reload(&self) -> Result<(), config::Error> {
         let old = self.current();
-        let loaded =
-            Self::read(self.file.as_deref(), &self.flags).and_then(|c| Loaded::replacing(c, &old));
+        let loaded = Config::reload(self.file.as_deref())
+            .and_then(|c| Loaded::replacing(Self::read(c, &self.flags), &old));
         match loaded {
             Ok(new) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);

@@ -12,7 +12,7 @@ use crate::config::{Config, Protocol};
 use crate::diagnosis::{self, Failure, Firewall, Input, Vantages};
 use crate::diagnosis::{ConntrackView, QueueDrops};
 use crate::kernel::{Conntrack, TcpExt};
-use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
+use crate::probe::{Discarded, Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Source};
 
@@ -53,6 +53,8 @@ pub struct State {
     /// describe sockets that are gone, and are not shown.
     changed_at: HashMap<PortKey, Instant>,
     failures: Failures,
+    /// Attempts that failed for want of a local resource: not evidence.
+    discarded: Discarded,
     /// This host's interface addresses, as of the last probe round.
     own_addresses: Vec<IpAddr>,
     /// What the host firewall says about the failed probes, as of the
@@ -196,7 +198,11 @@ impl State {
     }
 
     /// Stores `results` (a result never overwrites a newer one) and counts
-    /// every attempt; of `ports`' other results, keeps those `keep` says.
+    /// every attempt; of `ports`' other results and counts, keeps those
+    /// `keep` says (targets no longer probed lose their series). An attempt
+    /// that failed for want of a local resource ([`ProbeResult::shortage`])
+    /// is no evidence: it is counted as discarded, and the target's previous
+    /// result stands.
     pub fn record(
         &mut self,
         ports: &[PortKey],
@@ -204,6 +210,12 @@ impl State {
         keep: impl Fn(&Target) -> bool,
     ) {
         for r in results {
+            if let Some(shortage) = r.shortage() {
+                self.discarded.add(shortage);
+                tracing::debug!(target = %r.target.addr, reason = shortage.as_str(),
+                    "probe discarded: this host lacked a resource, not evidence about the port");
+                continue;
+            }
             let port = PortKey {
                 protocol: r.target.protocol,
                 port: r.target.addr.port(),
@@ -230,6 +242,9 @@ impl State {
         for port in ports {
             if let Some(slot) = self.probes.get_mut(port) {
                 slot.retain(|t, _| keep(t));
+            }
+            if let Some((_, counts)) = self.counts.get_mut(port) {
+                counts.retain(|t, _| keep(t));
             }
         }
     }
@@ -307,6 +322,8 @@ impl State {
             probed_at: self.probed_at,
             generation: self.generation,
             sources: self.sources,
+            probes_discarded: self.discarded,
+            discovery_left_out: self.watch.left_out(),
         };
         (snapshot, failures)
     }
@@ -412,7 +429,7 @@ mod tests {
     use super::*;
     use crate::config::{Expect, PortConfig};
     use crate::diagnosis::Cause;
-    use crate::probe::{Outcome, Vantage};
+    use crate::probe::{Outcome, Shortage, Vantage};
 
     const PORT: u16 = 8080;
     const KEY: PortKey = PortKey {
@@ -628,5 +645,73 @@ mod tests {
             crate::config::Protocol::Udp
         );
         assert!(by(discovered).probes.is_empty());
+    }
+
+    #[test]
+    fn an_attempt_that_lacked_a_local_resource_is_not_evidence() {
+        let config = config();
+        let t0 = Instant::now();
+        let mut st = State::default();
+        st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
+        st.record(&[KEY], vec![result(Outcome::Success, t0)], |_| true);
+        for (errno, reason) in [
+            (libc::EMFILE, Shortage::ProcessDescriptors),
+            (libc::ENFILE, Shortage::SystemDescriptors),
+            (libc::ENOBUFS, Shortage::Buffers),
+            (libc::ENOMEM, Shortage::Memory),
+        ] {
+            let mut failed = result(Outcome::Error, t0 + Duration::from_secs(1));
+            failed.errno = Some(errno);
+            st.record(&[KEY], vec![failed], |_| true);
+            let (s, _) = st.snapshot(&config, SystemTime::now());
+            assert_eq!(s.probes_discarded.get(reason), 1, "{reason:?}");
+        }
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        let p = &s.ports[0];
+        assert_eq!(
+            p.probes[0].outcome,
+            Outcome::Success,
+            "the last evidence stands"
+        );
+        assert_eq!(p.diagnosis.cause, Cause::Ok);
+        let counts = p.probe_counts[0].1;
+        assert_eq!(
+            (counts.get(Outcome::Success), counts.get(Outcome::Error)),
+            (1, 0)
+        );
+        // A real error (not a shortage) is evidence.
+        let mut real = result(Outcome::Error, t0 + Duration::from_secs(2));
+        real.errno = Some(libc::EACCES);
+        st.record(&[KEY], vec![real], |_| true);
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        assert_eq!(s.ports[0].probes[0].outcome, Outcome::Error);
+    }
+
+    #[test]
+    fn counts_go_with_the_targets_no_longer_probed() {
+        let config = config();
+        let t0 = Instant::now();
+        let mut st = State::default();
+        st.apply_scan(&config, scan(&[1]), t0, SystemTime::now());
+        let on = |ip: &str| {
+            let mut r = result(Outcome::Success, t0);
+            r.target.addr = SocketAddr::new(ip.parse().unwrap(), PORT);
+            r
+        };
+        let targets = ["127.0.0.1", "10.77.0.1", "10.77.0.2"];
+        st.record(&[KEY], targets.iter().map(|ip| on(ip)).collect(), |_| true);
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        assert_eq!(s.ports[0].probe_counts.len(), 3);
+        // The interface addresses went away: the next round probes loopback only.
+        let kept = on("127.0.0.1").target;
+        st.record(&[KEY], vec![on("127.0.0.1")], |t| *t == kept);
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        let counted: Vec<String> = s.ports[0]
+            .probe_counts
+            .iter()
+            .map(|(t, _)| t.addr.ip().to_string())
+            .collect();
+        assert_eq!(counted, ["127.0.0.1"]);
+        assert_eq!(s.ports[0].probe_counts[0].1.get(Outcome::Success), 2);
     }
 }

@@ -44,11 +44,23 @@ impl WatchedPort {
 #[derive(Debug, Default, Clone)]
 pub struct WatchList {
     ports: BTreeMap<PortKey, WatchedPort>,
+    /// Ports listening, not watched yet: when each was first seen, for
+    /// `discover.min_age`.
+    candidates: BTreeMap<PortKey, Instant>,
+    /// Ports old enough to be discovered, left out by `discover.max_ports`.
+    left_out: usize,
+    /// The cap has been logged since it last left nothing out.
+    cap_logged: bool,
 }
 
 impl WatchList {
     pub fn ports(&self) -> impl Iterator<Item = &WatchedPort> {
         self.ports.values()
+    }
+
+    /// How many listening ports discovery leaves out (`discover.max_ports`).
+    pub fn left_out(&self) -> usize {
+        self.left_out
     }
 
     pub fn get(&self, key: PortKey) -> Option<&WatchedPort> {
@@ -57,7 +69,8 @@ impl WatchList {
 
     /// Applies the config and the listeners of one scan: configured ports are
     /// always watched; with discovery on, every listening port outside
-    /// `ephemeral` is too, and stays watched for `discover.forget_after`
+    /// `ephemeral` is too once it has listened for `discover.min_age` (up to
+    /// `discover.max_ports` of them), and stays watched for `discover.forget_after`
     /// after its last listener is gone. `external_vantage` tells `auto` whether
     /// a non-loopback port resolves to `public` or to `internal`.
     pub fn update(
@@ -100,13 +113,7 @@ impl WatchList {
                 entry.expect = p.expect;
             }
         }
-        if config.discover.enabled {
-            for &key in by_port.keys() {
-                if !ephemeral.contains(&key.port) && !self.ports.contains_key(&key) {
-                    self.ports.insert(key, discovered(key));
-                }
-            }
-        }
+        self.discover(config, &by_port, ephemeral, now);
         for w in self.ports.values_mut() {
             if let Some(ls) = by_port.get(&w.key) {
                 w.last_seen = Some(now);
@@ -130,16 +137,78 @@ impl WatchList {
     }
 }
 
-/// A port first seen listening: policy `auto`, named after its owner later.
-fn discovered(key: PortKey) -> WatchedPort {
-    WatchedPort {
-        key,
-        name: String::new(),
-        expect: Expect::Auto,
-        policy: Expect::Auto,
-        origin: Origin::Discovered,
-        last_seen: None,
-        payload: Arc::from(Vec::new()),
+impl WatchList {
+    /// Discovery: a listening port outside `ephemeral` that has listened
+    /// for `discover.min_age` (since portsight first saw it, through every
+    /// scan) is watched, while fewer than `discover.max_ports` discovered
+    /// ports are; the rest are counted in [`WatchList::left_out`] and the
+    /// cap is logged once. Configured ports are already in the list, so
+    /// neither rule touches them.
+    fn discover(
+        &mut self,
+        config: &Config,
+        by_port: &BTreeMap<PortKey, Vec<&Listener>>,
+        ephemeral: &RangeInclusive<u16>,
+        now: Instant,
+    ) {
+        let d = &config.discover;
+        // A port that stopped listening before it was old enough starts over.
+        self.candidates.retain(|p, _| by_port.contains_key(p));
+        if !d.enabled {
+            self.candidates.clear();
+            self.left_out = 0;
+            return;
+        }
+        let mut discovered = self
+            .ports
+            .values()
+            .filter(|w| w.origin == Origin::Discovered)
+            .count();
+        let mut left_out = 0;
+        for &key in by_port.keys() {
+            if ephemeral.contains(&key.port) || self.ports.contains_key(&key) {
+                self.candidates.remove(&key);
+                continue;
+            }
+            let first = *self.candidates.entry(key).or_insert(now);
+            if now.duration_since(first) < d.min_age {
+                continue;
+            }
+            if discovered >= d.max_ports {
+                left_out += 1;
+                continue;
+            }
+            self.candidates.remove(&key);
+            self.ports.insert(key, WatchedPort::discovered(key));
+            discovered += 1;
+        }
+        self.left_out = left_out;
+        if left_out == 0 {
+            self.cap_logged = false;
+        } else if !self.cap_logged {
+            self.cap_logged = true;
+            tracing::warn!(
+                max_ports = d.max_ports,
+                left_out,
+                "discovery cap reached: listening ports beyond discover.max_ports are not watched \
+                 (portsight_discovery_ports_left_out counts them; list the ones you need as [[port]])"
+            );
+        }
+    }
+}
+
+impl WatchedPort {
+    /// A port first seen listening: policy `auto`, named after its owner later.
+    fn discovered(key: PortKey) -> WatchedPort {
+        WatchedPort {
+            key,
+            name: String::new(),
+            expect: Expect::Auto,
+            policy: Expect::Auto,
+            origin: Origin::Discovered,
+            last_seen: None,
+            payload: Arc::from(Vec::new()),
+        }
     }
 }
 
@@ -192,9 +261,87 @@ mod tests {
 
     const EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
 
+    /// The default config, discovering a port as soon as it is seen.
+    fn at_once() -> Config {
+        let mut c = Config::default();
+        c.discover.min_age = Duration::ZERO;
+        c
+    }
+
+    fn ports_of(w: &WatchList) -> Vec<u16> {
+        w.ports().map(|p| p.key.port).collect()
+    }
+
+    #[test]
+    fn a_port_is_discovered_only_once_it_has_listened_for_min_age() {
+        let config = Config::default(); // min_age = 1m
+        let mut w = WatchList::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let flood: Vec<Listener> = (20000..20100)
+            .map(|p| listener("127.0.0.1", p, None))
+            .collect();
+        for s in [0, 1, 2, 3] {
+            w.update(&config, &flood, &EPHEMERAL, false, at(s));
+        }
+        assert!(
+            ports_of(&w).is_empty(),
+            "seconds-old listeners are not watched"
+        );
+        // Gone before a minute: never an alarm, and never watched later.
+        w.update(&config, &[], &EPHEMERAL, false, at(4));
+        w.update(&config, &flood[..1], &EPHEMERAL, false, at(61));
+        assert!(
+            ports_of(&w).is_empty(),
+            "its age starts over when it comes back"
+        );
+        w.update(&config, &flood[..1], &EPHEMERAL, false, at(121));
+        assert_eq!(
+            ports_of(&w),
+            [20000],
+            "listened for a minute, scan after scan"
+        );
+    }
+
+    #[test]
+    fn discovery_stops_at_max_ports_and_counts_the_rest() {
+        let mut config = at_once();
+        config.discover.max_ports = 10;
+        config.ports.push(PortConfig {
+            name: "api".into(),
+            ..PortConfig::tcp(20050, Expect::Public)
+        });
+        let ls: Vec<Listener> = (20000..20100)
+            .map(|p| listener("127.0.0.1", p, None))
+            .collect();
+        let mut w = WatchList::default();
+        w.update(&config, &ls, &EPHEMERAL, false, Instant::now());
+        let discovered = w.ports().filter(|p| p.origin == Origin::Discovered).count();
+        assert_eq!(discovered, 10);
+        assert_eq!(
+            w.left_out(),
+            89,
+            "100 listening, 1 configured, 10 discovered"
+        );
+        assert!(
+            w.get(PortKey::tcp(20050)).is_some(),
+            "configured ports are not capped"
+        );
+        let young = Config {
+            ports: config.ports.clone(),
+            ..Config::default()
+        };
+        let mut w = WatchList::default();
+        w.update(&young, &ls[50..51], &EPHEMERAL, false, Instant::now());
+        assert!(
+            w.get(PortKey::tcp(20050)).is_some(),
+            "configured ports need no age"
+        );
+    }
+
     #[test]
     fn discovers_ports_outside_the_ephemeral_range() {
-        let config = Config::default();
+        let config = at_once();
         let mut w = WatchList::default();
         let ls = [
             listener("0.0.0.0", 80, Some("nginx")),
@@ -220,7 +367,7 @@ mod tests {
     fn auto_is_public_with_an_external_vantage() {
         let mut w = WatchList::default();
         w.update(
-            &Config::default(),
+            &at_once(),
             &[listener("::", 443, None)],
             &EPHEMERAL,
             true,
@@ -231,7 +378,7 @@ mod tests {
 
     #[test]
     fn a_vanished_discovered_port_is_kept_then_forgotten() {
-        let config = Config::default();
+        let config = at_once();
         let mut w = WatchList::default();
         let t0 = Instant::now();
         w.update(

@@ -87,6 +87,19 @@ impl Labels for ProbeLabels<'_> {
     }
 }
 
+/// A single label, for families with one (`reason`).
+#[derive(Clone, Copy)]
+pub(super) struct One<'a> {
+    pub name: &'static str,
+    pub value: &'a str,
+}
+
+impl Labels for One<'_> {
+    fn each(&self, f: &mut impl FnMut(&'static str, &str)) {
+        f(self.name, self.value);
+    }
+}
+
 /// Listener labels: one bind address of a port.
 #[derive(Clone, Copy)]
 pub(super) struct ListenerLabels<'a> {

@@ -240,6 +240,8 @@ impl Metrics {
 /// seen them: the counters first, then ports, listeners and latest probes.
 fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
     sources::write(out, &snapshot.sources);
+    probes::write_discarded(out, &snapshot.probes_discarded);
+    ports::write_left_out(out, snapshot.discovery_left_out);
     if snapshot.ports.is_empty() {
         return;
     }

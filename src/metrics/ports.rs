@@ -22,6 +22,21 @@ const DIAGNOSIS: Family = Family {
     kind: "gauge",
 };
 
+const LEFT_OUT: Family = Family {
+    name: "portsight_discovery_ports_left_out",
+    help: "Listening ports discovery does not watch because discover.max_ports are watched already.",
+    kind: "gauge",
+};
+
+/// `portsight_discovery_ports_left_out`.
+pub(super) fn write_left_out(out: &mut String, left_out: usize) {
+    LEFT_OUT.header(out);
+    out.push_str(LEFT_OUT.name);
+    out.push(' ');
+    out.push_str(&left_out.to_string());
+    out.push('\n');
+}
+
 /// `portsight_port_info`, `portsight_port_listening` and the
 /// `portsight_port_diagnosis` state set, for every port.
 pub(super) fn write(out: &mut String, ports: &[(&PortStatus, PortLabels<'_>)]) {

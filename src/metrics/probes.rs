@@ -4,9 +4,9 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use super::labels::{Labels, PortLabels, ProbeLabels};
+use super::labels::{Labels, One, PortLabels, ProbeLabels};
 use super::text::{Family, bool_value};
-use crate::probe::{Outcome, ProbeResult, Target};
+use crate::probe::{Discarded, Outcome, ProbeResult, Target};
 use crate::snapshot::PortStatus;
 
 const SUCCESS: Family = Family {
@@ -29,6 +29,24 @@ const TOTAL: Family = Family {
     help: "Connect attempts, by outcome.",
     kind: "counter",
 };
+
+const DISCARDED: Family = Family {
+    name: "portsight_probes_discarded_total",
+    help: "Connect attempts discarded, not diagnosed, because this host lacked a resource (reason: the errno).",
+    kind: "counter",
+};
+
+/// `portsight_probes_discarded_total`, a series for every reason.
+pub(super) fn write_discarded(out: &mut String, discarded: &Discarded) {
+    DISCARDED.header(out);
+    for (s, n) in discarded.iter() {
+        let labels = One {
+            name: "reason",
+            value: s.as_str(),
+        };
+        DISCARDED.sample(out, &labels, n as f64);
+    }
+}
 
 /// The labels of `target` on `port`; `buffer` holds the target's text.
 fn labels<'a>(port: PortLabels<'a>, target: &'a Target, buffer: &'a str) -> ProbeLabels<'a> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Metrics, write_snapshot};
 use crate::config::{Expect, Protocol};
 use crate::diagnosis::{Cause, Diagnosis};
-use crate::probe::{Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
+use crate::probe::{Discarded, Outcome, OutcomeCounts, ProbeResult, Shortage, Target, Vantage};
 use crate::snapshot::Origin;
 use crate::snapshot::{PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Owner};
@@ -241,6 +241,14 @@ fn golden_snapshot() -> Snapshot {
             owners: Some(false),
             netfilter: Some(true),
         },
+        probes_discarded: {
+            let mut d = Discarded::default();
+            d.add(Shortage::ProcessDescriptors);
+            d.add(Shortage::ProcessDescriptors);
+            d.add(Shortage::Buffers);
+            d
+        },
+        discovery_left_out: 3,
         ..Snapshot::default()
     }
 }
@@ -361,10 +369,21 @@ fn render_is_cached_by_generation() {
 }
 
 #[test]
-fn an_empty_snapshot_has_only_the_registry_families() {
+fn an_empty_snapshot_has_the_registry_families_and_the_discard_and_cap_counts() {
     let out = Metrics::new()
         .unwrap()
         .render(&Snapshot::default())
         .unwrap();
-    assert!(snapshot_part(&out).is_empty());
+    let part = snapshot_part(&out);
+    let samples: Vec<&str> = part.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        samples,
+        [
+            r#"portsight_probes_discarded_total{reason="emfile"} 0"#,
+            r#"portsight_probes_discarded_total{reason="enfile"} 0"#,
+            r#"portsight_probes_discarded_total{reason="enobufs"} 0"#,
+            r#"portsight_probes_discarded_total{reason="enomem"} 0"#,
+            "portsight_discovery_ports_left_out 0",
+        ]
+    );
 }

@@ -70,6 +70,71 @@ impl OutcomeCounts {
     }
 }
 
+/// A local resource this host ran out of during an attempt (`EMFILE`,
+/// `ENFILE`, `ENOBUFS`, `ENOMEM`): such an attempt says nothing about the
+/// target, so it is discarded and counted, never diagnosed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortage {
+    /// `EMFILE`: this process's descriptor limit.
+    ProcessDescriptors,
+    /// `ENFILE`: the system's descriptor limit.
+    SystemDescriptors,
+    /// `ENOBUFS`: kernel buffer space.
+    Buffers,
+    /// `ENOMEM`: kernel memory.
+    Memory,
+}
+
+impl Shortage {
+    pub const ALL: [Shortage; 4] = [
+        Shortage::ProcessDescriptors,
+        Shortage::SystemDescriptors,
+        Shortage::Buffers,
+        Shortage::Memory,
+    ];
+
+    /// The errno's name, in lower case: the `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shortage::ProcessDescriptors => "emfile",
+            Shortage::SystemDescriptors => "enfile",
+            Shortage::Buffers => "enobufs",
+            Shortage::Memory => "enomem",
+        }
+    }
+
+    /// The shortage an OS error number stands for, if it stands for one.
+    pub fn from_errno(errno: i32) -> Option<Shortage> {
+        match errno {
+            libc::EMFILE => Some(Shortage::ProcessDescriptors),
+            libc::ENFILE => Some(Shortage::SystemDescriptors),
+            libc::ENOBUFS => Some(Shortage::Buffers),
+            libc::ENOMEM => Some(Shortage::Memory),
+            _ => None,
+        }
+    }
+}
+
+/// Attempts discarded for a [`Shortage`], by shortage: the counts behind
+/// `portsight_probes_discarded_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Discarded([u64; Shortage::ALL.len()]);
+
+impl Discarded {
+    pub fn add(&mut self, s: Shortage) {
+        self.0[s as usize] += 1;
+    }
+
+    pub fn get(&self, s: Shortage) -> u64 {
+        self.0[s as usize]
+    }
+
+    /// Every shortage with its count, in the order of [`Shortage::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (Shortage, u64)> + '_ {
+        Shortage::ALL.iter().map(|s| (*s, self.get(*s)))
+    }
+}
+
 /// Where a probe is made from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,6 +202,14 @@ pub struct ProbeResult {
     pub at: SystemTime,
     /// When the attempt started, for ordering: unlike `at`, it never steps.
     pub started: Instant,
+}
+
+impl ProbeResult {
+    /// The local resource the attempt lacked, when it failed for want of
+    /// one: then it is no evidence about the target.
+    pub fn shortage(&self) -> Option<Shortage> {
+        self.errno.and_then(Shortage::from_errno)
+    }
 }
 
 /// One attempt as JSON, the fields `/api/v1/status`, `/probe?format=json`

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::{ProbeResult, Protocol, Target, tcp, udp};
 
@@ -26,12 +27,7 @@ impl Prober {
     /// and returns the results in the order of `targets`. A UDP target is
     /// sent an empty datagram.
     pub async fn run(&self, targets: Vec<Target>, timeout: Duration) -> Vec<ProbeResult> {
-        let empty: Arc<[u8]> = Arc::from(Vec::new());
-        let with = targets
-            .into_iter()
-            .map(|t| (t, Arc::clone(&empty)))
-            .collect();
-        self.run_with(with, timeout).await
+        self.run_with(with_empty(targets), timeout).await
     }
 
     /// As [`Prober::run`], each UDP target sent its payload (TCP targets
@@ -41,17 +37,43 @@ impl Prober {
         targets: Vec<(Target, Arc<[u8]>)>,
         timeout: Duration,
     ) -> Vec<ProbeResult> {
+        self.run_by(targets, timeout, None)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// As [`Prober::run_with`], all of it — waiting for a connect slot
+    /// included — over by `deadline` when one is given: a probe gets what
+    /// is left of `timeout` before it, and a target whose slot did not come
+    /// in time is `None` (not probed, so no evidence either way).
+    pub async fn run_by(
+        &self,
+        targets: Vec<(Target, Arc<[u8]>)>,
+        timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Vec<Option<ProbeResult>> {
         let mut tasks = JoinSet::new();
         for (i, (target, payload)) in targets.into_iter().enumerate() {
             let limit = Arc::clone(&self.limit);
             tasks.spawn(async move {
-                // The semaphore is never closed, so acquire cannot fail.
-                let _permit = limit.acquire_owned().await.ok();
+                let permit = match deadline {
+                    None => limit.acquire_owned().await.ok(),
+                    Some(d) => match tokio::time::timeout_at(d, limit.acquire_owned()).await {
+                        Ok(permit) => permit.ok(),
+                        Err(_) => return (i, None),
+                    },
+                };
+                let timeout = deadline.map_or(timeout, |d| {
+                    timeout.min(d.saturating_duration_since(Instant::now()))
+                });
                 let result = match target.protocol {
                     Protocol::Tcp => tcp::connect(target, timeout).await,
                     Protocol::Udp => udp::exchange(target, &payload, timeout).await,
                 };
-                (i, result)
+                drop(permit);
+                (i, Some(result))
             });
         }
         let mut results = Vec::with_capacity(tasks.len());
@@ -64,6 +86,16 @@ impl Prober {
         results.sort_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, r)| r).collect()
     }
+}
+
+/// Each target with an empty payload: what TCP targets and payload-less
+/// UDP ones are sent.
+pub fn with_empty(targets: Vec<Target>) -> Vec<(Target, Arc<[u8]>)> {
+    let empty: Arc<[u8]> = Arc::from(Vec::new());
+    targets
+        .into_iter()
+        .map(|t| (t, Arc::clone(&empty)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -26,7 +26,9 @@ use crate::engine::Live;
 use crate::metrics::{self, Metrics};
 use crate::snapshot::Snapshot;
 use crate::status_page;
+use connections::Connections;
 
+pub mod connections;
 mod probe_server;
 mod web_config;
 use probe_server::Gate;
@@ -115,6 +117,9 @@ pub struct Shared {
     handles: Handles,
     gate: Gate,
     web: WebConfig,
+    connections: Arc<Connections>,
+    /// The soft descriptor limit, read when the server starts.
+    nofile: u64,
 }
 
 impl Shared {
@@ -123,7 +128,16 @@ impl Shared {
             handles,
             gate: Gate::default(),
             web,
+            connections: Arc::default(),
+            nofile: crate::descriptors::soft_limit(),
         }
+    }
+
+    /// Counts a connection from `peer` against the limits
+    /// ([`connections`]), or says why it is refused.
+    fn admit(&self, peer: SocketAddr) -> Result<connections::Held, connections::Refused> {
+        let limit = connections::global_limit(self.nofile, &self.handles.live.current().config);
+        self.connections.admit(peer.ip(), limit)
     }
 }
 
@@ -151,13 +165,26 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let held = match shared.admit(peer) {
+                    Ok(held) => held,
+                    Err(limit) => {
+                        // Closed at once: its descriptor is back before the next accept.
+                        tracing::debug!(peer = %peer, limit = ?limit, "connection refused: over the connection limit");
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let (shared, watcher) = (Arc::clone(&shared), graceful.watcher());
                 match shared.web.tls().cloned() {
                     None => {
-                        tokio::spawn(connection(TokioIo::new(stream), shared, watcher, peer));
+                        tokio::spawn(async move {
+                            connection(TokioIo::new(stream), shared, watcher, peer).await;
+                            drop(held);
+                        });
                     }
                     Some(acceptor) => {
                         tokio::spawn(async move {
+                            let _held = held;
                             // The handshake runs in the connection's task, so
                             // that a slow client does not hold up accepting.
                             match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {

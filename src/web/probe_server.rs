@@ -1,9 +1,11 @@
 //! `/probe` and `POST /api/v1/probe`: probes served to others (peers, or
 //! Prometheus using portsight as a blackbox-style prober). Off unless
-//! enabled; then a request passes, in order: the per-client rate limit (429),
-//! the bearer token (401), a well-formed target (400), the allow-list (403,
-//! and no connection is made), the concurrency limit (429). Every refusal
-//! says why and is counted in `portsight_probe_requests_total{result}`.
+//! enabled; then a request passes, in order: the bearer token (401; 400 for
+//! several `Authorization` headers), the per-client rate limit (429; only
+//! clients with the token get a bucket, so that clients without one can
+//! never lock out one with it), a well-formed target (400), the allow-list
+//! (403, and no connection is made), the concurrency limit (429). Every
+//! refusal says why and is counted in `portsight_probe_requests_total{result}`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,6 +23,7 @@ use crate::config::{AllowRule, Config, is_unicast};
 use crate::engine::Loaded;
 use crate::metrics::{self, RequestResult};
 use crate::peer::wire::{BatchRequest, BatchResponse, MAX_TARGETS, TargetResult};
+use crate::probe::scheduler::with_empty;
 use crate::probe::{ProbeResult, Target, Vantage};
 
 /// The longest timeout a client may ask for.
@@ -64,10 +67,7 @@ impl Gate {
     /// refilled (the same as none) go first, then new clients wait. `now`
     /// is the time of the request (`Instant::now()`; tests pass their own).
     fn take(&self, client: IpAddr, rate: f64, burst: u32, now: Instant) -> bool {
-        let client = match client.to_canonical() {
-            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !0u128 << 64).into()),
-            v4 => v4,
-        };
+        let client = super::connections::client_key(client);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&client) {
             let refill =
@@ -126,7 +126,30 @@ pub async fn probe<B>(req: Request<B>, h: &Handles, gate: &Gate, client: IpAddr)
         let _slot = gate
             .slot(config.probe_server.concurrency)
             .ok_or_else(busy)?;
-        Ok(probe_for_client(&loaded, vec![target], timeout).await)
+        // The timeout bounds the whole request, the wait for a connect slot
+        // included; single probes have slots of their own, so batches never
+        // hold them up.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let target = Target::local(Vantage::External, target);
+        let results = loaded
+            .single_prober
+            .run_by(with_empty(vec![target]), timeout, Some(deadline))
+            .await;
+        results
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|r| vec![r])
+            .ok_or_else(|| {
+                Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    RequestResult::Limited,
+                    format!(
+                        "no connect slot came free within the timeout ({}); retry later",
+                        humantime::format_duration(timeout)
+                    ),
+                )
+            })
     };
     match outcome.await {
         Err(refusal) => refuse(h, refusal),
@@ -235,8 +258,10 @@ async fn probe_for_client(
     loaded.server_prober.run(targets, timeout).await
 }
 
-/// The rate limit, then the token.
+/// The token, then the rate limit: a bucket is taken (and made) only for
+/// a client that sent the right token.
 fn admit(loaded: &Loaded, gate: &Gate, headers: &HeaderMap, client: IpAddr) -> Result<(), Refusal> {
+    check_token(loaded.server_token.as_deref(), headers)?;
     let s = &loaded.config.probe_server;
     if !gate.take(client, s.rate_limit, s.burst, Instant::now()) {
         return Err(Refusal(
@@ -248,24 +273,33 @@ fn admit(loaded: &Loaded, gate: &Gate, headers: &HeaderMap, client: IpAddr) -> R
             ),
         ));
     }
-    let expected = loaded.server_token.as_deref().unwrap_or_default();
-    let given = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    Ok(())
+}
+
+/// Exactly one `Authorization: Bearer <token>` header, the token compared
+/// byte for byte (nothing trimmed).
+fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<(), Refusal> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let (first, more) = (all.next(), all.next());
+    if more.is_some() {
+        return Err(invalid(
+            "several Authorization headers: send exactly one".into(),
+        ));
+    }
+    let given = first.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ".as_slice()));
+    let expected = expected.unwrap_or_default().as_bytes();
     match given {
         None => Err(Refusal(
             StatusCode::UNAUTHORIZED,
             RequestResult::Unauthorized,
             "missing bearer token: send Authorization: Bearer <token>".into(),
         )),
-        Some(t) if expected.is_empty() || !same(t.as_bytes(), expected.as_bytes()) => Err(Refusal(
+        Some(t) if !expected.is_empty() && same(t, expected) => Ok(()),
+        Some(_) => Err(Refusal(
             StatusCode::UNAUTHORIZED,
             RequestResult::Unauthorized,
             "wrong bearer token".into(),
         )),
-        Some(_) => Ok(()),
     }
 }
 
@@ -291,16 +325,32 @@ fn allowed(rules: &[AllowRule], targets: &[SocketAddr]) -> Result<(), Refusal> {
     }
 }
 
+/// The most of a client's text a refusal repeats.
+const ECHO: usize = 64;
+
+/// `text` quoted for a reason sent back (and logged): at most [`ECHO`]
+/// characters of it, control characters escaped, and its length when cut.
+fn echo(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(ECHO).collect();
+    if chars.next().is_none() {
+        format!("{head:?}")
+    } else {
+        format!("{head:?}... ({} bytes)", text.len())
+    }
+}
+
 /// `IP:PORT` or `[IPv6]:PORT`; no host names (nothing is resolved).
-fn parse_target(s: &str) -> Result<SocketAddr, Refusal> {
-    match s.parse::<SocketAddr>() {
-        Ok(a) if a.port() == 0 => Err(invalid(format!("target {s:?}: port 0"))),
+fn parse_target(text: &str) -> Result<SocketAddr, Refusal> {
+    let s = echo(text);
+    match text.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(invalid(format!("target {s}: port 0"))),
         Ok(a) if !is_unicast(a.ip()) => Err(invalid(format!(
-            "target {s:?}: not a unicast address (unspecified, multicast or broadcast)"
+            "target {s}: not a unicast address (unspecified, multicast or broadcast)"
         ))),
         Ok(a) => Ok(a),
         Err(_) => Err(invalid(format!(
-            "target {s:?}: want IP:PORT or [IPv6]:PORT (host names are not resolved)"
+            "target {s}: want IP:PORT or [IPv6]:PORT (host names are not resolved)"
         ))),
     }
 }
@@ -308,13 +358,15 @@ fn parse_target(s: &str) -> Result<SocketAddr, Refusal> {
 /// The timeout: `timeout=` (like `2s`, or seconds), else `probe.timeout`, and
 /// never past Prometheus's scrape timeout (minus 0.5 s) when it sends one.
 fn timeout(config: &Config, param: Option<&str>, headers: &HeaderMap) -> Result<Duration, Refusal> {
-    let mut t =
-        match param {
-            Some(p) => checked_timeout(parse_duration(p).ok_or_else(|| {
-                invalid(format!("timeout {p:?}: want a duration like 2s or 500ms"))
-            })?)?,
-            None => config.probe.timeout,
-        };
+    let mut t = match param {
+        Some(p) => checked_timeout(parse_duration(p).ok_or_else(|| {
+            invalid(format!(
+                "timeout {}: want a duration like 2s or 500ms",
+                echo(p)
+            ))
+        })?)?,
+        None => config.probe.timeout,
+    };
     if let Some(scrape) = headers
         .get("X-Prometheus-Scrape-Timeout-Seconds")
         .and_then(|v| v.to_str().ok())
@@ -367,8 +419,15 @@ fn busy() -> Refusal {
     )
 }
 
-fn refuse(h: &Handles, Refusal(status, result, reason): Refusal) -> Response<Body> {
+/// The longest reason sent back.
+const MAX_REASON: usize = 512;
+
+fn refuse(h: &Handles, Refusal(status, result, mut reason): Refusal) -> Response<Body> {
     h.metrics.count_probe_request(result);
+    if let Some((i, _)) = reason.char_indices().nth(MAX_REASON) {
+        reason.truncate(i);
+        reason.push_str("...");
+    }
     tracing::debug!(status = %status, result = result.as_str(), reason = %reason, "probe request refused");
     let mut r = text(status, format!("{reason}\n"));
     if status == StatusCode::UNAUTHORIZED {
@@ -487,5 +546,71 @@ mod tests {
         assert!(same(b"abc", b"abc"));
         assert!(!same(b"abc", b"abd"));
         assert!(!same(b"abc", b"abcd"));
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn target_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                ".{0,80}",
+                "\\[?[0-9a-fA-F:.%]{0,45}\\]?(:[0-9]{0,6})?",
+                "[0-9]{1,4}(\\.[0-9]{1,4}){0,4}(:[0-9+-]{0,7})?",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn query_strings_never_panic(q in ".{0,200}", raw in prop::collection::vec(any::<u8>(), 0..100)) {
+                let _ = parse_query(&q);
+                let _ = parse_query(&String::from_utf8_lossy(&raw));
+            }
+
+            #[test]
+            fn targets_never_panic_and_are_echoed_short(t in target_text()) {
+                if let Err(Refusal(status, _, reason)) = parse_target(&t) {
+                    prop_assert_eq!(status, StatusCode::BAD_REQUEST);
+                    prop_assert!(reason.len() < 600, "{}", reason.len());
+                }
+            }
+
+            #[test]
+            fn authorization_headers_never_panic(
+                values in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
+                prefixed in prop::collection::vec(".{0,20}", 0..3),
+            ) {
+                let mut headers = HeaderMap::new();
+                for v in values.iter().map(Vec::as_slice).chain(prefixed.iter().map(|p| p.as_bytes())) {
+                    if let Ok(v) = HeaderValue::from_bytes(v) {
+                        headers.append(AUTHORIZATION, v);
+                    }
+                    let mut bearer = b"Bearer ".to_vec();
+                    bearer.extend_from_slice(v);
+                    if let Ok(v) = HeaderValue::from_bytes(&bearer) {
+                        headers.append(AUTHORIZATION, v);
+                    }
+                }
+                let n = headers.get_all(AUTHORIZATION).iter().count();
+                let ok = check_token(Some("s3cret"), &headers).is_ok();
+                prop_assert!(!ok || (n == 1 && headers[AUTHORIZATION] == "Bearer s3cret"));
+                let _ = check_token(None, &headers);
+            }
+
+            #[test]
+            fn timeouts_never_panic(param in ".{0,30}", scrape in ".{0,30}") {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&scrape) {
+                    headers.insert("X-Prometheus-Scrape-Timeout-Seconds", v);
+                }
+                let config = Config::default();
+                if let Ok(t) = timeout(&config, Some(&param), &headers) {
+                    prop_assert!(t <= MAX_TIMEOUT && !t.is_zero());
+                }
+            }
+        }
     }
 }

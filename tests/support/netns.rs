@@ -199,29 +199,34 @@ impl Host {
     /// `portsight serve ARGS` in this namespace, once it listens (the
     /// address from its start-up log line).
     pub fn serve(&self, args: &[&str]) -> Served {
-        let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
-        args.insert(0, "serve".into());
-        self.serve_via(Path::new(PORTSIGHT), &args)
+        self.serve_with(&[], &[], args)
+    }
+
+    /// As [`Host::serve`], run through `wrapper` (`prlimit --nofile=…`) with
+    /// `env` set.
+    pub fn serve_with(&self, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Served {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(wrapper);
+        cmd.arg(PORTSIGHT).arg("serve").args(args);
+        cmd.envs(env.iter().copied());
+        self.served(Process::spawn(cmd))
     }
 
     /// A portsight that `PROGRAM ARGS` starts in this namespace (a wrapper
     /// that execs it: an installed package, a container), once it listens.
     pub fn serve_via(&self, program: &Path, args: &[String]) -> Served {
-        let mut process = self.spawn(program, args);
-        let listen = process.address();
-        Served {
-            process,
-            netns: self.name.clone(),
-            listen,
-            addr: reachable(listen),
-        }
+        self.served(self.spawn(program, args))
     }
 
     /// A portsight that `cmd`, run outside, puts into this namespace (a
     /// container runtime given `--network ns:/run/netns/<name>`), once it
     /// listens.
     pub fn serve_from_outside(&self, cmd: Command) -> Served {
-        let mut process = Process::spawn(cmd);
+        self.served(Process::spawn(cmd))
+    }
+
+    /// `process`, once its start-up log line says where it listens.
+    fn served(&self, mut process: Process) -> Served {
         let listen = process.address();
         Served {
             process,
