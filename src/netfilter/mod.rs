@@ -8,6 +8,7 @@ pub mod packet;
 pub mod read;
 pub mod ruleset;
 pub mod text;
+pub mod xt;
 
 use std::fmt;
 
