@@ -128,3 +128,6 @@ pub fn name(rs: &Ruleset, packet: &Packet) -> Vec<NamedRule> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;
