@@ -252,3 +252,122 @@ fn timeouts_with_a_full_conntrack_table_are_conntrack_full() {
     );
     drop(dir);
 }
+
+/// Why iptables-nft scenarios cannot run here, if they cannot.
+fn iptables_unavailable() -> Option<String> {
+    netns::nft_unavailable().or_else(|| {
+        Command::new("iptables")
+            .arg("-V")
+            .output()
+            .is_err()
+            .then(|| "`iptables` (the nft backend) is not installed".into())
+    })
+}
+
+/// `iptables ARGS` inside the test host's namespace, never outside it.
+fn iptables(host: &Host, args: &str) {
+    let mut all = vec!["iptables"];
+    all.extend(args.split_whitespace());
+    host.exec(&all);
+}
+
+const IPTABLES_HINT: &str =
+    "the table is written by iptables-nft: change it with the tool that wrote it";
+
+#[test]
+fn a_ufw_reject_in_ufw_user_input_is_named_with_the_iptables_hint() {
+    needs!(iptables_unavailable());
+    let host = Host::ipv4_only("fwufw");
+    let _l = listen("0.0.0.0:8080").bind_in(&host);
+    iptables(&host, "-N ufw-user-input");
+    iptables(&host, "-A INPUT -j ufw-user-input");
+    iptables(
+        &host,
+        "-A ufw-user-input -p tcp --dport 8080 -j REJECT --reject-with tcp-reset",
+    );
+    let (_d, cfg) = config(&host);
+    let d = diagnosis(&host, &cfg);
+    assert_eq!(d["cause"], "rejected", "{d:#}");
+    let h = handle_of(&host, "reject with tcp reset");
+    assert_eq!(
+        d["firewall"],
+        json!([{"family": "ip", "table": "filter", "chain": "ufw-user-input", "handle": h,
+                "verdict": "reject", "comment": null,
+                "rule": "tcp dport 8080 counter reject with tcp reset", "may_match": null}]),
+        "{d:#}"
+    );
+    let summary = d["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!(
+            "rejected by rule (ip filter ufw-user-input, handle {h}: tcp dport 8080 counter reject with tcp reset)"
+        )),
+        "{summary}"
+    );
+    let fix = d["fix"].as_str().unwrap();
+    assert!(fix.contains(IPTABLES_HINT), "{fix}");
+    assert!(
+        table(&host, &cfg).contains(IPTABLES_HINT),
+        "the check table says it"
+    );
+}
+
+#[test]
+fn a_multiport_drop_after_a_conntrack_accept_is_named_for_a_new_probe() {
+    needs!(iptables_unavailable());
+    let host = Host::ipv4_only("fwmport");
+    let _l = listen("0.0.0.0:8080").bind_in(&host);
+    iptables(
+        &host,
+        "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    );
+    iptables(
+        &host,
+        "-A INPUT -p tcp -m multiport --dports 22,443 -j DROP",
+    );
+    iptables(
+        &host,
+        "-A INPUT -p tcp -m multiport --dports 8080,9090 -j DROP",
+    );
+    let (_d, cfg) = config(&host);
+    let d = diagnosis(&host, &cfg);
+    assert_eq!(d["cause"], "filtered", "{d:#}");
+    let h = handle_of(&host, "dport { 8080, 9090 }");
+    assert_eq!(
+        d["firewall"],
+        json!([{"family": "ip", "table": "filter", "chain": "INPUT", "handle": h,
+                "verdict": "drop", "comment": null,
+                "rule": "meta l4proto tcp tcp dport { 8080, 9090 } counter drop", "may_match": null}]),
+        "the conntrack accept does not take the new probe, and 22,443 is not 8080: {d:#}"
+    );
+    assert!(
+        d["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("dropped by rule (ip filter INPUT, handle {h}: ")),
+        "{d:#}"
+    );
+    assert!(d["fix"].as_str().unwrap().contains(IPTABLES_HINT), "{d:#}");
+}
+
+#[test]
+fn an_iptables_match_portsight_does_not_interpret_only_may_match() {
+    needs!(iptables_unavailable());
+    let host = Host::ipv4_only("fwxtmay");
+    let _l = listen("0.0.0.0:8080").bind_in(&host);
+    // `-m u32` has no nft translation: the rule may or may not match.
+    iptables(
+        &host,
+        "-A INPUT -p tcp --dport 8080 -m u32 --u32 0>>22&0x3C@0>>16=8080 -j DROP",
+    );
+    iptables(&host, "-A INPUT -p tcp --dport 8080 -j DROP");
+    let (_d, cfg) = config(&host);
+    let d = diagnosis(&host, &cfg);
+    assert_eq!(d["cause"], "filtered", "{d:#}");
+    let rules = d["firewall"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{d:#}");
+    assert_eq!(
+        rules[0]["may_match"], "the iptables match 'u32' is not interpreted",
+        "{d:#}"
+    );
+    assert_eq!(rules[1]["may_match"], Value::Null, "{d:#}");
+}

@@ -315,6 +315,7 @@ pub fn evaluate<'a>(rs: &'a Ruleset, packet: &Packet) -> Vec<Hit<'a>> {
                 rs,
                 at: &at,
                 maybe: Vec::new(),
+                steps: 0,
             };
             let flow = walk.chain(chain, 0, None);
             found.append(&mut walk.maybe);
@@ -361,16 +362,23 @@ struct Walk<'a, 'p> {
     rs: &'a Ruleset,
     at: &'p At<'p>,
     maybe: Vec<Hit<'a>>,
+    /// Chains walked so far: walks that only may happen branch, and a
+    /// ruleset of loops could make them many.
+    steps: u32,
 }
 
 /// As deep as the kernel lets jumps go.
 const MAX_DEPTH: u8 = 16;
 
+/// At most this many chains walked per base chain.
+const MAX_STEPS: u32 = 4096;
+
 impl<'a> Walk<'a, '_> {
     /// Walks `chain`. With `maybe` set (the reason), the walk only may
     /// happen: what it finds is noted, never decided.
     fn chain(&mut self, chain: &'a Chain, depth: u8, maybe: Option<&str>) -> Flow<'a> {
-        if depth > MAX_DEPTH {
+        self.steps += 1;
+        if depth > MAX_DEPTH || self.steps > MAX_STEPS {
             return Flow::Next;
         }
         for rule in &chain.rules {
@@ -408,6 +416,18 @@ impl<'a> Walk<'a, '_> {
                     Tri::Maybe,
                     format!("the statement '{name}' is not interpreted"),
                 ),
+                Stmt::Xt { kind, name } if kind == "target" => {
+                    let why = why.unwrap_or_else(|| {
+                        format!("the iptables target '{name}' is not interpreted: it may drop the packet")
+                    });
+                    self.maybe.push(Hit {
+                        chain,
+                        rule: Some(rule),
+                        verdict: Verdict::Drop,
+                        maybe: Some(why),
+                    });
+                    return None;
+                }
                 Stmt::Xt { kind, name } => (
                     Tri::Maybe,
                     format!("the iptables {kind} '{name}' is not interpreted"),

@@ -8,6 +8,7 @@ pub mod packet;
 pub mod read;
 pub mod ruleset;
 pub mod text;
+pub mod xt;
 
 use std::fmt;
 
@@ -127,3 +128,6 @@ pub fn name(rs: &Ruleset, packet: &Packet) -> Vec<NamedRule> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Error, Ruleset, ruleset, text};
+use super::{Error, Ruleset, ruleset, text, xt};
 
 /// Without a generation (no netlink answer), a read is kept this long.
 const TTL: Duration = Duration::from_secs(10);
@@ -65,32 +65,35 @@ impl Reader {
     }
 }
 
-fn nft(args: &[&str]) -> Result<Vec<u8>, Error> {
+/// `nft ARGS`: its output and its warnings (stderr, of a run that succeeded).
+fn nft(args: &[&str]) -> Result<(Vec<u8>, String), Error> {
     let out = Command::new("nft")
         .args(args)
         .output()
         .map_err(|e| Error::Spawn(e.to_string()))?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
         return Err(Error::Nft(err.trim().to_string()));
     }
-    Ok(out.stdout)
+    Ok((out.stdout, err))
 }
 
 fn read_once() -> Result<Ruleset, Error> {
-    let json = nft(&["-j", "list", "ruleset"])?;
-    let txt = nft(&["-a", "list", "ruleset"])?;
-    Ok(with_text(
-        ruleset::parse(&json)?,
-        &String::from_utf8_lossy(&txt),
-    ))
+    let (json, _) = nft(&["-j", "list", "ruleset"])?;
+    // nft prints "# Warning: table ip filter is managed by iptables-nft"
+    // on stderr: the text is read with its warnings.
+    let (txt, warnings) = nft(&["-a", "list", "ruleset"])?;
+    let txt = format!("{warnings}\n{}", String::from_utf8_lossy(&txt));
+    Ok(with_text(ruleset::parse(&json)?, &txt))
 }
 
-/// The ruleset with each rule's text and the iptables-nft tables.
+/// The ruleset with each rule's text and the iptables-nft tables, and the
+/// `xt` statements of iptables-nft's rules interpreted from that text.
 pub fn with_text(mut rs: Ruleset, txt: &str) -> Ruleset {
     let t = text::parse(txt);
     rs.text = t.rules;
     rs.iptables = t.iptables;
+    xt::interpret(&mut rs);
     rs
 }
 

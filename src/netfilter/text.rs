@@ -44,9 +44,9 @@ pub fn parse(text: &str) -> Text {
             });
         } else if body == "}" {
             stack.pop();
-        } else if line.starts_with("# Warning: table") && line.contains("iptables-nft") {
-            if let Some(Block::Table(f, t)) = stack.last() {
-                out.iptables.push((*f, t.clone()));
+        } else if let Some(table) = managed_by_iptables(line) {
+            if !out.iptables.contains(&table) {
+                out.iptables.push(table);
             }
         } else if let ([.., Block::Table(f, t), Block::Chain(c)], Some(h)) =
             (stack.as_slice(), handle)
@@ -56,6 +56,15 @@ pub fn parse(text: &str) -> Text {
         }
     }
     out
+}
+
+/// `# Warning: table ip filter is managed by iptables-nft, do not touch!`
+/// (nft 1.0.6 prints it on stderr, once per such table): the table.
+fn managed_by_iptables(line: &str) -> Option<(Family, String)> {
+    let rest = line.strip_prefix("# Warning: table ")?;
+    let (table, _) = rest.split_once(" is managed by iptables-nft")?;
+    let (f, name) = table.split_once(' ')?;
+    Some((Family::parse(f)?, name.to_string()))
 }
 
 /// The rule without its counter's values (they change with every packet)
@@ -125,6 +134,12 @@ mod tests {
              \t}\n}\n",
         );
         assert_eq!(t.iptables, [(Family::Ip, "filter".to_string())]);
+        // As nft 1.0.6 prints it: on stderr, read before the ruleset.
+        let warned = parse(
+            "# Warning: table ip6 filter is managed by iptables-nft, do not touch!\n\n\
+             table ip6 filter { # handle 2\n}\ntable inet fw { # handle 3\n}\n",
+        );
+        assert_eq!(warned.iptables, [(Family::Ip6, "filter".to_string())]);
         let k = (Family::Ip, "filter".to_string(), "INPUT".to_string());
         assert_eq!(
             t.rules[&(k, 4)],
