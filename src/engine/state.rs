@@ -605,6 +605,7 @@ mod tests {
     fn tcp_and_udp_of_one_number_never_mix() {
         let mut config = config();
         config.discover.enabled = true;
+        config.discover.min_age = Duration::ZERO;
         config.ports.push(PortConfig {
             protocol: crate::config::Protocol::Udp,
             ..PortConfig::tcp(PORT, Expect::Public)
