@@ -233,3 +233,39 @@ impl From<&ProbeResult> for Attempt {
         }
     }
 }
+
+/// Runs one `attempt` at `target` for at most `timeout` and makes its
+/// result: success, the outcome its error stands for, or a timeout, said
+/// as "no {answer} within {timeout}{note}".
+pub(crate) async fn timed(
+    target: Target,
+    timeout: Duration,
+    (answer, note): (&str, &str),
+    attempt: impl std::future::Future<Output = std::io::Result<()>>,
+) -> ProbeResult {
+    let at = SystemTime::now();
+    let start = Instant::now();
+    let attempt = tokio::time::timeout(timeout, attempt).await;
+    let duration = start.elapsed();
+    let (outcome, errno, error) = match attempt {
+        Ok(Ok(())) => (Outcome::Success, None, None),
+        Ok(Err(e)) => (tcp::classify(&e), e.raw_os_error(), Some(e.to_string())),
+        Err(_) => (
+            Outcome::Timeout,
+            None,
+            Some(format!(
+                "no {answer} within {}{note}",
+                humantime::format_duration(timeout)
+            )),
+        ),
+    };
+    ProbeResult {
+        target,
+        outcome,
+        duration,
+        errno,
+        error,
+        at,
+        started: start,
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use tokio::net::TcpSocket;
 
@@ -12,31 +12,8 @@ use super::{Outcome, ProbeResult, Target};
 /// The socket has `SO_LINGER {on, 0}`: closing sends RST instead of FIN, so
 /// the prober leaves no `TIME_WAIT` behind however often it probes.
 pub async fn connect(target: Target, timeout: Duration) -> ProbeResult {
-    let at = SystemTime::now();
-    let start = Instant::now();
-    let attempt = tokio::time::timeout(timeout, attempt(target.addr)).await;
-    let duration = start.elapsed();
-    let (outcome, errno, error) = match attempt {
-        Ok(Ok(())) => (Outcome::Success, None, None),
-        Ok(Err(e)) => (classify(&e), e.raw_os_error(), Some(e.to_string())),
-        Err(_) => (
-            Outcome::Timeout,
-            None,
-            Some(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            )),
-        ),
-    };
-    ProbeResult {
-        target,
-        outcome,
-        duration,
-        errno,
-        error,
-        at,
-        started: start,
-    }
+    let addr = target.addr;
+    super::timed(target, timeout, ("answer", ""), attempt(addr)).await
 }
 
 async fn attempt(addr: SocketAddr) -> io::Result<()> {

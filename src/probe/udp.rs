@@ -10,41 +10,18 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
-use super::tcp::classify;
-use super::{Outcome, ProbeResult, Target};
+use super::{ProbeResult, Target};
 
 /// Sends `payload` to `target.addr` and waits at most `timeout` for one
 /// datagram back (or an ICMP error). The socket is closed when this returns.
 pub async fn exchange(target: Target, payload: &[u8], timeout: Duration) -> ProbeResult {
-    let at = SystemTime::now();
-    let start = Instant::now();
-    let attempt = tokio::time::timeout(timeout, attempt(target.addr, payload)).await;
-    let duration = start.elapsed();
-    let (outcome, errno, error) = match attempt {
-        Ok(Ok(())) => (Outcome::Success, None, None),
-        Ok(Err(e)) => (classify(&e), e.raw_os_error(), Some(e.to_string())),
-        Err(_) => (
-            Outcome::Timeout,
-            None,
-            Some(format!(
-                "no reply within {} (many UDP services answer nothing)",
-                humantime::format_duration(timeout)
-            )),
-        ),
-    };
-    ProbeResult {
-        target,
-        outcome,
-        duration,
-        errno,
-        error,
-        at,
-        started: start,
-    }
+    let addr = target.addr;
+    let note = " (many UDP services answer nothing)";
+    super::timed(target, timeout, ("reply", note), attempt(addr, payload)).await
 }
 
 async fn attempt(addr: SocketAddr, payload: &[u8]) -> io::Result<()> {
@@ -64,7 +41,7 @@ async fn attempt(addr: SocketAddr, payload: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::{Protocol, Vantage};
+    use crate::probe::{Outcome, Protocol, Vantage};
 
     fn target(addr: SocketAddr) -> Target {
         Target::new(Vantage::Loopback, Protocol::Udp, addr)
