@@ -166,6 +166,8 @@ fn serve(storage: &Storage, host: &Host, caps: &[String]) -> Served {
             "--read-only",
             "--security-opt=no-new-privileges",
             "--cap-drop=all",
+            // The default config, discovering at once (discover.min_age is 1m).
+            "--env=PORTSIGHT__DISCOVER__MIN_AGE=0s",
         ])
         .arg(format!("--cgroup-parent=/{}", storage.cgroup));
     if !caps.is_empty() {

@@ -290,6 +290,9 @@ fn serve_installed(host: &Host, deb: &Path, caps: &[String]) -> (netns::Served, 
         deb.display().to_string(),
         "service".into(),
     ];
+    // The unit as it is, but discovering at once: the test's listener is
+    // seconds old, and discover.min_age is 1m.
+    args.extend(["env".into(), "PORTSIGHT__DISCOVER__MIN_AGE=0s".into()]);
     args.extend(unit.command(caps));
     let mut served = host.serve_via(Path::new(INSTALLED_ROOT), &args);
     served.wait_ready();
