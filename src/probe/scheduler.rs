@@ -143,15 +143,21 @@ mod tests {
     }
 
     /// Connects to `port` that the kernel shows in SYN_SENT (state `02` of
-    /// /proc/net/tcp), counted by their own address: a row the kernel
-    /// repeats while sockets come and go is one socket.
+    /// /proc/net/tcp).
     fn pending_connects(port: u16) -> usize {
-        let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        sockets_to("/proc/net/tcp", port, "02")
+    }
+
+    /// The sockets of `table` (a /proc/net file) whose peer is `port`, in
+    /// `state`, counted by their own address: a row the kernel repeats
+    /// while sockets come and go is one socket.
+    fn sockets_to(table: &str, port: u16, state: &str) -> usize {
+        let text = std::fs::read_to_string(table).unwrap();
         let remote = format!(":{port:04X}");
         text.lines()
             .skip(1)
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|f| f.len() > 3 && f[2].ends_with(&remote) && f[3] == "02")
+            .filter(|f| f.len() > 3 && f[2].ends_with(&remote) && f[3] == state)
             .map(|f| f[1].to_string())
             .collect::<HashSet<_>>()
             .len()
@@ -207,15 +213,7 @@ mod tests {
     /// Connected UDP sockets of this process whose peer is `port` on
     /// loopback (state `01` of /proc/net/udp), counted by local address.
     fn pending_udp(port: u16) -> usize {
-        let text = std::fs::read_to_string("/proc/net/udp").unwrap();
-        let remote = format!(":{port:04X}");
-        text.lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|f| f.len() > 3 && f[2].ends_with(&remote) && f[3] == "01")
-            .map(|f| f[1].to_string())
-            .collect::<HashSet<_>>()
-            .len()
+        sockets_to("/proc/net/udp", port, "01")
     }
 
     /// TCP and UDP probes share one limit: with concurrency 2, two silent UDP
