@@ -9,11 +9,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 use support::netns::{self, Host, Served};
-use support::{listen, needs};
+use support::{listen, needs, run};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const IMAGE: &str = "localhost/portsight:test";
@@ -106,18 +106,6 @@ impl Drop for Storage {
             }
         }
     }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// The binary the package ships, extracted into `dir`.

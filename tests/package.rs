@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use support::netns::{self, Host};
-use support::{listen, needs};
+use support::{listen, needs, run};
 
 const UNIT: &str = "./usr/lib/systemd/system/portsight.service";
 const INSTALLED_ROOT: &str = concat!(
@@ -51,18 +51,6 @@ fn which(tool: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(tool))
             .find(|p| p.is_file())
     })
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn stdout(cmd: &mut Command) -> String {
