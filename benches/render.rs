@@ -77,6 +77,8 @@ fn port_status(port: u16) -> PortStatus {
             failed: None,
         },
         probe_counts,
+        netns: None,
+        forward: None,
     }
 }
 

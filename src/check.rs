@@ -241,6 +241,8 @@ mod tests {
                 firewall: Vec::new(),
             },
             probe_counts: Vec::new(),
+            netns: None,
+            forward: None,
         };
         for color in [false, true] {
             let out = table(&[&port], color);

@@ -10,6 +10,7 @@ pub mod escape;
 pub mod kernel;
 pub mod metrics;
 pub mod netfilter;
+pub mod netns;
 pub mod peer;
 pub mod privileges;
 pub mod probe;

@@ -2,12 +2,14 @@
 //! probe cycles and swapped in whole; readers only ever see a complete one.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::config::{Expect, Protocol};
 use crate::diagnosis::Diagnosis;
+use crate::netns::Namespace;
 use crate::probe::{Attempt, Discarded, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 
@@ -166,6 +168,26 @@ pub struct PortStatus {
     /// Every attempt on each target of this port since it has been watched
     /// under this name, ordered by target (`portsight_probes_total`).
     pub probe_counts: Vec<(Target, OutcomeCounts)>,
+    /// The namespace the port is in; `None` for portsight's own.
+    pub netns: Option<Namespace>,
+    /// Where the port is forwarded to (DNAT, redirect, a userland proxy),
+    /// when it is.
+    pub forward: Option<ForwardStatus>,
+}
+
+/// A watched port's forward and what its backend looks like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardStatus {
+    /// `dnat`, `redirect` or `proxy` (the `via` label).
+    pub via: &'static str,
+    pub backend: SocketAddr,
+    /// The namespace of this host that holds the backend address; `None`
+    /// when none does (another host: `forwarded`).
+    pub netns: Option<Namespace>,
+    /// The backend port's listeners in that namespace.
+    pub backend_listeners: Vec<Listener>,
+    /// Where the forward is written: the rule, or the proxy process.
+    pub rule: Option<String>,
 }
 
 impl PortStatus {
@@ -204,6 +226,17 @@ pub struct PortJson<'a> {
     pub listeners: Vec<ListenerJson>,
     pub probes: Vec<ProbeJson<'a>>,
     pub diagnosis: &'a Diagnosis,
+    pub netns: Option<&'a Namespace>,
+    pub forward: Option<ForwardJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForwardJson<'a> {
+    pub via: &'static str,
+    pub backend: String,
+    pub netns: Option<&'a Namespace>,
+    pub backend_listeners: Vec<ListenerJson>,
+    pub rule: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -260,20 +293,7 @@ impl PortStatus {
             expect: self.expect,
             origin: self.origin,
             listening: self.listening(),
-            listeners: self
-                .listeners
-                .iter()
-                .map(|l| ListenerJson {
-                    address: l.address.to_string(),
-                    scope: l.scope(),
-                    process: l.owner.as_ref().map(|o| o.name.clone()),
-                    pid: l.owner.as_ref().map(|o| o.pid),
-                    accept_queue_length: (l.protocol == Protocol::Tcp)
-                        .then_some(l.accept_queue_length),
-                    accept_queue_limit: l.accept_queue_limit,
-                    v6only: l.v6only,
-                })
-                .collect(),
+            listeners: self.listeners.iter().map(ListenerJson::from).collect(),
             probes: self
                 .probes
                 .iter()
@@ -285,6 +305,28 @@ impl PortStatus {
                 })
                 .collect(),
             diagnosis: &self.diagnosis,
+            netns: self.netns.as_ref(),
+            forward: self.forward.as_ref().map(|f| ForwardJson {
+                via: f.via,
+                backend: f.backend.to_string(),
+                netns: f.netns.as_ref(),
+                backend_listeners: f.backend_listeners.iter().map(ListenerJson::from).collect(),
+                rule: f.rule.as_deref(),
+            }),
+        }
+    }
+}
+
+impl From<&Listener> for ListenerJson {
+    fn from(l: &Listener) -> ListenerJson {
+        ListenerJson {
+            address: l.address.to_string(),
+            scope: l.scope(),
+            process: l.owner.as_ref().map(|o| o.name.clone()),
+            pid: l.owner.as_ref().map(|o| o.pid),
+            accept_queue_length: (l.protocol == Protocol::Tcp).then_some(l.accept_queue_length),
+            accept_queue_limit: l.accept_queue_limit,
+            v6only: l.v6only,
         }
     }
 }

@@ -396,6 +396,8 @@ impl State {
             probes,
             diagnosis,
             probe_counts,
+            netns: None,
+            forward: None,
         }
     }
 }

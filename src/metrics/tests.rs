@@ -32,6 +32,8 @@ fn port(port: u16, name: &str, expect: Expect, origin: Origin, cause: Cause) -> 
             failed: None,
         },
         probe_counts: Vec::new(),
+        netns: None,
+        forward: None,
     }
 }
 
