@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::{Expect, Protocol};
 use crate::diagnosis::Diagnosis;
-use crate::netns::Namespace;
+use crate::netns::{Namespace, NsId};
 use crate::probe::{Attempt, Discarded, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
 
@@ -18,6 +18,8 @@ use crate::sockets::{Listener, Scope, Source};
 /// mix. Ordered by protocol, then number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
+    /// The network namespace the port is in; [`NsId::OWN`] for the host's.
+    pub netns: NsId,
     pub protocol: Protocol,
     pub port: u16,
 }
@@ -25,6 +27,7 @@ pub struct PortKey {
 impl PortKey {
     pub fn tcp(port: u16) -> PortKey {
         PortKey {
+            netns: NsId::OWN,
             protocol: Protocol::Tcp,
             port,
         }
@@ -32,6 +35,7 @@ impl PortKey {
 
     pub fn udp(port: u16) -> PortKey {
         PortKey {
+            netns: NsId::OWN,
             protocol: Protocol::Udp,
             port,
         }
@@ -40,6 +44,7 @@ impl PortKey {
     /// The key of a listener's port.
     pub fn of(l: &Listener) -> PortKey {
         PortKey {
+            netns: l.netns,
             protocol: l.protocol,
             port: l.port,
         }
@@ -61,16 +66,24 @@ impl std::str::FromStr for PortKey {
             None => (s, Protocol::Tcp),
         };
         match number.parse::<u16>() {
-            Ok(port) if port > 0 => Ok(PortKey { protocol, port }),
+            Ok(port) if port > 0 => Ok(PortKey {
+                netns: NsId::OWN,
+                protocol,
+                port,
+            }),
             _ => Err(format!("{s:?}: port must be 1 to 65535")),
         }
     }
 }
 
-/// `53/udp`, `80/tcp`.
+/// `53/udp`, `80/tcp`, and `80/tcp in web-1` for a port of another namespace.
 impl fmt::Display for PortKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.port, self.protocol)
+        write!(f, "{}/{}", self.port, self.protocol)?;
+        if !self.netns.is_own() {
+            write!(f, " in {}", self.netns.name())?;
+        }
+        Ok(())
     }
 }
 
@@ -197,6 +210,7 @@ impl PortStatus {
 
     pub fn key(&self) -> PortKey {
         PortKey {
+            netns: self.netns.as_ref().map_or(NsId::OWN, |n| n.id),
             protocol: self.protocol,
             port: self.port,
         }

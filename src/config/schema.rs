@@ -61,6 +61,14 @@ pub struct Scan {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     pub proc_root: PathBuf,
+    /// Also scan every other network namespace of the host (containers,
+    /// pods), where portsight is in the network namespace of PID 1.
+    pub namespaces: bool,
+    /// The kubelet's pod log directories (`<namespace>_<pod>_<uid>`),
+    /// which name pods' namespaces.
+    pub pods_root: PathBuf,
+    /// Where `ip netns` keeps its names.
+    pub netns_dir: PathBuf,
 }
 
 impl Default for Scan {
@@ -68,6 +76,9 @@ impl Default for Scan {
         Scan {
             interval: Duration::from_secs(1),
             proc_root: PathBuf::from("/proc"),
+            namespaces: true,
+            pods_root: PathBuf::from("/var/log/pods"),
+            netns_dir: PathBuf::from("/run/netns"),
         }
     }
 }
@@ -342,6 +353,9 @@ pub struct PortConfig {
     /// What a UDP probe sends (empty: an empty datagram).
     #[serde(default)]
     pub payload: Payload,
+    /// The network namespace the port is in, by its name (empty: the host's).
+    #[serde(default)]
+    pub netns: String,
 }
 
 impl PortConfig {
@@ -353,6 +367,7 @@ impl PortConfig {
             name: String::new(),
             expect,
             payload: Payload::default(),
+            netns: String::new(),
         }
     }
 }
@@ -484,10 +499,16 @@ impl Config {
     }
 
     /// The configured entry for `port` of `protocol`, if any.
+    /// The configured port `port`/`protocol` of the host's namespace.
     pub fn port(&self, port: u16, protocol: Protocol) -> Option<&PortConfig> {
+        self.port_in("", port, protocol)
+    }
+
+    /// The configured port `port`/`protocol` in the namespace named `netns`.
+    pub fn port_in(&self, netns: &str, port: u16, protocol: Protocol) -> Option<&PortConfig> {
         self.ports
             .iter()
-            .find(|p| p.port == port && p.protocol == protocol)
+            .find(|p| p.port == port && p.protocol == protocol && p.netns == netns)
     }
 }
 

@@ -189,11 +189,14 @@ fn ports(c: &Config) -> Checked {
         if p.port == 0 {
             return fail(format!("port[{i}].port"), "must be 1 to 65535");
         }
-        if let Some(first) = seen.insert((p.port, p.protocol), i) {
-            let spelled = match p.protocol {
+        if let Some(first) = seen.insert((p.port, p.protocol, p.netns.as_str()), i) {
+            let mut spelled = match p.protocol {
                 Protocol::Tcp => p.port.to_string(),
                 Protocol::Udp => format!("{}/udp", p.port),
             };
+            if !p.netns.is_empty() {
+                spelled = format!("{spelled} in netns {:?}", p.netns);
+            }
             let reason = format!("port {spelled} is already listed in port[{first}]");
             return fail(format!("port[{i}].port"), reason);
         }

@@ -120,7 +120,7 @@ pub(super) fn want(expect: Expect, vantage: Vantage) -> Want {
     use Vantage::*;
     match (expect, vantage) {
         (Expect::Public | Expect::Auto, _) => Want::All,
-        (Expect::Internal, Loopback | Interface) => Want::All,
+        (Expect::Internal, Loopback | Interface | Host) => Want::All,
         (Expect::Internal, External) => Want::None,
         (Expect::Local, Loopback) => Want::Any,
         (Expect::Local, _) => Want::None,

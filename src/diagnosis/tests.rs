@@ -35,6 +35,7 @@ fn p(vantage: Vantage, ip: &str, outcome: Outcome) -> ProbeResult {
             },
             protocol: Protocol::Tcp,
             addr: SocketAddr::new(ip, PORT),
+            netns: crate::netns::NsId::OWN,
         },
         outcome,
         duration: Duration::from_micros(100),

@@ -217,6 +217,7 @@ impl State {
                 continue;
             }
             let port = PortKey {
+                netns: r.target.netns,
                 protocol: r.target.protocol,
                 port: r.target.addr.port(),
             };
@@ -435,6 +436,7 @@ mod tests {
 
     const PORT: u16 = 8080;
     const KEY: PortKey = PortKey {
+        netns: crate::netns::NsId::OWN,
         protocol: crate::config::Protocol::Tcp,
         port: PORT,
     };
@@ -613,10 +615,12 @@ mod tests {
             ..PortConfig::tcp(PORT, Expect::Public)
         });
         let udp = PortKey {
+            netns: crate::netns::NsId::OWN,
             protocol: crate::config::Protocol::Udp,
             port: PORT,
         };
         let discovered = PortKey {
+            netns: crate::netns::NsId::OWN,
             protocol: crate::config::Protocol::Udp,
             port: 5353,
         };

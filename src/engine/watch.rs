@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Config, Expect, Protocol};
+use crate::netns::NsId;
 use crate::sockets::{Listener, Scope};
 
 use crate::snapshot::Origin;
@@ -87,10 +88,14 @@ impl WatchList {
         }
         // Ports dropped from the config (on reload) go unless discovery keeps them.
         self.ports.retain(|key, w| {
-            w.origin == Origin::Discovered || config.port(key.port, key.protocol).is_some()
+            w.origin == Origin::Discovered
+                || config
+                    .port_in(&key.netns.name(), key.port, key.protocol)
+                    .is_some()
         });
         for p in &config.ports {
             let key = PortKey {
+                netns: NsId::named(&p.netns),
                 protocol: p.protocol,
                 port: p.port,
             };

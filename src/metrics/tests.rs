@@ -71,6 +71,7 @@ fn probed(
         source: source.to_string(),
         protocol: Protocol::Tcp,
         addr: addr.parse::<SocketAddr>().unwrap(),
+        netns: crate::netns::NsId::OWN,
     };
     let mut counts = OutcomeCounts::default();
     for (o, n) in attempts {

@@ -94,6 +94,7 @@ impl PeerClient {
                     source: peer.name.clone(),
                     protocol: Protocol::Tcp,
                     addr,
+                    netns: crate::netns::NsId::OWN,
                 },
                 outcome: r.attempt.outcome,
                 duration: Duration::try_from_secs_f64(r.attempt.duration_seconds)

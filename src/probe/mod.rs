@@ -7,6 +7,7 @@ pub mod tcp;
 pub mod udp;
 
 pub use crate::config::Protocol;
+use crate::netns::NsId;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -145,6 +146,10 @@ pub enum Vantage {
     Interface,
     /// This host's external addresses, probed by peers.
     External,
+    /// For a port in another network namespace: that namespace's
+    /// addresses, probed from portsight's own (the path published ports,
+    /// Services and other containers take).
+    Host,
 }
 
 impl Vantage {
@@ -153,6 +158,7 @@ impl Vantage {
             Vantage::Loopback => "loopback",
             Vantage::Interface => "interface",
             Vantage::External => "external",
+            Vantage::Host => "host",
         }
     }
 }
@@ -169,6 +175,10 @@ pub struct Target {
     pub source: String,
     pub protocol: Protocol,
     pub addr: SocketAddr,
+    /// The network namespace of the port probed. `loopback` and
+    /// `interface` probes of a port in another namespace are sent from
+    /// inside it; `host` probes from portsight's own.
+    pub netns: NsId,
 }
 
 impl Target {
@@ -184,6 +194,20 @@ impl Target {
             source: LOCAL.to_string(),
             protocol,
             addr,
+            netns: NsId::OWN,
+        }
+    }
+
+    /// The same target, of a port in namespace `netns`.
+    pub fn in_netns(self, netns: NsId) -> Target {
+        Target { netns, ..self }
+    }
+
+    /// The namespace the probe is sent from.
+    pub fn sent_from(&self) -> NsId {
+        match self.vantage {
+            Vantage::Loopback | Vantage::Interface => self.netns,
+            Vantage::External | Vantage::Host => NsId::OWN,
         }
     }
 }

@@ -19,6 +19,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::config::Protocol;
+use crate::netns::NsId;
 
 /// Address family of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -133,6 +134,8 @@ pub struct Listener {
     pub inode: u64,
     /// The owning process; `None` where permissions hide it.
     pub owner: Option<Owner>,
+    /// The network namespace the socket is in.
+    pub netns: NsId,
 }
 
 impl Listener {
@@ -149,6 +152,7 @@ impl Listener {
             accept_queue_limit: None,
             inode: 0,
             owner: None,
+            netns: NsId::OWN,
         }
     }
 

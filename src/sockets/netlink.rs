@@ -240,6 +240,7 @@ fn listener(response: &InetResponse, protocol: Protocol) -> Option<Listener> {
         accept_queue_limit,
         inode: u64::from(header.inode),
         owner: None,
+        netns: crate::netns::NsId::OWN,
     })
 }
 
@@ -336,6 +337,7 @@ mod tests {
                 accept_queue_limit: Some(128),
                 inode: 4242,
                 owner: None,
+                netns: crate::netns::NsId::OWN,
             }]
         );
     }

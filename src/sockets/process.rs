@@ -161,6 +161,7 @@ mod tests {
             accept_queue_limit: None,
             inode,
             owner: None,
+            netns: crate::netns::NsId::OWN,
         }
     }
 

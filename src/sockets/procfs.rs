@@ -160,6 +160,7 @@ fn parse_row(
         accept_queue_limit: None,
         inode,
         owner: None,
+        netns: crate::netns::NsId::OWN,
     }))
 }
 
