@@ -138,15 +138,20 @@ pub struct Sources {
     /// owner that was looked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owners: Option<bool>,
-    /// The nftables ruleset, read when a port fails from a local vantage.
+    /// The nftables ruleset: the forwards, and the rules named when a
+    /// port fails from a local vantage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netfilter: Option<bool>,
+    /// The other network namespaces' socket tables (`setns`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<bool>,
 }
 
 impl Sources {
     /// Each source used, by its `source` label, in label order.
     pub fn each(&self) -> impl Iterator<Item = (&'static str, bool)> {
         [
+            ("namespaces", self.namespaces),
             ("netfilter", self.netfilter),
             ("netlink", self.netlink),
             ("owners", self.owners),
@@ -194,9 +199,12 @@ pub struct ForwardStatus {
     /// `dnat`, `redirect` or `proxy` (the `via` label).
     pub via: &'static str,
     pub backend: SocketAddr,
-    /// The namespace of this host that holds the backend address; `None`
-    /// when none does (another host: `forwarded`).
+    /// The other namespace of this host that holds the backend address;
+    /// `None` for the host's own namespace or another host.
     pub netns: Option<Namespace>,
+    /// The backend is on this host (in its own or another namespace), so
+    /// its listeners are known; else it is on another host (`forwarded`).
+    pub on_this_host: bool,
     /// The backend port's listeners in that namespace.
     pub backend_listeners: Vec<Listener>,
     /// Where the forward is written: the rule, or the proxy process.
@@ -249,6 +257,7 @@ pub struct ForwardJson<'a> {
     pub via: &'static str,
     pub backend: String,
     pub netns: Option<&'a Namespace>,
+    pub on_this_host: bool,
     pub backend_listeners: Vec<ListenerJson>,
     pub rule: Option<&'a str>,
 }
@@ -324,6 +333,7 @@ impl PortStatus {
                 via: f.via,
                 backend: f.backend.to_string(),
                 netns: f.netns.as_ref(),
+                on_this_host: f.on_this_host,
                 backend_listeners: f.backend_listeners.iter().map(ListenerJson::from).collect(),
                 rule: f.rule.as_deref(),
             }),

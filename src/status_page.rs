@@ -156,6 +156,8 @@ mod tests {
             ephemeral: 32768..=60999,
             tcpext: None,
             conntrack: None,
+            namespaces: Vec::new(),
+            forwards: None,
         };
         st.apply_scan(
             &config,

@@ -10,6 +10,7 @@ use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::sockets::{Family, Listener, Scope};
 
 use super::Input;
+use super::through::Through;
 
 /// The facts of one port that the rules decide on.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub(super) struct Facts<'a> {
     pub split: Split<'a>,
     /// Successes from a vantage the policy wants closed.
     pub exposed: Vec<&'a ProbeResult>,
+    /// What the port's forward says, if it is forwarded.
+    pub through: Through<'a>,
 }
 
 /// The wanted failures, by what explains them, each in probe order. Every
@@ -56,8 +59,10 @@ impl<'a> Facts<'a> {
             .into_iter()
             .filter(|r| !silent_udp(input, r))
             .collect();
+        let through = Through::of(input);
         Facts {
-            listening: !input.listeners.is_empty(),
+            listening: !input.listeners.is_empty() || matches!(through, Through::Served),
+            through,
             successes: probes
                 .iter()
                 .filter(|r| r.outcome == Outcome::Success)
@@ -151,10 +156,11 @@ fn family(a: IpAddr) -> Family {
 fn reached(input: &Input, r: &ProbeResult) -> bool {
     let ip = r.target.addr.ip();
     let nat = r.target.vantage == Vantage::External && !input.own_addresses.contains(&ip);
-    input
-        .listeners
-        .iter()
-        .any(|l| covers(l, ip) || (nat && l.scope() != Scope::Loopback))
+    matches!(Through::of(input), Through::Served)
+        || input
+            .listeners
+            .iter()
+            .any(|l| covers(l, ip) || (nat && l.scope() != Scope::Loopback))
 }
 
 /// True when no listener takes `target`'s family at all while a wildcard

@@ -9,6 +9,7 @@
 mod facts;
 mod firewall;
 mod rules;
+mod through;
 mod words;
 
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +20,9 @@ use strum::VariantArray;
 
 use crate::config::{Expect, Protocol};
 use crate::netfilter::NamedRule;
+use crate::netns::Namespace;
 use crate::probe::{ProbeResult, Vantage};
+use crate::snapshot::ForwardStatus;
 use crate::sockets::Listener;
 
 pub use facts::covers;
@@ -118,15 +121,25 @@ pub struct Vantages {
     pub loopback: bool,
     pub interface: bool,
     pub external: bool,
+    /// The port is in another network namespace: the `host` vantage
+    /// probes it, and peers do not.
+    pub host: bool,
 }
 
 impl Vantages {
-    /// Each vantage, nearest first, and whether it is configured.
+    /// Each vantage that applies to the port, nearest first, and whether
+    /// it is configured: `external` for a port of the host's namespace,
+    /// `host` for one of another namespace.
     pub fn each(self) -> [(Vantage, bool); 3] {
+        let far = if self.host {
+            (Vantage::Host, true)
+        } else {
+            (Vantage::External, self.external)
+        };
         [
             (Vantage::Loopback, self.loopback),
             (Vantage::Interface, self.interface),
-            (Vantage::External, self.external),
+            far,
         ]
     }
 }
@@ -160,6 +173,11 @@ pub struct Input<'a> {
     pub queue_drops: Option<&'a QueueDrops>,
     /// The connection-tracking table, when there is one.
     pub conntrack: Option<&'a ConntrackView>,
+    /// The forward the port is diagnosed through, when it is forwarded.
+    pub forward: Option<&'a ForwardStatus>,
+    /// For a port of another namespace: that namespace, `Some(None)` when
+    /// the last scan did not see it; `None` for the host's own.
+    pub netns: Option<(crate::netns::NsId, Option<&'a Namespace>)>,
 }
 
 /// The connection-tracking table as of the last scan, and the last growth
@@ -212,6 +230,7 @@ pub fn diagnose(input: &Input) -> Diagnosis {
         _ => &[],
     };
     let mut evidence = words::evidence(input);
+    evidence.extend(input.forward.map(through::evidence));
     evidence.extend(firewall::evidence(input));
     Diagnosis {
         cause,

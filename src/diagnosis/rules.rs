@@ -12,6 +12,7 @@ use crate::sockets::Scope;
 
 use super::facts::{Facts, other_family_wildcard};
 use super::firewall::blame;
+use super::through::{self, Through};
 use super::words::{
     describe, failed_verb, listening_on, ok_summary, owner_or_port, owner_or_process, owners,
     port_name, targets, vantage_names, when,
@@ -62,9 +63,55 @@ fn shown(r: &ProbeResult) -> (Vantage, SocketAddr) {
     (r.target.vantage, r.target.addr)
 }
 
-/// Nothing listens and nothing answers, where the policy wants something to.
+/// The verdict of a rule whose cause is that of a broken forward's backend.
+fn through_broken(input: &Input, facts: &Facts, cause: Cause) -> Option<Verdict> {
+    if input.expect == Expect::Closed {
+        return None;
+    }
+    let f = facts.through.broken_as(cause)?;
+    let (summary, fix) = through::broken(input, f, cause);
+    Some(Verdict {
+        summary,
+        fix,
+        failed: facts
+            .failures
+            .first()
+            .copied()
+            .or_else(|| input.probes.iter().find(|r| r.outcome != Outcome::Success))
+            .map(shown),
+    })
+}
+
+/// Whether the port's own listeners are what decides: it is not
+/// forwarded to a backend of this host.
+fn direct(facts: &Facts) -> bool {
+    matches!(facts.through, Through::Direct | Through::Away(_))
+}
+
+/// Nothing listens and nothing answers, where the policy wants something
+/// to; or the port is forwarded to a backend where nothing listens.
 fn not_listening(input: &Input, facts: &Facts) -> Option<Verdict> {
-    if facts.listening || !facts.successes.is_empty() || input.expect == Expect::Closed {
+    if let Some(v) = through_broken(input, facts, Cause::NotListening) {
+        return Some(v);
+    }
+    if let Some((id, None)) = input.netns
+        && input.expect != Expect::Closed
+    {
+        return Some(Verdict {
+            summary: format!(
+                "port {} is configured in network namespace {:?}, which the last scan did not find",
+                port_name(input),
+                &*id.name()
+            ),
+            fix: "start the container or pod, or check the [[port]] netns name against portsight_netns_info".into(),
+            failed: None,
+        });
+    }
+    if !matches!(facts.through, Through::Direct)
+        || facts.listening
+        || !facts.successes.is_empty()
+        || input.expect == Expect::Closed
+    {
         return None;
     }
     let port = port_name(input);
@@ -87,9 +134,21 @@ fn not_listening(input: &Input, facts: &Facts) -> Option<Verdict> {
     })
 }
 
-/// Nothing listens on this host, yet a probe connects.
+/// The port is forwarded to another host; or nothing listens on this
+/// host, yet a probe connects.
 fn forwarded(input: &Input, facts: &Facts) -> Option<Verdict> {
-    if facts.listening || facts.successes.is_empty() {
+    if let Through::Away(f) = facts.through {
+        return Some(Verdict {
+            summary: format!(
+                "port {} is {}: its listeners are not visible from here",
+                port_name(input),
+                through::where_to(f)
+            ),
+            fix: "informational: check the backend on that host (portsight there, or its own monitoring)".into(),
+            failed: None,
+        });
+    }
+    if !direct(facts) || facts.listening || facts.successes.is_empty() {
         return None;
     }
     Some(Verdict {
@@ -223,8 +282,12 @@ fn conntrack_full(input: &Input, facts: &Facts) -> Option<Verdict> {
 
 /// Every listener is on a loopback address, and the policy wants more.
 fn loopback_only(input: &Input, facts: &Facts) -> Option<Verdict> {
+    if let Some(v) = through_broken(input, facts, Cause::LoopbackOnly) {
+        return Some(v);
+    }
     let listeners = input.listeners;
-    if !listeners.iter().all(|l| l.scope() == Scope::Loopback)
+    if !direct(facts)
+        || !listeners.iter().all(|l| l.scope() == Scope::Loopback)
         || !matches!(
             input.expect,
             Expect::Public | Expect::Internal | Expect::Auto
@@ -257,6 +320,12 @@ fn loopback_only(input: &Input, facts: &Facts) -> Option<Verdict> {
 
 /// A wanted target that no listener takes, though one of its family listens.
 fn bound_elsewhere(input: &Input, facts: &Facts) -> Option<Verdict> {
+    if let Some(v) = through_broken(input, facts, Cause::BoundElsewhere) {
+        return Some(v);
+    }
+    if !direct(facts) {
+        return None;
+    }
     let elsewhere = &facts.split.elsewhere;
     let first = elsewhere.first()?;
     Some(Verdict {
@@ -276,6 +345,12 @@ fn bound_elsewhere(input: &Input, facts: &Facts) -> Option<Verdict> {
 
 /// A wanted target of a family that only the other family's wildcard misses.
 fn address_family_mismatch(input: &Input, facts: &Facts) -> Option<Verdict> {
+    if let Some(v) = through_broken(input, facts, Cause::AddressFamilyMismatch) {
+        return Some(v);
+    }
+    if !direct(facts) {
+        return None;
+    }
     let mismatched = &facts.split.mismatched;
     let first = mismatched.first()?;
     let wildcard = other_family_wildcard(input.listeners, first.target.addr.ip());
@@ -306,11 +381,20 @@ fn rejected(input: &Input, facts: &Facts) -> Option<Verdict> {
     let rejected = &facts.split.rejected;
     let first = rejected.first()?;
     let vantages = vantage_names(rejected);
-    let covers = format!(
-        "{} covers {}",
-        listening_on(input.listeners),
-        targets(rejected)
-    );
+    let covers = match input.forward {
+        Some(f) if input.listeners.is_empty() => {
+            format!(
+                "port {} is {}, which listens",
+                port_name(input),
+                through::where_to(f)
+            )
+        }
+        _ => format!(
+            "{} covers {}",
+            listening_on(input.listeners),
+            targets(rejected)
+        ),
+    };
     let (summary, fix) = match blame(input, rejected, "rejected") {
         Some(b) => (
             format!(

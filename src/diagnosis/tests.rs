@@ -1,5 +1,7 @@
 use super::*;
+use crate::netns::Namespace;
 use crate::probe::{Outcome, Target};
+use crate::snapshot::ForwardStatus;
 use crate::sockets::Owner;
 
 const PORT: u16 = 8080;
@@ -63,6 +65,7 @@ const ALL_VANTAGES: Vantages = Vantages {
     loopback: true,
     interface: true,
     external: false,
+    host: false,
 };
 
 fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagnosis {
@@ -81,6 +84,8 @@ fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagno
         firewall: None,
         queue_drops: None,
         conntrack: None,
+        forward: None,
+        netns: None,
     })
 }
 
@@ -202,6 +207,8 @@ fn with_drops(listeners: &[Listener], probes: &[ProbeResult], drops: &QueueDrops
         firewall: None,
         queue_drops: Some(drops),
         conntrack: None,
+        forward: None,
+        netns: None,
     })
 }
 
@@ -268,6 +275,8 @@ fn with_conntrack(ct: &ConntrackView, probes: &[ProbeResult]) -> Diagnosis {
         firewall: None,
         queue_drops: None,
         conntrack: Some(ct),
+        forward: None,
+        netns: None,
     })
 }
 
@@ -517,6 +526,8 @@ fn transient_within_the_window_then_ok() {
         firewall: None,
         queue_drops: None,
         conntrack: None,
+        forward: None,
+        netns: None,
     };
     let d = diagnose(&input);
     assert_eq!(d.cause, Cause::Transient);
@@ -628,6 +639,8 @@ fn a_closed_port_that_nothing_listens_on_is_ok_even_after_a_failure() {
         firewall: None,
         queue_drops: None,
         conntrack: None,
+        forward: None,
+        netns: None,
     });
     assert_eq!(d.cause, Cause::Ok);
     assert_eq!(
@@ -710,6 +723,8 @@ fn run_udp(
         firewall: None,
         queue_drops: None,
         conntrack: None,
+        forward: None,
+        netns: None,
     })
 }
 
@@ -821,4 +836,129 @@ fn a_discovered_udp_port_is_diagnosed_from_its_sockets_alone() {
     let gone = run_udp(Expect::Internal, false, &[], &[]);
     assert_eq!(gone.cause, Cause::NotListening);
     assert_eq!(gone.summary, "nothing listens on port 8080/udp");
+}
+
+/// A container `web-1` at 10.77.50.2 whose app is `backend`, port 8080
+/// published to its port 80 by `via`.
+fn published(via: &'static str, backend: &[&str], on_this_host: bool) -> ForwardStatus {
+    ForwardStatus {
+        via,
+        backend: "10.77.50.2:80".parse().unwrap(),
+        netns: on_this_host.then(|| Namespace {
+            name: "web-1".into(),
+            container: Some("3f2a9c1b7d4e".into()),
+            pod: None,
+            inode: 4026532512,
+            id: crate::netns::NsId::named("web-1"),
+        }),
+        on_this_host,
+        backend_listeners: backend
+            .iter()
+            .map(|a| Listener { port: 80, ..l(a) })
+            .collect(),
+        rule: Some("ip nat DOCKER handle 12: tcp dport 8080 dnat to 10.77.50.2:80".into()),
+    }
+}
+
+fn run_through(listeners: &[Listener], probes: &[ProbeResult], f: &ForwardStatus) -> Diagnosis {
+    diagnose(&Input {
+        port: PORT,
+        protocol: Protocol::Tcp,
+        probed: true,
+        expect: Expect::Internal,
+        listeners,
+        probes,
+        vantages: ALL_VANTAGES,
+        last_failure: None,
+        own_addresses: &OWN,
+        transient_window: Duration::from_secs(300),
+        now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        firewall: None,
+        queue_drops: None,
+        conntrack: None,
+        forward: Some(f),
+        netns: None,
+    })
+}
+
+#[test]
+fn a_published_port_whose_app_listens_on_its_own_loopback_is_loopback_only_naming_the_container() {
+    // A docker-proxy-like listener on the host port accepts on loopback;
+    // the DNAT path is refused by the container.
+    let proxy = [l("0.0.0.0")];
+    let f = published("dnat", &["127.0.0.1"], true);
+    let d = run_through(&proxy, &probes(Success, Success, Refused, Refused), &f);
+    assert_eq!(d.cause, Cause::LoopbackOnly, "{d:?}");
+    assert!(
+        d.summary
+            .contains("published to container web-1 (10.77.50.2:80)")
+            && d.summary.contains("127.0.0.1:80"),
+        "{}",
+        d.summary
+    );
+    assert!(
+        d.fix.contains("bind 0.0.0.0") && d.fix.contains("inside the container"),
+        "{}",
+        d.fix
+    );
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.contains("dnat to 10.77.50.2:80")),
+        "{:?}",
+        d.evidence
+    );
+}
+
+#[test]
+fn a_published_port_with_nothing_inside_is_not_listening_though_a_proxy_listens() {
+    let f = published("proxy", &[], true);
+    let d = run_through(
+        &[l("0.0.0.0")],
+        &probes(Success, Success, Refused, Refused),
+        &f,
+    );
+    assert_eq!(d.cause, Cause::NotListening, "{d:?}");
+    assert!(
+        d.summary.contains("nothing listens on port 80"),
+        "{}",
+        d.summary
+    );
+}
+
+#[test]
+fn a_backend_bound_to_another_address_or_family() {
+    let f = published("dnat", &["10.77.51.9"], true);
+    let d = run_through(&[], &probes(Refused, Refused, Refused, Refused), &f);
+    assert_eq!(d.cause, Cause::BoundElsewhere, "{d:?}");
+    let mut f = published("dnat", &["::"], true);
+    f.backend_listeners[0].v6only = Some(true);
+    let d = run_through(&[], &probes(Refused, Refused, Refused, Refused), &f);
+    assert_eq!(d.cause, Cause::AddressFamilyMismatch, "{d:?}");
+}
+
+#[test]
+fn a_healthy_forward_is_ok_with_the_forward_in_evidence_even_with_no_host_listener() {
+    let f = published("dnat", &["0.0.0.0"], true);
+    let d = run_through(&[], &probes(Success, Success, Success, Success), &f);
+    assert_eq!(d.cause, Cause::Ok, "{d:?}");
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.contains("published to container web-1")),
+        "{:?}",
+        d.evidence
+    );
+    // The same forward with a failing target is not hidden: a timeout
+    // through a served forward is `filtered`.
+    let d = run_through(&[], &probes(Success, Success, Timeout, Success), &f);
+    assert_eq!(d.cause, Cause::Filtered, "{d:?}");
+}
+
+#[test]
+fn a_forward_to_another_host_is_forwarded() {
+    let f = published("dnat", &[], false);
+    let d = run_through(&[], &probes(Success, Success, Success, Success), &f);
+    assert_eq!(d.cause, Cause::Forwarded, "{d:?}");
+    assert!(d.summary.contains("on another host"), "{}", d.summary);
 }

@@ -144,12 +144,15 @@ impl Engine {
                         procfs: (!netlink).then_some(true),
                         owners: Some(owners.complete()),
                         netfilter: None,
+                        namespaces: None,
                     },
                     ephemeral: watch::ephemeral_range(&proc_root),
                     tcpext: crate::kernel::read_tcpext(&proc_root)
                         .inspect_err(|e| tracing::debug!(error = %e, "no kernel counters"))
                         .ok(),
                     conntrack: crate::kernel::read_conntrack(&proc_root),
+                    namespaces: Vec::new(),
+                    forwards: None,
                 }
             });
             (result, (proc_root, owners))

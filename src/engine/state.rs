@@ -12,8 +12,9 @@ use crate::config::{Config, Protocol};
 use crate::diagnosis::{self, Failure, Firewall, Input, Vantages};
 use crate::diagnosis::{ConntrackView, QueueDrops};
 use crate::kernel::{Conntrack, TcpExt};
+use crate::netns::{Namespace, NsId};
 use crate::probe::{Discarded, Outcome, OutcomeCounts, ProbeResult, Target, Vantage};
-use crate::snapshot::{PortStatus, Snapshot, Sources};
+use crate::snapshot::{ForwardStatus, PortStatus, Snapshot, Sources};
 use crate::sockets::{Listener, Source};
 
 use super::watch::{PortKey, WatchList, WatchedPort};
@@ -34,6 +35,43 @@ pub struct Scan {
     pub tcpext: Option<TcpExt>,
     /// The connection-tracking table, when there is one.
     pub conntrack: Option<Conntrack>,
+    /// The host's other network namespaces, as read.
+    pub namespaces: Vec<NsScan>,
+    /// The forwards of this host's ports; `None` when they were not read
+    /// (the last ones read stand).
+    pub forwards: Option<Vec<Forward>>,
+}
+
+/// What one other network namespace holds, as one scan read it.
+#[derive(Debug, Clone)]
+pub struct NsScan {
+    pub ns: Namespace,
+    /// Its listening and bound sockets, each with `netns` set.
+    pub listeners: Vec<Listener>,
+    /// Its probe-worthy interface addresses.
+    pub addresses: Vec<IpAddr>,
+    pub ipv6_loopback: bool,
+    pub ephemeral: RangeInclusive<u16>,
+}
+
+/// A port of the host's namespace forwarded to a backend: a DNAT or
+/// redirect rule, or a userland proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    pub key: PortKey,
+    /// `dnat`, `redirect` or `proxy`.
+    pub via: &'static str,
+    pub backend: SocketAddr,
+    /// Where it is written: the rule, or the proxy process.
+    pub rule: Option<String>,
+}
+
+/// What the state keeps of another namespace between scans.
+#[derive(Debug, Clone)]
+struct NsView {
+    ns: Namespace,
+    addresses: Vec<IpAddr>,
+    ipv6_loopback: bool,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +104,9 @@ pub struct State {
     queue_drops: Option<QueueDrops>,
     conntrack: Option<ConntrackView>,
     generation: u64,
+    /// The other namespaces of the last scan.
+    namespaces: BTreeMap<NsId, NsView>,
+    forwards: Vec<Forward>,
 }
 
 impl State {
@@ -80,14 +121,32 @@ impl State {
         wall: SystemTime,
     ) -> Vec<PortKey> {
         let before = listener_sets(&self.listeners);
+        let own_listeners = scan.listeners;
+        let mut listeners = own_listeners.clone();
+        let mut ephemeral = BTreeMap::new();
+        self.namespaces.clear();
+        for n in scan.namespaces {
+            ephemeral.insert(n.ns.id, n.ephemeral);
+            listeners.extend(n.listeners);
+            let view = NsView {
+                ns: n.ns,
+                addresses: n.addresses,
+                ipv6_loopback: n.ipv6_loopback,
+            };
+            self.namespaces.insert(view.ns.id, view);
+        }
+        if let Some(forwards) = scan.forwards {
+            self.forwards = forwards;
+        }
+        self.watch.set_namespaces(ephemeral);
         self.watch.update(
             config,
-            &scan.listeners,
+            &listeners,
             &scan.ephemeral,
             config.has_external_vantage(),
             now,
         );
-        let after = listener_sets(&scan.listeners);
+        let after = listener_sets(&listeners);
         let changed: Vec<PortKey> = self
             .watched(None)
             .into_iter()
@@ -101,13 +160,14 @@ impl State {
         self.counts.retain(|p, _| watched.contains(p));
         self.changed_at.retain(|p, _| watched.contains(p));
         self.failures.retain(|p, _| watched.contains(p));
-        self.note_queue_drops(scan.tcpext, &scan.listeners, wall);
+        // The kernel's counters are the host namespace's.
+        self.note_queue_drops(scan.tcpext, &own_listeners, wall);
         self.note_conntrack(scan.conntrack, wall);
-        self.listeners = scan.listeners;
+        self.listeners = listeners;
         self.source = Some(scan.source);
-        // The ruleset is read apart from the scan: keep what it said.
+        // A scan that did not read the ruleset keeps what it said last.
         self.sources = Sources {
-            netfilter: self.sources.netfilter,
+            netfilter: scan.sources.netfilter.or(self.sources.netfilter),
             ..scan.sources
         };
         self.scanned_at = Some(wall);
@@ -148,6 +208,7 @@ impl State {
         let mut ports: Vec<u16> = listeners
             .iter()
             .chain(&self.listeners)
+            .filter(|l| l.netns.is_own())
             .filter(near)
             .map(|l| l.port)
             .collect();
@@ -295,6 +356,7 @@ impl State {
             loopback: config.vantage.loopback,
             interface: config.vantage.interfaces,
             external: config.has_external_vantage(),
+            host: false,
         };
         let mut failures = self.failures.clone();
         let ports: Vec<PortStatus> = self
@@ -362,6 +424,9 @@ impl State {
                 .filter(|(_, at)| now.duration_since(*at).unwrap_or_default() <= hold);
             c
         });
+        let own = w.key.netns.is_own();
+        let view = self.namespaces.get(&w.key.netns);
+        let forward = self.forward_status(w.key);
         let diagnosis = diagnosis::diagnose(&Input {
             port: w.key.port,
             protocol: w.key.protocol,
@@ -369,17 +434,23 @@ impl State {
             expect: w.expect,
             listeners: &listeners,
             probes: &probes,
-            vantages,
+            vantages: Vantages {
+                host: !own,
+                ..vantages
+            },
             last_failure: self.failures.get(&w.key),
-            own_addresses: &self.own_addresses,
+            own_addresses: view.map_or(&self.own_addresses, |v| &v.addresses),
             transient_window: config.diagnosis.transient_window,
             now,
-            firewall: self.firewall.as_ref(),
+            firewall: self.firewall.as_ref().filter(|_| own),
             queue_drops: self
                 .queue_drops
                 .as_ref()
+                .filter(|_| own)
                 .filter(|q| now.duration_since(q.at).unwrap_or_default() <= queue_hold(config)),
             conntrack: conntrack.as_ref(),
+            forward: forward.as_ref(),
+            netns: (!own).then(|| (w.key.netns, view.map(|v| &v.ns))),
         });
         let probe_counts = self
             .counts
@@ -397,9 +468,77 @@ impl State {
             probes,
             diagnosis,
             probe_counts,
-            netns: None,
-            forward: None,
+            netns: view.map(|v| v.ns.clone()),
+            forward,
         }
+    }
+
+    /// The forward a port of the host's namespace is diagnosed through,
+    /// with its backend's listeners: of the forwards of the port, the first
+    /// whose backend listens nowhere that takes the backend address, else
+    /// the first.
+    fn forward_status(&self, key: PortKey) -> Option<ForwardStatus> {
+        let all: Vec<ForwardStatus> = self
+            .forwards
+            .iter()
+            .filter(|f| f.key == key)
+            .map(|f| self.through(f))
+            .collect();
+        let broken = all.iter().position(|f| {
+            f.on_this_host
+                && !f
+                    .backend_listeners
+                    .iter()
+                    .any(|l| diagnosis::covers(l, f.backend.ip()))
+        });
+        all.into_iter().nth(broken.unwrap_or(0))
+    }
+
+    /// Where `f`'s backend is: a namespace of this host whose addresses
+    /// hold it, this host's own namespace (its loopback or addresses),
+    /// or another host.
+    fn through(&self, f: &Forward) -> ForwardStatus {
+        let ip = f.backend.ip();
+        let netns = self
+            .namespaces
+            .values()
+            .find(|v| v.addresses.contains(&ip))
+            .map(|v| &v.ns);
+        let own = netns.is_none() && (ip.is_loopback() || self.own_addresses.contains(&ip));
+        let in_ns = netns.map_or(NsId::OWN, |n| n.id);
+        let backend_listeners = if netns.is_some() || own {
+            self.listeners
+                .iter()
+                .filter(|l| {
+                    l.netns == in_ns && l.port == f.backend.port() && l.protocol == f.key.protocol
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ForwardStatus {
+            via: f.via,
+            backend: f.backend,
+            netns: netns.cloned(),
+            on_this_host: netns.is_some() || own,
+            backend_listeners,
+            rule: f.rule.clone(),
+        }
+    }
+
+    /// What the probes of a port in namespace `netns` go to: its
+    /// interface addresses and whether its `[::1]` is up; `None` for a
+    /// namespace the last scan did not see.
+    pub fn namespace_addresses(&self, netns: NsId) -> Option<(&[IpAddr], bool)> {
+        self.namespaces
+            .get(&netns)
+            .map(|v| (v.addresses.as_slice(), v.ipv6_loopback))
+    }
+
+    /// The other namespaces of the last scan.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values().map(|v| &v.ns)
     }
 }
 
@@ -464,6 +603,8 @@ mod tests {
             source: Source::Netlink,
             sources: Sources::default(),
             ephemeral: 32768..=60999,
+            namespaces: Vec::new(),
+            forwards: None,
             tcpext: None,
             conntrack: None,
         }

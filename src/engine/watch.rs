@@ -52,6 +52,10 @@ pub struct WatchList {
     left_out: usize,
     /// The cap has been logged since it last left nothing out.
     cap_logged: bool,
+    /// The other network namespaces of the last scan, with their
+    /// ephemeral ranges: a discovered port of a namespace that is gone
+    /// goes with it (its container went, not its service).
+    others: BTreeMap<NsId, RangeInclusive<u16>>,
 }
 
 impl WatchList {
@@ -66,6 +70,12 @@ impl WatchList {
 
     pub fn get(&self, key: PortKey) -> Option<&WatchedPort> {
         self.ports.get(&key)
+    }
+
+    /// The other namespaces the next [`WatchList::update`] sees, each with
+    /// its ephemeral range.
+    pub fn set_namespaces(&mut self, others: BTreeMap<NsId, RangeInclusive<u16>>) {
+        self.others = others;
     }
 
     /// Applies the config and the listeners of one scan: configured ports are
@@ -93,6 +103,13 @@ impl WatchList {
                     .port_in(&key.netns.name(), key.port, key.protocol)
                     .is_some()
         });
+        // Discovered ports of a namespace that is gone go at once.
+        let others = std::mem::take(&mut self.others);
+        self.ports.retain(|key, w| {
+            w.origin == Origin::Config || key.netns.is_own() || others.contains_key(&key.netns)
+        });
+        self.candidates
+            .retain(|key, _| key.netns.is_own() || others.contains_key(&key.netns));
         for p in &config.ports {
             let key = PortKey {
                 netns: NsId::named(&p.netns),
@@ -118,7 +135,19 @@ impl WatchList {
                 entry.expect = p.expect;
             }
         }
-        self.discover(config, &by_port, ephemeral, now);
+        self.discover(
+            config,
+            &by_port,
+            &|ns: NsId| {
+                if ns.is_own() {
+                    Some(ephemeral.clone())
+                } else {
+                    others.get(&ns).cloned()
+                }
+            },
+            now,
+        );
+        self.others = others;
         for w in self.ports.values_mut() {
             if let Some(ls) = by_port.get(&w.key) {
                 w.last_seen = Some(now);
@@ -128,7 +157,8 @@ impl WatchList {
                     w.name = owner.name.clone();
                 }
                 if w.expect == Expect::Auto {
-                    w.expect = resolve_auto(ls, external_vantage);
+                    // Peers probe only the host's addresses.
+                    w.expect = resolve_auto(ls, external_vantage && w.key.netns.is_own());
                 }
             }
         }
@@ -153,7 +183,7 @@ impl WatchList {
         &mut self,
         config: &Config,
         by_port: &BTreeMap<PortKey, Vec<&Listener>>,
-        ephemeral: &RangeInclusive<u16>,
+        ephemeral: &dyn Fn(NsId) -> Option<RangeInclusive<u16>>,
         now: Instant,
     ) {
         let d = &config.discover;
@@ -171,7 +201,8 @@ impl WatchList {
             .count();
         let mut left_out = 0;
         for &key in by_port.keys() {
-            if ephemeral.contains(&key.port) || self.ports.contains_key(&key) {
+            let outside = ephemeral(key.netns).is_some_and(|r| !r.contains(&key.port));
+            if !outside || self.ports.contains_key(&key) {
                 self.candidates.remove(&key);
                 continue;
             }

@@ -243,6 +243,7 @@ fn golden_snapshot() -> Snapshot {
             procfs: None,
             owners: Some(false),
             netfilter: Some(true),
+            namespaces: None,
         },
         probes_discarded: {
             let mut d = Discarded::default();
