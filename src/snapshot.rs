@@ -121,6 +121,8 @@ pub struct Snapshot {
     pub probes_discarded: Discarded,
     /// Listening ports discovery leaves out (`discover.max_ports`).
     pub discovery_left_out: usize,
+    /// The other network namespaces scanned, by name.
+    pub namespaces: Vec<Namespace>,
 }
 
 /// Whether each source of evidence worked at its last use (`None`: not

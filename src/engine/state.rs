@@ -387,6 +387,7 @@ impl State {
             sources: self.sources,
             probes_discarded: self.discarded,
             discovery_left_out: self.watch.left_out(),
+            namespaces: self.namespaces().cloned().collect(),
         };
         (snapshot, failures)
     }

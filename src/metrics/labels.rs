@@ -54,6 +54,8 @@ impl<L: Labels> Labels for With<'_, L> {
 #[derive(Clone, Copy)]
 pub(super) struct PortLabels<'a> {
     pub name: &'a str,
+    /// The namespace's name; empty (so absent) for the host's own.
+    pub netns: &'a str,
     /// The port number, as text.
     pub port: &'a str,
     pub protocol: &'static str,
@@ -62,6 +64,9 @@ pub(super) struct PortLabels<'a> {
 impl Labels for PortLabels<'_> {
     fn each(&self, f: &mut impl FnMut(&'static str, &str)) {
         f("name", self.name);
+        if !self.netns.is_empty() {
+            f("netns", self.netns);
+        }
         f("port", self.port);
         f("protocol", self.protocol);
     }
@@ -104,6 +109,8 @@ impl Labels for One<'_> {
 #[derive(Clone, Copy)]
 pub(super) struct ListenerLabels<'a> {
     pub address: &'a str,
+    /// As in [`PortLabels`].
+    pub netns: &'a str,
     /// The port number, as text.
     pub port: &'a str,
     pub protocol: &'static str,
@@ -112,6 +119,9 @@ pub(super) struct ListenerLabels<'a> {
 impl Labels for ListenerLabels<'_> {
     fn each(&self, f: &mut impl FnMut(&'static str, &str)) {
         f("address", self.address);
+        if !self.netns.is_empty() {
+            f("netns", self.netns);
+        }
         f("port", self.port);
         f("protocol", self.protocol);
     }
@@ -185,6 +195,7 @@ mod tests {
 
     const PORT: PortLabels<'static> = PortLabels {
         name: "web",
+        netns: "",
         port: "80",
         protocol: "tcp",
     };
@@ -203,6 +214,19 @@ mod tests {
             text(&PORT.with("zone", "z")),
             r#"{name="web",port="80",protocol="tcp",zone="z"}"#
         );
+    }
+
+    #[test]
+    fn the_netns_label_is_absent_for_the_own_namespace_and_in_its_place_otherwise() {
+        let web1 = PortLabels {
+            netns: "web-1",
+            ..PORT
+        };
+        assert_eq!(
+            text(&web1.with("cause", "ok")),
+            r#"{cause="ok",name="web",netns="web-1",port="80",protocol="tcp"}"#
+        );
+        assert!(!text(&PORT).contains("netns"));
     }
 
     #[test]

@@ -44,6 +44,7 @@ impl Series<'_> {
     fn labels(&self) -> ListenerLabels<'_> {
         ListenerLabels {
             address: &self.address,
+            netns: self.port.netns,
             port: self.port.port,
             protocol: self.port.protocol,
         }

@@ -6,6 +6,7 @@
 mod firewall;
 mod labels;
 mod listeners;
+mod namespaces;
 mod ports;
 mod probes;
 mod sources;
@@ -242,6 +243,7 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
     sources::write(out, &snapshot.sources);
     probes::write_discarded(out, &snapshot.probes_discarded);
     ports::write_left_out(out, snapshot.discovery_left_out);
+    namespaces::write_info(out, &snapshot.namespaces);
     if snapshot.ports.is_empty() {
         return;
     }
@@ -253,6 +255,7 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
         .map(|(p, port)| {
             let labels = PortLabels {
                 name: &p.name,
+                netns: p.netns.as_ref().map_or("", |n| n.name.as_str()),
                 port,
                 protocol: p.protocol.as_str(),
             };
@@ -264,6 +267,7 @@ fn write_snapshot(out: &mut String, snapshot: &Snapshot) {
     listeners::write(out, &ports);
     probes::write_latest(out, &ports);
     firewall::write_rules(out, &ports);
+    namespaces::write_forwards(out, &ports);
 }
 
 /// How a probe request from another client ended.

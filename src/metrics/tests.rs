@@ -233,17 +233,79 @@ fn dns() -> PortStatus {
     dns
 }
 
+/// The container `web-1` (Docker), whose app listens on its loopback.
+fn web1() -> crate::netns::Namespace {
+    crate::netns::Namespace {
+        name: "web-1".into(),
+        container: Some("3f2a9c1b7d4e".into()),
+        pod: None,
+        inode: 4026532512,
+        id: crate::netns::NsId::named("web-1"),
+    }
+}
+
+/// Host port 8080 published (DNAT) to web-1's port 80.
+fn published() -> PortStatus {
+    let mut p = port(
+        8080,
+        "docker-proxy",
+        Expect::Public,
+        Origin::Discovered,
+        Cause::LoopbackOnly,
+    );
+    p.listeners = vec![listener(
+        "0.0.0.0",
+        8080,
+        Some("docker-proxy"),
+        (0, Some(4096)),
+    )];
+    let backend = Listener {
+        netns: crate::netns::NsId::named("web-1"),
+        ..listener("127.0.0.1", 80, Some("python3"), (0, Some(128)))
+    };
+    p.forward = Some(crate::snapshot::ForwardStatus {
+        via: "dnat",
+        backend: "10.77.50.2:80".parse().unwrap(),
+        netns: Some(web1()),
+        on_this_host: true,
+        backend_listeners: vec![backend],
+        rule: None,
+    });
+    p
+}
+
+/// web-1's port 80, on its loopback: `local`, fine.
+fn inside() -> PortStatus {
+    let mut p = port(80, "python3", Expect::Local, Origin::Discovered, Cause::Ok);
+    p.listeners = vec![Listener {
+        netns: crate::netns::NsId::named("web-1"),
+        ..listener("127.0.0.1", 80, Some("python3"), (0, Some(128)))
+    }];
+    p.netns = Some(web1());
+    p
+}
+
 /// The ports above, TCP then UDP, in port order, as the engine orders them.
 fn golden_snapshot() -> Snapshot {
     Snapshot {
-        ports: vec![web(), api(), db(), app(), admin(), dns()],
+        ports: vec![
+            web(),
+            api(),
+            db(),
+            app(),
+            admin(),
+            published(),
+            inside(),
+            dns(),
+        ],
+        namespaces: vec![web1()],
         generation: 1,
         sources: Sources {
             netlink: Some(true),
             procfs: None,
             owners: Some(false),
             netfilter: Some(true),
-            namespaces: None,
+            namespaces: Some(true),
         },
         probes_discarded: {
             let mut d = Discarded::default();
