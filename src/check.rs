@@ -100,10 +100,7 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
         .iter()
         .map(|p| {
             [
-                match p.protocol {
-                    Protocol::Tcp => p.port.to_string(),
-                    Protocol::Udp => p.key().to_string(),
-                },
+                port_cell(p),
                 if p.name.is_empty() {
                     "-".into()
                 } else {
@@ -112,7 +109,10 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
                 escape::control(&listening_on(p)).into_owned(),
                 outcomes(&p.probes, Vantage::Loopback),
                 outcomes(&p.probes, Vantage::Interface),
-                outcomes(&p.probes, Vantage::External),
+                match &p.netns {
+                    None => outcomes(&p.probes, Vantage::External),
+                    Some(_) => format!("host: {}", outcomes(&p.probes, Vantage::Host)),
+                },
                 p.diagnosis.cause.as_str().to_string(),
             ]
         })
@@ -142,6 +142,9 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
     for (p, r) in ports.iter().zip(&rows) {
         line(&mut out, r, Some(p.diagnosis.cause));
         let _ = writeln!(out, "      {}", escape::control(&p.diagnosis.summary));
+        if let Some(f) = &p.forward {
+            let _ = writeln!(out, "      forward: {}", escape::control(&forward_line(f)));
+        }
         for r in &p.diagnosis.firewall {
             let _ = write!(out, "      firewall: {}", escape::control(&r.to_string()));
             if let Some(why) = &r.may_match {
@@ -159,11 +162,48 @@ pub fn table(ports: &[&PortStatus], color: bool) -> String {
     out
 }
 
+/// `8080`, `53/udp`, and `web-1:80` for a port of another namespace.
+fn port_cell(p: &PortStatus) -> String {
+    let port = match p.protocol {
+        Protocol::Tcp => p.port.to_string(),
+        Protocol::Udp => format!("{}/udp", p.port),
+    };
+    match &p.netns {
+        None => port,
+        Some(ns) => escape::control(&format!("{}:{port}", ns.name)).into_owned(),
+    }
+}
+
+/// `dnat to 10.77.50.2:80 in container web-1 (3f2a9c1b7d4e): python3 on 127.0.0.1`.
+fn forward_line(f: &crate::snapshot::ForwardStatus) -> String {
+    let mut line = format!("{} to {}", f.via, f.backend);
+    match (&f.netns, f.on_this_host) {
+        (Some(ns), _) => {
+            let _ = write!(line, " in {}", ns.name);
+            if let Some(pod) = &ns.pod {
+                let _ = write!(line, " (pod {pod})");
+            } else if let Some(c) = &ns.container {
+                let _ = write!(line, " (container {c})");
+            }
+        }
+        (None, true) => line.push_str(" on this host"),
+        (None, false) => line.push_str(" on another host"),
+    }
+    if f.on_this_host {
+        let _ = write!(line, ": {}", listeners_text(&f.backend_listeners));
+    }
+    line
+}
+
 fn listening_on(p: &PortStatus) -> String {
-    if p.listeners.is_empty() {
+    listeners_text(&p.listeners)
+}
+
+fn listeners_text(listeners: &[crate::sockets::Listener]) -> String {
+    if listeners.is_empty() {
         return "nothing".into();
     }
-    p.listeners
+    listeners
         .iter()
         .map(|l| match &l.owner {
             Some(o) => format!("{} ({}/{})", l.address, o.name, o.pid),

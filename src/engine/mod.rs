@@ -7,7 +7,7 @@ pub mod run;
 pub mod state;
 pub mod watch;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +18,9 @@ use tokio::sync::watch as channel;
 use crate::config::{Config, Protocol};
 use crate::diagnosis::Firewall;
 use crate::netfilter::{self, Packet};
+use crate::netns::NsId;
 use crate::peer::{Answers, OutsideView};
+use crate::probe::scheduler::Job;
 use crate::probe::{Target, Vantage};
 use crate::snapshot::{Snapshot, Sources};
 use crate::sockets::{self, Source, interfaces, process::Owners};
@@ -201,21 +203,44 @@ impl Engine {
         let loaded = self.live.current();
         let config = &loaded.config;
         let started = Instant::now();
-        let probed = self.lock().probed(ports);
+        let (probed, others) = {
+            let st = self.lock();
+            let others: HashMap<NsId, Vec<(Vantage, IpAddr)>> = st
+                .namespaces()
+                .filter_map(|ns| {
+                    let (addresses, ipv6_up) = st.namespace_addresses(ns.id)?;
+                    Some((ns.id, namespace_vantages(config, addresses, ipv6_up)))
+                })
+                .collect();
+            (st.probed(ports), others)
+        };
         let watched: Vec<PortKey> = probed.iter().map(|(key, _)| *key).collect();
         let (own, ipv6_up) = host_addresses().await;
-        let addrs = local_vantages(config, &own, ipv6_up);
+        let addrs = local_vantages(&config.vantage, &own, ipv6_up);
         let requests: Vec<(Target, Arc<[u8]>)> = probed
             .iter()
             .flat_map(|(key, payload)| {
+                let addrs = if key.netns.is_own() {
+                    addrs.as_slice()
+                } else {
+                    others.get(&key.netns).map_or(&[][..], Vec::as_slice)
+                };
                 addrs.iter().map(move |(v, ip)| {
                     let addr = SocketAddr::new(*ip, key.port);
-                    (Target::new(*v, key.protocol, addr), Arc::clone(payload))
+                    let target = Target::new(*v, key.protocol, addr).in_netns(key.netns);
+                    (target, Arc::clone(payload))
                 })
             })
             .collect();
         let targets: Vec<Target> = requests.iter().map(|(t, _)| t.clone()).collect();
-        let results = loaded.prober.run_with(requests, config.probe.timeout).await;
+        let jobs = self.jobs(requests).await;
+        let results: Vec<_> = loaded
+            .prober
+            .run_jobs(jobs, config.probe.timeout, None)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         // Targets no longer probed (an address went away) drop out, and the
         // external view goes with the last peer.
         let local: HashSet<Target> = targets.into_iter().collect();
@@ -239,6 +264,22 @@ impl Engine {
             ports: watched,
             own,
         }
+    }
+
+    /// The probes to run: each target with its payload, and a socket made
+    /// inside the namespace it is sent from where that is not portsight's
+    /// own. A target whose socket could not be made is not probed (no
+    /// evidence either way).
+    async fn jobs(&self, requests: Vec<(Target, Arc<[u8]>)>) -> Vec<Job> {
+        requests
+            .into_iter()
+            .filter(|(t, _)| t.sent_from().is_own())
+            .map(|(target, payload)| Job {
+                target,
+                payload,
+                socket: None,
+            })
+            .collect()
     }
 
     /// Asks peers for the external view of the ports `round` probed, and
@@ -379,10 +420,30 @@ async fn host_addresses() -> (Vec<IpAddr>, bool) {
     .unwrap_or_default()
 }
 
+/// The vantages of a port in another namespace and their addresses:
+/// loopback and interface from inside it, host from portsight's own to
+/// its addresses (the configured `vantage.addresses` are the host's).
+fn namespace_vantages(
+    config: &Config,
+    addresses: &[IpAddr],
+    ipv6_up: bool,
+) -> Vec<(Vantage, IpAddr)> {
+    let inside = crate::config::Vantage {
+        addresses: Vec::new(),
+        ..config.vantage.clone()
+    };
+    let mut out = local_vantages(&inside, addresses, ipv6_up);
+    out.extend(addresses.iter().map(|a| (Vantage::Host, *a)));
+    out
+}
+
 /// The local vantages and their addresses: loopback (127.0.0.1, and ::1 when
 /// IPv6 is up) and the interface addresses (or the configured list).
-fn local_vantages(config: &Config, own: &[IpAddr], ipv6_up: bool) -> Vec<(Vantage, IpAddr)> {
-    let v = &config.vantage;
+fn local_vantages(
+    v: &crate::config::Vantage,
+    own: &[IpAddr],
+    ipv6_up: bool,
+) -> Vec<(Vantage, IpAddr)> {
     let mut out = Vec::new();
     if v.loopback {
         out.push((Vantage::Loopback, IpAddr::V4(Ipv4Addr::LOCALHOST)));

@@ -319,6 +319,8 @@ impl State {
             .values()
             .flat_map(|m| m.values())
             .filter(|r| r.outcome != Outcome::Success)
+            // The host's ruleset is on the path of the host's probes only.
+            .filter(|r| r.target.netns.is_own())
             .map(|r| (r.target.vantage, r.target.protocol, r.target.addr))
             .collect();
         out.sort_unstable();

@@ -1,5 +1,6 @@
 //! Runs many probes at once under one concurrency limit, TCP and UDP alike.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,8 +55,32 @@ impl Prober {
         timeout: Duration,
         deadline: Option<Instant>,
     ) -> Vec<Option<ProbeResult>> {
+        let jobs = targets
+            .into_iter()
+            .map(|(target, payload)| Job {
+                target,
+                payload,
+                socket: None,
+            })
+            .collect();
+        self.run_jobs(jobs, timeout, deadline).await
+    }
+
+    /// As [`Prober::run_by`], each job on its own socket where it has one
+    /// (made inside another network namespace), else on a new one.
+    pub async fn run_jobs(
+        &self,
+        jobs: Vec<Job>,
+        timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Vec<Option<ProbeResult>> {
         let mut tasks = JoinSet::new();
-        for (i, (target, payload)) in targets.into_iter().enumerate() {
+        for (i, job) in jobs.into_iter().enumerate() {
+            let Job {
+                target,
+                payload,
+                socket,
+            } = job;
             let limit = Arc::clone(&self.limit);
             tasks.spawn(async move {
                 let permit = match deadline {
@@ -69,8 +94,8 @@ impl Prober {
                     timeout.min(d.saturating_duration_since(Instant::now()))
                 });
                 let result = match target.protocol {
-                    Protocol::Tcp => tcp::connect(target, timeout).await,
-                    Protocol::Udp => udp::exchange(target, &payload, timeout).await,
+                    Protocol::Tcp => tcp::connect_on(socket, target, timeout).await,
+                    Protocol::Udp => udp::exchange_on(socket, target, &payload, timeout).await,
                 };
                 drop(permit);
                 (i, Some(result))
@@ -86,6 +111,16 @@ impl Prober {
         results.sort_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, r)| r).collect()
     }
+}
+
+/// One probe to run: its target, what a UDP probe sends, and the socket
+/// to send it on when it must be a particular one (made inside the
+/// namespace it is probed from).
+#[derive(Debug)]
+pub struct Job {
+    pub target: Target,
+    pub payload: Arc<[u8]>,
+    pub socket: Option<OwnedFd>,
 }
 
 /// Each target with an empty payload: what TCP targets and payload-less

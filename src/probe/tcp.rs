@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use tokio::net::TcpSocket;
@@ -12,14 +13,22 @@ use super::{Outcome, ProbeResult, Target};
 /// The socket has `SO_LINGER {on, 0}`: closing sends RST instead of FIN, so
 /// the prober leaves no `TIME_WAIT` behind however often it probes.
 pub async fn connect(target: Target, timeout: Duration) -> ProbeResult {
-    let addr = target.addr;
-    super::timed(target, timeout, ("answer", ""), attempt(addr)).await
+    connect_on(None, target, timeout).await
 }
 
-async fn attempt(addr: SocketAddr) -> io::Result<()> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+/// As [`connect`], on `socket` when given (a non-blocking TCP socket of the
+/// target's family, not connected yet: one made inside another network
+/// namespace), else on a new one.
+pub async fn connect_on(socket: Option<OwnedFd>, target: Target, timeout: Duration) -> ProbeResult {
+    let addr = target.addr;
+    super::timed(target, timeout, ("answer", ""), attempt(socket, addr)).await
+}
+
+async fn attempt(socket: Option<OwnedFd>, addr: SocketAddr) -> io::Result<()> {
+    let socket = match (socket, addr) {
+        (Some(fd), _) => TcpSocket::from_std_stream(std::net::TcpStream::from(fd)),
+        (None, SocketAddr::V4(_)) => TcpSocket::new_v4()?,
+        (None, SocketAddr::V6(_)) => TcpSocket::new_v6()?,
     };
     socket.set_zero_linger()?;
     let stream = socket.connect(addr).await?;

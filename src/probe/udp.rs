@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -19,17 +20,38 @@ use super::{ProbeResult, Target};
 /// Sends `payload` to `target.addr` and waits at most `timeout` for one
 /// datagram back (or an ICMP error). The socket is closed when this returns.
 pub async fn exchange(target: Target, payload: &[u8], timeout: Duration) -> ProbeResult {
-    let addr = target.addr;
-    let note = " (many UDP services answer nothing)";
-    super::timed(target, timeout, ("reply", note), attempt(addr, payload)).await
+    exchange_on(None, target, payload, timeout).await
 }
 
-async fn attempt(addr: SocketAddr, payload: &[u8]) -> io::Result<()> {
+/// As [`exchange`], on `socket` when given (a non-blocking UDP socket of
+/// the target's family, made inside another network namespace), else on a
+/// new one.
+pub async fn exchange_on(
+    socket: Option<OwnedFd>,
+    target: Target,
+    payload: &[u8],
+    timeout: Duration,
+) -> ProbeResult {
+    let addr = target.addr;
+    let note = " (many UDP services answer nothing)";
+    super::timed(
+        target,
+        timeout,
+        ("reply", note),
+        attempt(socket, addr, payload),
+    )
+    .await
+}
+
+async fn attempt(socket: Option<OwnedFd>, addr: SocketAddr, payload: &[u8]) -> io::Result<()> {
     let any: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(any).await?;
+    let socket = match socket {
+        Some(fd) => UdpSocket::from_std(std::net::UdpSocket::from(fd))?,
+        None => UdpSocket::bind(any).await?,
+    };
     socket.connect(addr).await?;
     socket.send(payload).await?;
     // One byte is enough to know a reply came; the rest is discarded.
