@@ -139,6 +139,8 @@ impl State {
             self.forwards = forwards;
         }
         self.watch.set_namespaces(ephemeral);
+        self.watch
+            .set_forwarded(self.forwards.iter().map(|f| f.key).collect());
         self.watch.update(
             config,
             &listeners,
@@ -864,5 +866,163 @@ mod tests {
             .collect();
         assert_eq!(counted, ["127.0.0.1"]);
         assert_eq!(s.ports[0].probe_counts[0].1.get(Outcome::Success), 2);
+    }
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use super::*;
+    use crate::config::{Expect, PortConfig};
+    use crate::diagnosis::Cause;
+
+    fn web1() -> Namespace {
+        Namespace {
+            name: "web-1".into(),
+            container: Some("3f2a9c1b7d4e".into()),
+            pod: None,
+            inode: 4026532512,
+            id: NsId::named("web-1"),
+        }
+    }
+
+    /// The container web-1 at 10.77.50.2 with `inside` listening on port 80.
+    fn container(inside: &str) -> NsScan {
+        NsScan {
+            ns: web1(),
+            listeners: vec![Listener {
+                netns: NsId::named("web-1"),
+                inode: 77,
+                ..Listener::on(inside.parse().unwrap(), 80)
+            }],
+            addresses: vec!["10.77.50.2".parse().unwrap()],
+            ipv6_loopback: false,
+            ephemeral: 32768..=60999,
+        }
+    }
+
+    fn scan(namespaces: Vec<NsScan>, forwards: Option<Vec<Forward>>) -> Scan {
+        Scan {
+            listeners: Vec::new(),
+            source: Source::Netlink,
+            sources: Sources::default(),
+            ephemeral: 32768..=60999,
+            tcpext: None,
+            conntrack: None,
+            namespaces,
+            forwards,
+        }
+    }
+
+    fn published() -> Forward {
+        Forward {
+            key: PortKey::tcp(8080),
+            via: "dnat",
+            backend: "10.77.50.2:80".parse().unwrap(),
+            rule: None,
+        }
+    }
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.discover.min_age = Duration::ZERO;
+        c
+    }
+
+    fn port<'a>(s: &'a Snapshot, key: PortKey) -> &'a PortStatus {
+        s.ports.iter().find(|p| p.key() == key).expect("watched")
+    }
+
+    #[test]
+    fn a_dnat_only_published_port_is_discovered_and_diagnosed_through_the_container() {
+        let config = config();
+        let mut st = State::default();
+        let now = Instant::now();
+        st.apply_scan(
+            &config,
+            scan(vec![container("127.0.0.1")], Some(vec![published()])),
+            now,
+            SystemTime::now(),
+        );
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        let host = port(&s, PortKey::tcp(8080));
+        let f = host.forward.as_ref().expect("forwarded");
+        assert_eq!(f.netns.as_ref().map(|n| n.name.as_str()), Some("web-1"));
+        assert_eq!(f.backend_listeners.len(), 1);
+        assert_eq!(
+            host.diagnosis.cause,
+            Cause::LoopbackOnly,
+            "{:?}",
+            host.diagnosis
+        );
+        assert!(
+            host.diagnosis.summary.contains("container web-1"),
+            "{}",
+            host.diagnosis.summary
+        );
+        // The container's own port is watched too, with its namespace, and
+        // its loopback-only app is `local`: nothing alarms.
+        let inside = port(
+            &s,
+            PortKey {
+                netns: NsId::named("web-1"),
+                ..PortKey::tcp(80)
+            },
+        );
+        assert_eq!(
+            inside.netns.as_ref().map(|n| n.name.as_str()),
+            Some("web-1")
+        );
+        assert_eq!(inside.expect, Expect::Local);
+        assert_eq!(s.namespaces.len(), 1);
+    }
+
+    #[test]
+    fn a_namespace_that_goes_takes_its_discovered_ports_but_not_configured_ones() {
+        let mut config = config();
+        config.ports.push(PortConfig {
+            netns: "web-1".into(),
+            ..PortConfig::tcp(443, Expect::Internal)
+        });
+        let mut st = State::default();
+        let now = Instant::now();
+        st.apply_scan(
+            &config,
+            scan(vec![container("0.0.0.0")], None),
+            now,
+            SystemTime::now(),
+        );
+        assert_eq!(st.watched(None).len(), 2, "{:?}", st.watched(None));
+        st.apply_scan(&config, scan(Vec::new(), None), now, SystemTime::now());
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        assert_eq!(s.ports.len(), 1, "only the configured port stays");
+        let d = &s.ports[0].diagnosis;
+        assert_eq!(d.cause, Cause::NotListening);
+        assert!(
+            d.summary
+                .contains("\"web-1\", which the last scan did not find"),
+            "{}",
+            d.summary
+        );
+    }
+
+    #[test]
+    fn a_forward_whose_namespace_was_not_read_is_never_ok() {
+        // Without the namespace scan the backend is unseen: `forwarded`,
+        // not a healthy verdict.
+        let config = config();
+        let mut st = State::default();
+        st.apply_scan(
+            &config,
+            scan(Vec::new(), Some(vec![published()])),
+            Instant::now(),
+            SystemTime::now(),
+        );
+        let (s, _) = st.snapshot(&config, SystemTime::now());
+        assert_eq!(
+            port(&s, PortKey::tcp(8080)).diagnosis.cause,
+            Cause::Forwarded
+        );
     }
 }

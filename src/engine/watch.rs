@@ -56,6 +56,9 @@ pub struct WatchList {
     /// ephemeral ranges: a discovered port of a namespace that is gone
     /// goes with it (its container went, not its service).
     others: BTreeMap<NsId, RangeInclusive<u16>>,
+    /// The host's ports that a forward (DNAT, redirect, proxy) takes: a
+    /// published port is discovered even where nothing listens on it.
+    forwarded: Vec<PortKey>,
 }
 
 impl WatchList {
@@ -78,6 +81,11 @@ impl WatchList {
         self.others = others;
     }
 
+    /// The forwarded ports the next [`WatchList::update`] sees.
+    pub fn set_forwarded(&mut self, forwarded: Vec<PortKey>) {
+        self.forwarded = forwarded;
+    }
+
     /// Applies the config and the listeners of one scan: configured ports are
     /// always watched; with discovery on, every listening port outside
     /// `ephemeral` is too once it has listened for `discover.min_age` (up to
@@ -95,6 +103,9 @@ impl WatchList {
         let mut by_port: BTreeMap<PortKey, Vec<&Listener>> = BTreeMap::new();
         for l in listeners {
             by_port.entry(PortKey::of(l)).or_default().push(l);
+        }
+        for key in &self.forwarded {
+            by_port.entry(*key).or_default();
         }
         // Ports dropped from the config (on reload) go unless discovery keeps them.
         self.ports.retain(|key, w| {
@@ -248,10 +259,12 @@ impl WatchedPort {
     }
 }
 
-/// `auto`: `local` when every listener is on loopback, else `public`, or
+/// `auto`: `local` when every listener is on loopback, else (also for a
+/// forwarded port nothing listens on) `public`, or
 /// `internal` where no external vantage is configured.
 fn resolve_auto(listeners: &[&Listener], external_vantage: bool) -> Expect {
-    if listeners.iter().all(|l| l.scope() == Scope::Loopback) {
+    // No listener at all: a forwarded port, published to be reached.
+    if !listeners.is_empty() && listeners.iter().all(|l| l.scope() == Scope::Loopback) {
         Expect::Local
     } else if external_vantage {
         Expect::Public
