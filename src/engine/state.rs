@@ -930,7 +930,7 @@ mod namespace_tests {
         c
     }
 
-    fn port<'a>(s: &'a Snapshot, key: PortKey) -> &'a PortStatus {
+    fn port(s: &Snapshot, key: PortKey) -> &PortStatus {
         s.ports.iter().find(|p| p.key() == key).expect("watched")
     }
 
