@@ -4,7 +4,9 @@
 //! portsight needs no capability for its own namespace's socket table, its
 //! probes and its HTTP server. `CAP_DAC_READ_SEARCH` and `CAP_SYS_PTRACE`
 //! together let it see the owners of other users' sockets
-//! (`/proc/<pid>/fd`); `CAP_NET_ADMIN` lets `nft list ruleset` read the
+//! (`/proc/<pid>/fd`) and open other users' `/proc/<pid>/ns/net`;
+//! `CAP_SYS_ADMIN` lets it `setns` into other network namespaces
+//! (containers, pods); `CAP_NET_ADMIN` lets `nft list ruleset` read the
 //! firewall. The systemd unit grants them as ambient capabilities, which
 //! are effective already and reach `nft`. The container image's binary
 //! carries them as file capabilities in the *permitted* set only: the
@@ -16,15 +18,19 @@
 use caps::{CapSet, Capability};
 
 /// The capabilities portsight has a use for, and what each gives.
-pub const USED: [(Capability, &str); 3] = [
+pub const USED: [(Capability, &str); 4] = [
     (
         Capability::CAP_DAC_READ_SEARCH,
         "list other users' /proc/<pid>/fd",
     ),
     (Capability::CAP_NET_ADMIN, "read the nftables ruleset"),
     (
+        Capability::CAP_SYS_ADMIN,
+        "enter other network namespaces (setns) to read their sockets",
+    ),
+    (
         Capability::CAP_SYS_PTRACE,
-        "read other users' /proc/<pid>/fd links",
+        "read other users' /proc/<pid>/fd links and /proc/<pid>/ns/net",
     ),
 ];
 

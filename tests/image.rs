@@ -244,8 +244,8 @@ fn the_image_is_built_without_a_registry_and_runs_non_root_with_only_its_capabil
     let bits = u64::from_str_radix(&status_line(pid, "CapEff"), 16).unwrap();
     assert_eq!(
         bits,
-        (1 << 2) | (1 << 12) | (1 << 19),
-        "CapEff: dac_read_search, net_admin, sys_ptrace"
+        (1 << 2) | (1 << 12) | (1 << 19) | (1 << 21),
+        "CapEff: dac_read_search, net_admin, sys_admin, sys_ptrace"
     );
     stop(served);
 
