@@ -337,10 +337,11 @@ fn read_hostnames(wanted: &[(u64, PathBuf)]) -> HashMap<u64, String> {
                 Err(nix::errno::Errno::EPERM) => break,
                 Err(_) => continue,
             }
-            if let Ok(name) = nix::unistd::gethostname() {
-                if !name.is_empty() && Some(&name) != own.as_ref() {
-                    names.insert(*uts, name.to_string_lossy().into_owned());
-                }
+            if let Ok(name) = nix::unistd::gethostname()
+                && !name.is_empty()
+                && Some(&name) != own.as_ref()
+            {
+                names.insert(*uts, name.to_string_lossy().into_owned());
             }
         }
         names
