@@ -153,9 +153,29 @@ fn namespaces_seen_from_a_private_pid_namespace_are_named_and_entered() {
     drop(cgroups);
 }
 
+/// A process, killed and reaped on drop.
+struct Sleeper(Child);
+
+impl Sleeper {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn end(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 /// A "container" process: `nsenter` into `netns`, optionally its own UTS
 /// namespace with `hostname`, moved into `cgroup`, then `sleep`.
-fn container(netns: Option<&str>, hostname: Option<&str>, cgroup: Option<&str>) -> Child {
+fn container(netns: Option<&str>, hostname: Option<&str>, cgroup: Option<&str>) -> Sleeper {
     let mut script = String::new();
     if let Some(h) = hostname {
         script += &format!("hostname {h} && ");
@@ -196,7 +216,7 @@ fn container(netns: Option<&str>, hostname: Option<&str>, cgroup: Option<&str>) 
             other => Err(format!("{other:?}")),
         },
     );
-    child
+    Sleeper(child)
 }
 
 fn ns_of(path: &str) -> u64 {
@@ -218,7 +238,7 @@ fn in_the_world() {
     let _web_too = container(Some(&s("web")), None, None);
     let _pod = container(Some(&s("pod")), Some("psns-pod-host"), Some(&s("kube")));
     let _plain = container(Some(&s("plain")), None, None);
-    let _twins: Vec<Child> = twins
+    let _twins: Vec<Sleeper> = twins
         .iter()
         .map(|t| container(Some(t), Some("psns-twin"), None))
         .collect();
@@ -318,11 +338,10 @@ fn enter_each(found: &Found, web: &str) {
 /// A held handle keeps a namespace alive past its last process; once the
 /// scan no longer sees it, its handle is closed and work there is a clean
 /// error; a handle not yet opened fails to open.
-fn a_namespace_that_vanishes(roots: &Roots, found: &Found, anon: &mut Child, anon_ns: u64) {
+fn a_namespace_that_vanishes(roots: &Roots, found: &Found, anon: &mut Sleeper, anon_ns: u64) {
     let worker = Worker::start().unwrap();
     assert!(worker.sync(&found.namespaces).is_empty());
-    anon.kill().unwrap();
-    anon.wait().unwrap();
+    anon.end();
     assert_eq!(
         worker.run(anon_ns, here).unwrap(),
         anon_ns,
