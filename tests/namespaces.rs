@@ -81,9 +81,9 @@ impl Drop for Cgroups {
 
 /// Runs this test again as `PSNS_CHILD=<mode>`, the world in `PSNS_WORLD`,
 /// through `wrapper`; fails with its output unless it passes.
-fn child(test: &str, mode: &str, world: &Value, wrapper: &[&str]) {
+fn child(test: &str, mode: &str, world: &Value, wrapper: &[String]) {
     let exe = std::env::current_exe().unwrap();
-    let out = Command::new(wrapper[0])
+    let out = Command::new(&wrapper[0])
         .args(&wrapper[1..])
         .arg(exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
@@ -102,6 +102,22 @@ fn child(test: &str, mode: &str, world: &Value, wrapper: &[&str]) {
         out.status
     );
     assert!(text.contains("1 passed"), "the child ran no test: {text}");
+}
+
+/// A command prefix: a private PID namespace (with its own `/proc`) whose
+/// first process is in `host`'s network namespace.
+fn pid_namespace_in(host: &Host) -> Vec<String> {
+    let netns = format!("--net=/run/netns/{}", host.name);
+    [
+        "nsenter",
+        &netns,
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn hex_id(tag: u32) -> String {
@@ -136,20 +152,7 @@ fn namespaces_seen_from_a_private_pid_namespace_are_named_and_entered() {
         "docker": docker, "kube": kube, "id": id, "id2": id2,
         "pods": pods.path(),
     });
-    let netns = format!("--net=/run/netns/{}", host.name);
-    child(
-        TEST,
-        "world",
-        &world,
-        &[
-            "nsenter",
-            &netns,
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-        ],
-    );
+    child(TEST, "world", &world, &pid_namespace_in(&host));
     drop(cgroups);
 }
 
@@ -411,24 +414,9 @@ fn outside_pid_1_s_network_namespace_find_refuses_to_look() {
     needs!(unavailable());
     let (host, own) = (Host::new("psns-refuse"), Host::new("psns-own"));
     let into_own = format!("nsenter --net=/run/netns/{} \"$@\"; exit $?", own.name);
-    let netns = format!("--net=/run/netns/{}", host.name);
-    let pod = [
-        "nsenter",
-        &netns,
-        "unshare",
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "sh",
-        "-c",
-        &into_own,
-        "sh",
-    ];
+    let mut pod = pid_namespace_in(&host);
+    pod.extend(["sh", "-c", &into_own, "sh"].map(String::from));
     child(TEST, "refuse", &json!({}), &pod);
-    child(
-        TEST,
-        "refuse-any",
-        &json!({}),
-        &["ip", "netns", "exec", &host.name],
-    );
+    let exec = ["ip", "netns", "exec", &host.name].map(String::from);
+    child(TEST, "refuse-any", &json!({}), &exec);
 }
