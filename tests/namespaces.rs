@@ -420,3 +420,56 @@ fn outside_pid_1_s_network_namespace_find_refuses_to_look() {
     let exec = ["ip", "netns", "exec", &host.name].map(String::from);
     child(TEST, "refuse-any", &json!({}), &exec);
 }
+
+/// Without `CAP_SYS_ADMIN` the namespaces are still found and their
+/// handles opened, but entering one is refused, and said so.
+#[test]
+fn without_cap_sys_admin_entering_is_refused_as_such() {
+    const TEST: &str = "without_cap_sys_admin_entering_is_refused_as_such";
+    if std::env::var(CHILD).as_deref() == Ok("no-admin") {
+        let w: Value = serde_json::from_str(&std::env::var("PSNS_WORLD").unwrap()).unwrap();
+        let other = w["other"].as_str().unwrap();
+        let found = find(&Roots::default()).unwrap();
+        let names: Vec<&str> = found
+            .namespaces
+            .iter()
+            .map(|s| s.ns.name.as_str())
+            .collect();
+        assert_eq!(names, [other]);
+        let inode = found.namespaces[0].ns.inode;
+        let worker = Worker::start().unwrap();
+        assert!(worker.sync(&found.namespaces).is_empty());
+        let err = worker.run(inode, here).unwrap_err();
+        assert!(
+            matches!(err, Error::Permission { inode: i, .. } if i == inode),
+            "{err}"
+        );
+        assert!(err.to_string().contains("needs CAP_SYS_ADMIN"), "{err}");
+        let err = worker
+            .socket(inode, Domain::IPV4, Type::STREAM)
+            .unwrap_err();
+        assert!(matches!(err, Error::Permission { .. }), "{err}");
+        assert_eq!(
+            worker.run(found.own, here).unwrap(),
+            found.own,
+            "home work still runs"
+        );
+        return;
+    }
+    needs!(unavailable().or_else(|| {
+        Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+            .then(|| "`setpriv` is not installed".to_string())
+    }));
+    let (host, other) = (Host::new("psns-noadmin"), Host::new("psns-other"));
+    let script = format!(
+        "nsenter --net=/run/netns/{} sleep 600 & \
+         setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin \"$@\"; st=$?; kill $!; exit $st",
+        other.name
+    );
+    let mut cmd = pid_namespace_in(&host);
+    cmd.extend(["sh", "-c", &script, "sh"].map(String::from));
+    child(TEST, "no-admin", &json!({ "other": other.name }), &cmd);
+}

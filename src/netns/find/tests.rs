@@ -279,3 +279,22 @@ fn a_pod_uid_without_its_directory_is_not_a_pod_name() {
         (&ID[..12], None)
     );
 }
+
+#[test]
+fn a_process_that_exits_mid_walk_is_skipped_and_so_is_a_namespace_left_without_any() {
+    let f = Fixture::new(1);
+    f.process("100", 500, 10, Some(&format!("0::/docker/{ID}\n")));
+    f.process("101", 500, 10, None);
+    f.process("200", 501, 10, None);
+    // Their links read, then gone before their cgroup is.
+    for pid in ["100", "200"] {
+        std::fs::remove_file(f.dir.path().join("proc").join(pid).join("cgroup")).unwrap();
+    }
+    let found = find_with(&f.roots(), |_| HashMap::new()).unwrap();
+    let seen: Vec<(u64, u32, &str)> = found
+        .namespaces
+        .iter()
+        .map(|s| (s.ns.inode, s.pid, s.ns.name.as_str()))
+        .collect();
+    assert_eq!(seen, [(500, 101, "netns-500")]);
+}
