@@ -113,9 +113,11 @@ fn measure() {
             .count();
         (f.namespaces.len() == names.len() && hosts == names.len().div_ceil(2)).then_some(f)
     });
+    let cpu = support::cpu_self();
     let find_t = median(&time_each(FIND_RUNS, || {
         black_box(find(&roots).expect("find"));
     }));
+    let find_cpu = (support::cpu_self() - cpu).as_secs_f64() / FIND_RUNS as f64;
 
     let target = File::open(format!("/run/netns/{}", names[0])).unwrap();
     let inode = target.metadata().unwrap().ino();
@@ -152,6 +154,10 @@ fn measure() {
         vec![
             format!("`find`, {n} namespaces ({} with a hostname)", n.div_ceil(2)),
             fmt_secs(find_t),
+        ],
+        vec![
+            "`find`: CPU per call (mean, all threads)".into(),
+            fmt_secs(find_cpu),
         ],
         vec![
             "`setns` into one namespace and back (a thread)".into(),
