@@ -103,7 +103,8 @@ impl Worker {
 
     /// Runs `f` inside namespace `inode` (portsight's own: without
     /// entering any) and waits for it. Blocking: call from
-    /// `spawn_blocking`.
+    /// `spawn_blocking`, never from work running on the worker (it would
+    /// wait for itself).
     pub fn run<T: Send + 'static>(
         &self,
         inode: u64,
