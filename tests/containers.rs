@@ -88,8 +88,10 @@ struct World {
 }
 
 /// 64 hex digits, unique per call: a container id.
-fn container_id(seed: u32) -> String {
-    format!("{:08x}{:056x}", std::process::id(), seed)
+fn container_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:08x}{:056x}", std::process::id(), n)
 }
 
 impl World {
@@ -261,9 +263,18 @@ impl World {
 fn docker_nft(port: u16, backend: &str) -> String {
     format!(
         "table ip nat {{
-  chain prerouting {{ type nat hook prerouting priority dstnat; fib daddr type local tcp dport {port} dnat to {backend} }}
-  chain output {{ type nat hook output priority -100; ip daddr != 127.0.0.0/8 fib daddr type local tcp dport {port} dnat to {backend} }}
-  chain postrouting {{ type nat hook postrouting priority srcnat; ip saddr 10.77.50.0/24 oifname != \"br0\" masquerade }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat;
+    fib daddr type local tcp dport {port} dnat to {backend}
+  }}
+  chain output {{
+    type nat hook output priority -100;
+    ip daddr != 127.0.0.0/8 fib daddr type local tcp dport {port} dnat to {backend}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat;
+    ip saddr 10.77.50.0/24 oifname != \"br0\" masquerade
+  }}
 }}\n"
     )
 }
@@ -360,7 +371,7 @@ fn summary(p: &Value) -> &str {
 /// published to its port 80 by DNAT (nft) and a proxy.
 fn docker_world(tag: &str) -> (World, usize) {
     let mut w = World::new(tag);
-    let id = container_id(u32::from(tag.as_bytes()[0]));
+    let id = container_id();
     let c = w.container(2, "web-1", &format!("docker-{id}.scope"));
     w.host.nft(&docker_nft(8080, "10.77.50.2:80"));
     w.proxy(8080, "10.77.50.2:80");
@@ -400,7 +411,7 @@ fn an_app_on_the_containers_loopback_is_loopback_only_naming_the_container_and_b
 fn nothing_in_the_container_is_not_listening_though_the_proxy_accepts() {
     needs!(unavailable());
     let mut w = World::new("ci");
-    let c = w.container(2, "web-1", &format!("docker-{}.scope", container_id(2)));
+    let c = w.container(2, "web-1", &format!("docker-{}.scope", container_id()));
     docker_iptables(&w.host, 8080, "10.77.50.2:80");
     w.proxy(8080, "10.77.50.2:80");
     // The container runs something else, so that its namespace is seen.

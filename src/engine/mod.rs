@@ -3,6 +3,7 @@
 //! [`live::Live`] is the configuration they run under.
 
 pub mod live;
+pub mod namespaces;
 pub mod run;
 pub mod state;
 pub mod watch;
@@ -26,6 +27,7 @@ use crate::snapshot::{Snapshot, Sources};
 use crate::sockets::{self, Source, interfaces, process::Owners};
 
 pub use live::{Flags, Live, Loaded};
+use namespaces::Namespaces;
 use state::{Scan, State};
 pub use watch::PortKey;
 
@@ -39,6 +41,8 @@ pub struct Engine {
     outside: OutsideView,
     /// The ruleset, cached by its generation.
     netfilter: Mutex<Option<netfilter::Reader>>,
+    /// The scan of other network namespaces, and its thread.
+    namespaces: Arc<Mutex<Namespaces>>,
     snapshot: channel::Sender<Arc<Snapshot>>,
 }
 
@@ -74,6 +78,7 @@ impl Engine {
             owners: Mutex::new(None),
             outside: OutsideView::default(),
             netfilter: Mutex::new(Some(netfilter::Reader::default())),
+            namespaces: Arc::default(),
             snapshot,
         }
     }
@@ -95,8 +100,9 @@ impl Engine {
     /// Reads the socket table, applies it and publishes.
     pub async fn scan(&self) -> ScanReport {
         let started = Instant::now();
-        let config = &self.live.current().config;
-        let read = match self.read_sockets(config.scan.proc_root.clone()).await {
+        let loaded = self.live.current();
+        let config = &loaded.config;
+        let read = match self.read_sockets(Arc::clone(&loaded)).await {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(error = %e, "socket scan failed");
@@ -126,7 +132,9 @@ impl Engine {
 
     /// The socket table with owners, and the ephemeral range, read on a
     /// blocking thread.
-    async fn read_sockets(&self, proc_root: PathBuf) -> Result<Scan, String> {
+    async fn read_sockets(&self, loaded: Arc<Loaded>) -> Result<Scan, String> {
+        let proc_root = loaded.config.scan.proc_root.clone();
+        let namespaces = Arc::clone(&self.namespaces);
         let mut owners = self
             .owners
             .lock()
@@ -137,6 +145,11 @@ impl Engine {
         let read = tokio::task::spawn_blocking(move || {
             let result = sockets::scan_listeners(&proc_root).map(|(mut listeners, source)| {
                 owners.fill(&mut listeners);
+                let others = lock(&namespaces).scan(&loaded.config);
+                let mut in_others = others.namespaces;
+                for n in &mut in_others {
+                    owners.fill(&mut n.listeners);
+                }
                 let netlink = source == Source::Netlink;
                 Scan {
                     listeners,
@@ -146,14 +159,14 @@ impl Engine {
                         procfs: (!netlink).then_some(true),
                         owners: Some(owners.complete()),
                         netfilter: None,
-                        namespaces: None,
+                        namespaces: others.up,
                     },
                     ephemeral: watch::ephemeral_range(&proc_root),
                     tcpext: crate::kernel::read_tcpext(&proc_root)
                         .inspect_err(|e| tracing::debug!(error = %e, "no kernel counters"))
                         .ok(),
                     conntrack: crate::kernel::read_conntrack(&proc_root),
-                    namespaces: Vec::new(),
+                    namespaces: in_others,
                     forwards: None,
                 }
             });
@@ -271,13 +284,24 @@ impl Engine {
     /// own. A target whose socket could not be made is not probed (no
     /// evidence either way).
     async fn jobs(&self, requests: Vec<(Target, Arc<[u8]>)>) -> Vec<Job> {
+        let mut sockets: Vec<Option<std::os::fd::OwnedFd>> = Vec::new();
+        if requests.iter().any(|(t, _)| !t.sent_from().is_own()) {
+            let targets: Vec<Target> = requests.iter().map(|(t, _)| t.clone()).collect();
+            let namespaces = Arc::clone(&self.namespaces);
+            sockets = tokio::task::spawn_blocking(move || lock(&namespaces).sockets(&targets))
+                .await
+                .unwrap_or_default();
+        }
+        let mut sockets = sockets.into_iter();
         requests
             .into_iter()
-            .filter(|(t, _)| t.sent_from().is_own())
-            .map(|(target, payload)| Job {
-                target,
-                payload,
-                socket: None,
+            .filter_map(|(target, payload)| {
+                let socket = sockets.next().flatten();
+                (target.sent_from().is_own() || socket.is_some()).then_some(Job {
+                    target,
+                    payload,
+                    socket,
+                })
             })
             .collect()
     }
@@ -367,6 +391,11 @@ impl Engine {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A mutex's guard, whether or not a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The rules named for each failed target, and whether the ruleset

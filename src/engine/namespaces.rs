@@ -9,23 +9,12 @@ use std::ops::RangeInclusive;
 use std::os::fd::OwnedFd;
 
 use crate::config::{Config, Protocol};
-use crate::netns::{self, Namespace, NsId, Roots, Worker};
+use crate::netns::{self, NsId, Roots, Worker, worker::Job};
 use crate::probe::Target;
 use crate::sockets::{self, Listener, interfaces};
 
+use super::state::NsScan;
 use super::watch;
-
-/// What one other namespace holds, as one scan read it.
-#[derive(Debug, Clone)]
-pub struct NsScan {
-    pub ns: Namespace,
-    /// Its listening and bound sockets, each with `netns` set.
-    pub listeners: Vec<Listener>,
-    /// Its probe-worthy interface addresses.
-    pub addresses: Vec<IpAddr>,
-    pub ipv6_loopback: bool,
-    pub ephemeral: RangeInclusive<u16>,
-}
 
 /// The namespace scan's thread and what it keeps between scans.
 #[derive(Default)]
@@ -63,42 +52,54 @@ impl Namespaces {
         };
         let found = match netns::find(&roots) {
             Ok(found) => found,
-            Err(e) => return self.off(e.to_string(), e.is_refusal()),
+            Err(e) => {
+                let refusal = matches!(e, netns::Error::NotHostNetwork { .. });
+                return self.off(e.to_string(), refusal);
+            }
         };
         if self.worker.is_none() {
-            match Worker::new() {
+            match Worker::start() {
                 Ok(w) => self.worker = Some(w),
-                Err(e) => return self.off(format!("cannot start the namespace thread: {e}"), false),
+                Err(e) => {
+                    return self.off(format!("cannot start the namespace thread: {e}"), false);
+                }
             }
         }
-        let Some(worker) = self.worker.as_mut() else {
+        let Some(worker) = self.worker.as_ref() else {
             return self.off("no namespace thread".into(), false);
         };
-        worker.sync(&found.namespaces);
-        let mut up = true;
-        let mut out = Vec::with_capacity(found.namespaces.len());
-        for seen in &found.namespaces {
-            let ns = seen.ns.clone();
-            let id = ns.id;
-            match worker.run(ns.inode, move || read_inside(id)) {
-                Ok(Ok((listeners, addresses, ipv6_loopback, ephemeral))) => out.push(NsScan {
-                    ns,
+        let mut up = found.unreadable == 0;
+        for (inode, e) in worker.sync(&found.namespaces) {
+            up = false;
+            tracing::debug!(inode, error = %e, "namespace handle not opened");
+        }
+        let jobs: Vec<(u64, Job<Result<Inside, String>>)> = found
+            .namespaces
+            .iter()
+            .map(|seen| {
+                let id = seen.ns.id;
+                let job: Job<Result<Inside, String>> = Box::new(move || read_inside(id));
+                (seen.ns.inode, job)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(jobs.len());
+        for (seen, read) in found.namespaces.iter().zip(worker.run_all(jobs)) {
+            match read.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok((listeners, addresses, ipv6_loopback, ephemeral)) => out.push(NsScan {
+                    ns: seen.ns.clone(),
                     listeners,
                     addresses,
                     ipv6_loopback,
                     ephemeral,
                 }),
-                Ok(Err(e)) | Err(e) => {
+                Err(e) => {
                     up = false;
-                    tracing::debug!(netns = %ns.name, error = %e, "namespace not read");
+                    tracing::debug!(netns = %seen.ns.name, error = %e, "namespace not read");
                 }
             }
         }
-        if !up && self.off.is_none() {
-            tracing::warn!("some network namespaces could not be read (portsight_source_up{{source=\"namespaces\"}} 0)");
-        }
-        if self.off.take().is_some() {
-            tracing::info!(namespaces = out.len(), "scanning other network namespaces again");
+        if let Some(why) = self.off.take() {
+            tracing::info!(namespaces = out.len(), was = %why, "scanning other network namespaces");
         }
         self.inodes = out.iter().map(|n| (n.ns.id, n.ns.inode)).collect();
         Read {
@@ -132,15 +133,17 @@ impl Namespaces {
     /// probed this round, so it gives no evidence either way.
     pub fn sockets(&self, targets: &[Target]) -> Vec<Option<OwnedFd>> {
         let mut out: Vec<Option<OwnedFd>> = targets.iter().map(|_| None).collect();
+        let Some(worker) = &self.worker else {
+            return out;
+        };
         let mut by_ns: HashMap<NsId, Vec<usize>> = HashMap::new();
         for (i, t) in targets.iter().enumerate() {
             if !t.sent_from().is_own() {
                 by_ns.entry(t.sent_from()).or_default().push(i);
             }
         }
-        let Some(worker) = &self.worker else {
-            return out;
-        };
+        let mut jobs: Vec<(u64, Job<Vec<Option<OwnedFd>>>)> = Vec::new();
+        let mut order = Vec::new();
         for (id, indices) in by_ns {
             let Some(&inode) = self.inodes.get(&id) else {
                 continue;
@@ -149,19 +152,25 @@ impl Namespaces {
                 .iter()
                 .map(|&i| (targets[i].addr.is_ipv4(), targets[i].protocol))
                 .collect();
-            let made = worker.run(inode, move || {
-                kinds
-                    .into_iter()
-                    .map(|(v4, protocol)| new_socket(v4, protocol).ok())
-                    .collect::<Vec<_>>()
-            });
+            jobs.push((
+                inode,
+                Box::new(move || {
+                    kinds
+                        .into_iter()
+                        .map(|(v4, protocol)| new_socket(v4, protocol).ok())
+                        .collect()
+                }),
+            ));
+            order.push(indices);
+        }
+        for (indices, made) in order.into_iter().zip(worker.run_all(jobs)) {
             match made {
                 Ok(sockets) => {
                     for (i, s) in indices.into_iter().zip(sockets) {
                         out[i] = s;
                     }
                 }
-                Err(e) => tracing::debug!(netns = %id.name(), error = %e, "no sockets in namespace"),
+                Err(e) => tracing::debug!(error = %e, "no sockets made in a namespace"),
             }
         }
         out
@@ -185,12 +194,9 @@ type Inside = (Vec<Listener>, Vec<IpAddr>, bool, RangeInclusive<u16>);
 /// What is read inside one namespace, on the namespace thread: the
 /// netlink socket tables (no `/proc` fallback: `/proc/net` shows
 /// portsight's own namespace), the addresses and the ephemeral range.
-fn read_inside(id: NsId) -> Result<Inside, netns::Error> {
-    let mut listeners = sockets::netlink::dump_listeners()
-        .map_err(|e| netns::Error::Inside(e.to_string()))?;
-    listeners.extend(
-        sockets::netlink::dump_udp_sockets().map_err(|e| netns::Error::Inside(e.to_string()))?,
-    );
+fn read_inside(id: NsId) -> Result<Inside, String> {
+    let mut listeners = sockets::netlink::dump_listeners().map_err(|e| e.to_string())?;
+    listeners.extend(sockets::netlink::dump_udp_sockets().map_err(|e| e.to_string())?);
     for l in &mut listeners {
         l.netns = id;
     }
