@@ -202,18 +202,21 @@ fn serve_exit(web_config: &str) -> (Option<i32>, String) {
 
 #[test]
 fn serve_with_a_bad_web_config_exits_2_naming_file_key_and_reason() {
-    let supported =
-        "supported: tls_server_config.cert_file, tls_server_config.key_file, basic_auth_users";
+    let supported = "supported: tls_server_config.{cert_file, key_file, client_auth_type, client_ca_file, min_version, max_version, cipher_suites}, http_server_config.headers, basic_auth_users";
     for (file, message) in [
         (
             "tests/fixtures/web-config/invalid-unknown-key.yml",
             format!(
-                "tls_server_config.client_auth_type: not supported by portsight ({supported})"
+                "tls_server_config.client_allowed_sans: not supported by portsight ({supported})"
             ),
         ),
         (
             "tests/fixtures/web-config/invalid-http-server-config.yml",
-            format!("http_server_config: not supported by portsight ({supported})"),
+            format!("http_server_config.http2: not supported by portsight ({supported})"),
+        ),
+        (
+            "tests/fixtures/web-config/invalid-tls-version.yml",
+            "tls_server_config.min_version: TLS11 is not supported: portsight (rustls) speaks TLS12 and TLS13 only".to_string(),
         ),
         (
             "tests/fixtures/web-config/invalid-missing-cert.yml",
@@ -266,7 +269,7 @@ fn config_check_reads_the_web_config_too() {
     assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).starts_with(
-            "portsight: bad web config: tests/fixtures/web-config/invalid-unknown-key.yml: tls_server_config.client_auth_type: not supported"
+            "portsight: bad web config: tests/fixtures/web-config/invalid-unknown-key.yml: tls_server_config.client_allowed_sans: not supported"
         ),
         "{}",
         String::from_utf8_lossy(&o.stderr)
