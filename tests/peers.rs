@@ -742,7 +742,7 @@ fn dns_peers_over_https_verify_the_name_looked_up() {
     wait_for(Duration::from_secs(20), "the reload to fail", || {
         let m = w.scrape_inside();
         match metric(&m, "portsight_config_last_reload_successful").value() {
-            Some(v) if v == 0.0 => Ok(()),
+            Some(0.0) => Ok(()),
             v => Err(format!("{v:?}")),
         }
     });

@@ -9,7 +9,7 @@
 //! is loaded again; a config that does not load is logged and the running
 //! one kept, until the files change again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -55,7 +55,7 @@ impl Watched {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn check(&self, path: &PathBuf) {
+    fn check(&self, path: &Path) {
         let Ok(mut seen) = self.seen.try_lock() else {
             // Another connection is looking right now.
             return;
