@@ -646,6 +646,32 @@ fn probe_server_is_off_by_default() {
     );
 }
 
+/// `check` asks the https peer at `url` too, trusting `ca` (`--peer.ca-file`).
+fn check_asks_https_peer(w: &World, url: &str, ca: &str) {
+    let check_cfg = w.inside_config("public", false);
+    let (code, json) = w.inside.check(&[
+        "--config",
+        &check_cfg,
+        "8080",
+        "--peer",
+        url,
+        "--peer.token-file",
+        &w.token_file(),
+        "--peer.ca-file",
+        ca,
+    ]);
+    let port = &json["ports"][0];
+    assert_eq!(code, 0, "{port:#}");
+    let external: Vec<&Value> = port["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["vantage"] == "external")
+        .collect();
+    assert_eq!(external.len(), 1, "{port:#}");
+    assert_eq!(external[0]["outcome"], "success", "{port:#}");
+}
+
 #[test]
 fn https_peers_are_asked_only_with_the_right_ca_and_name() {
     needs!(netns::unavailable());
@@ -691,30 +717,7 @@ fn https_peers_are_asked_only_with_the_right_ca_and_name() {
             .value(),
         Some(1.0)
     );
-    // `check` asks an https peer too, trusting `--peer.ca-file`.
-    let check_cfg = w.inside_config("public", false);
-    let ca = format!("{dir}/ca.crt");
-    let (code, json) = w.inside.check(&[
-        "--config",
-        &check_cfg,
-        "8080",
-        "--peer",
-        &url,
-        "--peer.token-file",
-        &w.token_file(),
-        "--peer.ca-file",
-        &ca,
-    ]);
-    let port = &json["ports"][0];
-    assert_eq!(code, 0, "{port:#}");
-    let external: Vec<&Value> = port["probes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["vantage"] == "external")
-        .collect();
-    assert_eq!(external.len(), 1, "{port:#}");
-    assert_eq!(external[0]["outcome"], "success", "{port:#}");
+    check_asks_https_peer(&w, &url, &format!("{dir}/ca.crt"));
 
     let log = p.log_text();
     let said = |peer: &str, what: &str| {
