@@ -22,12 +22,14 @@ pub enum Error {
 /// not list are checked with `expect = "public"`; naming ports turns
 /// discovery off, so only they are probed. Each of `peers` (URLs) is asked
 /// for the outside view, with the token in `peer_token_file` (else
-/// `peers.token_file`).
+/// `peers.token_file`); an `https` peer's certificate must chain to
+/// `peer_ca_file` (else the system's CA bundle).
 pub async fn run(
     mut config: Config,
     ports: &[PortKey],
     peers: &[String],
     peer_token_file: Option<PathBuf>,
+    peer_ca_file: Option<PathBuf>,
 ) -> Result<Arc<Snapshot>, Error> {
     for (i, url) in peers.iter().enumerate() {
         let uri = config::parse_peer_url(url).map_err(|reason| config::Error::Invalid {
@@ -39,10 +41,15 @@ pub async fn run(
             name: uri
                 .authority()
                 .map_or_else(|| format!("peer-{i}"), |a| a.to_string()),
-            url: uri,
             token_file: peer_token_file
                 .clone()
                 .unwrap_or_else(|| config.peers.token_file.clone()),
+            ca_file: peer_ca_file
+                .clone()
+                .filter(|_| uri.scheme_str() == Some("https"))
+                .unwrap_or_default(),
+            server_name: String::new(),
+            url: uri,
         });
     }
     if !peers.is_empty() {

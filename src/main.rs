@@ -58,12 +58,16 @@ enum Command {
         /// Print JSON with the fields of /api/v1/status.
         #[arg(long)]
         json: bool,
-        /// A remote portsight (http://HOST:PORT) to ask for the outside view; repeatable.
+        /// A remote portsight (http://HOST:PORT or https://HOST:PORT) to ask
+        /// for the outside view; repeatable.
         #[arg(long = "peer", value_name = "URL")]
         peers: Vec<String>,
         /// The peer's bearer token (default: peers.token_file of the config).
         #[arg(long = "peer.token-file", value_name = "FILE")]
         peer_token_file: Option<PathBuf>,
+        /// CA certificates (PEM) for https peers (default: the system's bundle).
+        #[arg(long = "peer.ca-file", value_name = "FILE")]
+        peer_ca_file: Option<PathBuf>,
     },
     /// Check or print configuration.
     Config {
@@ -113,13 +117,19 @@ fn main() -> ExitCode {
             json,
             peers,
             peer_token_file,
+            peer_ca_file,
         } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => return bad_config(&e),
             };
             raise_capabilities();
-            match check(cfg, &ports, json, &peers, peer_token_file) {
+            let peers = PeerFlags {
+                urls: peers,
+                token_file: peer_token_file,
+                ca_file: peer_ca_file,
+            };
+            match check(cfg, &ports, json, peers) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
@@ -234,15 +244,22 @@ fn serve_command(file: Option<PathBuf>, flags: Flags) -> ExitCode {
     }
 }
 
+/// `check`'s `--peer`, `--peer.token-file` and `--peer.ca-file`.
+struct PeerFlags {
+    urls: Vec<String>,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+}
+
 #[tokio::main]
 async fn check(
     cfg: Config,
     ports: &[PortKey],
     json: bool,
-    peers: &[String],
-    peer_token_file: Option<PathBuf>,
+    peers: PeerFlags,
 ) -> anyhow::Result<bool> {
-    let snapshot = portsight::check::run(cfg, ports, peers, peer_token_file).await?;
+    let snapshot =
+        portsight::check::run(cfg, ports, &peers.urls, peers.token_file, peers.ca_file).await?;
     let selected = portsight::check::selected(&snapshot, ports);
     if json {
         let shown: Vec<PortKey> = selected.iter().map(|p| p.key()).collect();

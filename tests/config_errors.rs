@@ -53,7 +53,19 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "invalid-peer-url.toml",
-        "peer[0].url: \"https://10.77.0.9:10917\": https is not supported yet; use http",
+        "peer[0].url: invalid URL \"ftp://10.77.0.9:10917\": want http://HOST:PORT or https://HOST:PORT",
+    ),
+    (
+        "invalid-peer-ca-on-http.toml",
+        "peer[0].ca_file: only for https peers; the url is http",
+    ),
+    (
+        "invalid-peer-server-name.toml",
+        "peer[0].server_name: \"not a name!\" is not a DNS name or IP address",
+    ),
+    (
+        "invalid-peers-scheme.toml",
+        "peers.scheme: unknown value \"ftp\", expected one of http, https",
     ),
     (
         "invalid-port-duplicate.toml",

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use support::certs::Ca;
 use support::netns::{self, Host, Served};
 use support::{Sample, get, http_with, listen, metric, needs, parse_metrics, wait_for};
 
@@ -34,8 +35,30 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 impl World {
     /// Both hosts, and the observer's portsight serving /probe for 10.77.0.0/24.
     fn new(tag: &str, server_extra: &str) -> World {
-        let (inside, outside) = Host::pair(tag);
         let dir = tempfile::tempdir().unwrap();
+        World::start(tag, server_extra, dir, &[])
+    }
+
+    /// As [`World::new`], the observer speaking HTTPS with a certificate
+    /// for 10.77.0.2 and `observer.pstls.test` that `ca.crt` signs
+    /// (`wrong-ca.crt` is another CA).
+    fn tls(tag: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("pstls peer CA");
+        ca.write(&dir.path().join("ca.crt"));
+        Ca::new("pstls wrong CA").write(&dir.path().join("wrong-ca.crt"));
+        ca.issue(&["10.77.0.2", "observer.pstls.test"])
+            .write(dir.path(), "observer");
+        let web = write(
+            &dir,
+            "web.yml",
+            "tls_server_config:\n  cert_file: observer.crt\n  key_file: observer.key\n",
+        );
+        World::start(tag, "", dir, &["--web.config.file", &web])
+    }
+
+    fn start(tag: &str, server_extra: &str, dir: tempfile::TempDir, args: &[&str]) -> World {
+        let (inside, outside) = Host::pair(tag);
         let token = write(&dir, "token", &format!("{TOKEN}\n"));
         let cfg = write(
             &dir,
@@ -45,7 +68,9 @@ impl World {
                  allow = [\"10.77.0.0/24\"]\ntoken_file = \"{token}\"\n{server_extra}\n"
             ),
         );
-        let observer = outside.serve(&["--config", &cfg, "--web.listen-address", OUTSIDE_WEB]);
+        let mut observer_args = vec!["--config", &cfg, "--web.listen-address", OUTSIDE_WEB];
+        observer_args.extend(args);
+        let observer = outside.serve(&observer_args);
         World {
             inside,
             outside,
@@ -177,6 +202,37 @@ impl World {
              ip saddr 10.77.0.2 tcp dport 8080 {verdict}\n }}\n}}\n"
         ));
     }
+}
+
+fn peer_up(m: &[Sample], peer: &str) -> Option<f64> {
+    metric(m, "portsight_peer_up").label("peer", peer).value()
+}
+
+/// The watched host's config for peers `peers` (written as TOML).
+fn peers_config(w: &World, file: &str, peers: &str) -> String {
+    write(
+        &w.dir,
+        file,
+        &format!(
+            "[scan]\ninterval = \"200ms\"\n[probe]\ninterval = \"2s\"\ntimeout = \"500ms\"\n\
+             [discover]\nenabled = false\n{peers}\n[[port]]\nport = 8080\nexpect = \"public\"\n"
+        ),
+    )
+}
+
+/// Waits until `portsight_peer_up` is `want` for each peer.
+fn wait_peers_up(w: &World, want: &[(&str, f64)]) {
+    wait_for(Duration::from_secs(30), "peer_up of each peer", || {
+        let m = w.scrape_inside();
+        let got: Vec<(&str, Option<f64>)> =
+            want.iter().map(|(p, _)| (*p, peer_up(&m, p))).collect();
+        let expected: Vec<(&str, Option<f64>)> = want.iter().map(|(p, v)| (*p, Some(*v))).collect();
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    });
 }
 
 fn external(m: &[Sample], what: &str) -> Option<f64> {
@@ -588,4 +644,212 @@ fn probe_server_is_off_by_default() {
         r.body,
         "the probe server is disabled (probe_server.enabled = false)\n"
     );
+}
+
+/// `check` asks the https peer at `url` too, trusting `ca` (`--peer.ca-file`).
+fn check_asks_https_peer(w: &World, url: &str, ca: &str) {
+    let check_cfg = w.inside_config("public", false);
+    let (code, json) = w.inside.check(&[
+        "--config",
+        &check_cfg,
+        "8080",
+        "--peer",
+        url,
+        "--peer.token-file",
+        &w.token_file(),
+        "--peer.ca-file",
+        ca,
+    ]);
+    let port = &json["ports"][0];
+    assert_eq!(code, 0, "{port:#}");
+    let external: Vec<&Value> = port["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["vantage"] == "external")
+        .collect();
+    assert_eq!(external.len(), 1, "{port:#}");
+    assert_eq!(external[0]["outcome"], "success", "{port:#}");
+}
+
+#[test]
+fn https_peers_are_asked_only_with_the_right_ca_and_name() {
+    needs!(netns::unavailable());
+    let w = World::tls("pstlsp");
+    let _l = w.listen_inside();
+    let dir = w.dir.path().display().to_string();
+    let url = format!("https://{OUTSIDE_WEB}");
+    let mut peers = format!("[peers]\nfanout = 5\ntoken_file = \"{}\"\n", w.token_file());
+    for (name, url, ca, server_name) in [
+        ("right-ca", url.as_str(), "ca.crt", ""),
+        ("wrong-ca", &url, "wrong-ca.crt", ""),
+        ("named", &url, "ca.crt", "observer.pstls.test"),
+        ("misnamed", &url, "ca.crt", "other.pstls.test"),
+        ("plain", &format!("http://{OUTSIDE_WEB}"), "", ""),
+    ] {
+        let tls = if ca.is_empty() {
+            String::new()
+        } else {
+            format!("ca_file = \"{dir}/{ca}\"\nserver_name = \"{server_name}\"\n")
+        };
+        peers += &format!("[[peer]]\nname = \"{name}\"\nurl = \"{url}\"\n{tls}");
+    }
+    let cfg = peers_config(&w, "tls.toml", &peers);
+    let p = w
+        .inside
+        .serve(&["--config", &cfg, "--web.listen-address", INSIDE_WEB]);
+    wait_peers_up(
+        &w,
+        &[
+            ("right-ca", 1.0),
+            ("wrong-ca", 0.0),
+            ("named", 1.0),
+            ("misnamed", 0.0),
+            ("plain", 0.0),
+        ],
+    );
+    let m = w.scrape_inside();
+    assert_eq!(
+        metric(&m, "portsight_probe_success")
+            .label("vantage", "external")
+            .label("source", "right-ca")
+            .label("target", "10.77.0.1:8080")
+            .value(),
+        Some(1.0)
+    );
+    check_asks_https_peer(&w, &url, &format!("{dir}/ca.crt"));
+
+    let log = p.log_text();
+    let said = |peer: &str, what: &str| {
+        log.lines()
+            .any(|l| l.contains(&format!("peer={peer} ")) && l.contains(what))
+    };
+    assert!(
+        said("wrong-ca", "invalid peer certificate: UnknownIssuer"),
+        "{log}"
+    );
+    assert!(said("misnamed", "not valid for name"), "{log}");
+    // Only the http peer's token crosses the network in clear text, and that is said.
+    let insecure: Vec<&str> = log.lines().filter(|l| l.contains("INSECURE")).collect();
+    assert_eq!(insecure.len(), 1, "{log}");
+    assert!(
+        insecure[0].contains(
+            "peer[4] (plain): its bearer token goes in clear text over http to 10.77.0.2:10917"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn dns_peers_over_https_verify_the_name_looked_up() {
+    needs!(netns::unavailable());
+    let w = World::tls("pstlsd");
+    w.inside
+        .hosts_file("127.0.0.1 localhost\n10.77.0.2 observer.pstls.test\n");
+    let _l = w.listen_inside();
+    let dir = w.dir.path().display().to_string();
+    let dns = |extra: &str| {
+        format!(
+            "[peers]\ndns = \"observer.pstls.test\"\nscheme = \"https\"\n\
+             ca_file = \"{dir}/ca.crt\"\ntoken_file = \"{}\"\n{extra}",
+            w.token_file()
+        )
+    };
+    let cfg = peers_config(&w, "dns.toml", &dns(""));
+    let p = w
+        .inside
+        .serve(&["--config", &cfg, "--web.listen-address", INSIDE_WEB]);
+    wait_peers_up(&w, &[("10.77.0.2", 1.0)]);
+    assert!(!p.log_text().contains("INSECURE"), "{}", p.log_text());
+
+    // A CA file that is not one: the reload fails, naming it, and the
+    // running config goes on.
+    let bad_ca = write(&w.dir, "bad-ca.crt", "not a certificate\n");
+    peers_config(&w, "dns.toml", &dns("").replace("ca.crt", "bad-ca.crt"));
+    p.signal(Signal::SIGHUP);
+    wait_for(Duration::from_secs(20), "the reload to fail", || {
+        let m = w.scrape_inside();
+        match metric(&m, "portsight_config_last_reload_successful").value() {
+            Some(0.0) => Ok(()),
+            v => Err(format!("{v:?}")),
+        }
+    });
+    assert!(
+        p.log_text().contains(&format!(
+            "{bad_ca}: peers.ca_file: no PEM certificate (BEGIN CERTIFICATE) in it"
+        )),
+        "{}",
+        p.log_text()
+    );
+    // Two more rounds of asking peers, with the running config.
+    let rounds = |m: &[Sample]| {
+        metric(m, "portsight_cycle_duration_seconds_count")
+            .label("stage", "peer")
+            .value()
+            .unwrap_or_default()
+    };
+    let before = rounds(&w.scrape_inside());
+    wait_for(Duration::from_secs(20), "two more peer rounds", || {
+        let now = rounds(&w.scrape_inside());
+        if now >= before + 2.0 {
+            Ok(())
+        } else {
+            Err(format!("{now} rounds"))
+        }
+    });
+    assert_eq!(peer_up(&w.scrape_inside(), "10.77.0.2"), Some(1.0));
+
+    // A name the certificate does not carry: refused.
+    peers_config(&w, "dns.toml", &dns("server_name = \"other.pstls.test\"\n"));
+    p.signal(Signal::SIGHUP);
+    wait_peers_up(&w, &[("10.77.0.2", 0.0)]);
+}
+
+#[test]
+fn a_bad_peer_ca_file_stops_serve_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = write(&dir, "token", "t\n");
+    let ca = write(
+        &dir,
+        "ca.crt",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    for (ca_file, want) in [
+        (
+            ca.clone(),
+            format!("{ca}: peer[0].ca_file: certificate 1: not a usable CA"),
+        ),
+        (
+            format!("{ca}.missing"),
+            format!(
+                "{ca}.missing: peer[0].ca_file: cannot read the CA file: No such file or directory"
+            ),
+        ),
+    ] {
+        let cfg = write(
+            &dir,
+            "bad.toml",
+            &format!(
+                "[discover]\nenabled = false\n[[peer]]\nname = \"p\"\nurl = \"https://10.77.0.2:10917\"\n\
+                 token_file = \"{token}\"\nca_file = \"{ca_file}\"\n"
+            ),
+        );
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_portsight"))
+            .args([
+                "serve",
+                "--web.listen-address",
+                "127.0.0.1:0",
+                "--config",
+                &cfg,
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("portsight: bad config: {want}")),
+            "{stderr}"
+        );
+    }
 }

@@ -1,6 +1,8 @@
-//! `--web.config.file`: the server speaks TLS with a generated self-signed
-//! certificate and asks for basic auth (bcrypt), everything on loopback; a
-//! bad web config stops `portsight serve` with exit 2 and file, key, reason.
+//! `--web.config.file`: the server speaks TLS with certificates generated
+//! here, asks for basic auth (bcrypt) or client certificates, keeps to its
+//! versions and suites, adds headers, and follows the files on disk —
+//! everything on loopback. A bad web config stops `portsight serve` with
+//! exit 2 and file, key, reason; at runtime it is logged and ignored.
 
 mod support;
 
@@ -13,8 +15,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use portsight::config::Expect;
 use rustls::pki_types::CertificateDer;
+use support::certs::Ca;
 use support::sidecar::{self, Sidecar};
-use support::{http_with, https};
+use support::{Process, TlsClient, http_with, https, try_https, wait_for};
 
 const PASSWORD: &str = "s3cr3t";
 const TOKEN: &str = "probe-token";
@@ -202,18 +205,21 @@ fn serve_exit(web_config: &str) -> (Option<i32>, String) {
 
 #[test]
 fn serve_with_a_bad_web_config_exits_2_naming_file_key_and_reason() {
-    let supported =
-        "supported: tls_server_config.cert_file, tls_server_config.key_file, basic_auth_users";
+    let supported = "supported: tls_server_config.{cert_file, key_file, client_auth_type, client_ca_file, min_version, max_version, cipher_suites}, http_server_config.headers, basic_auth_users";
     for (file, message) in [
         (
             "tests/fixtures/web-config/invalid-unknown-key.yml",
             format!(
-                "tls_server_config.client_auth_type: not supported by portsight ({supported})"
+                "tls_server_config.client_allowed_sans: not supported by portsight ({supported})"
             ),
         ),
         (
             "tests/fixtures/web-config/invalid-http-server-config.yml",
-            format!("http_server_config: not supported by portsight ({supported})"),
+            format!("http_server_config.http2: not supported by portsight ({supported})"),
+        ),
+        (
+            "tests/fixtures/web-config/invalid-tls-version.yml",
+            "tls_server_config.min_version: TLS11 is not supported: portsight (rustls) speaks TLS12 and TLS13 only".to_string(),
         ),
         (
             "tests/fixtures/web-config/invalid-missing-cert.yml",
@@ -266,9 +272,242 @@ fn config_check_reads_the_web_config_too() {
     assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).starts_with(
-            "portsight: bad web config: tests/fixtures/web-config/invalid-unknown-key.yml: tls_server_config.client_auth_type: not supported"
+            "portsight: bad web config: tests/fixtures/web-config/invalid-unknown-key.yml: tls_server_config.client_allowed_sans: not supported"
         ),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+const TLS: &str = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+
+/// A sidecar serving with the web config `text`, written as `dir/web.yml`.
+fn serving(dir: &Path, text: &str) -> Sidecar {
+    let path = dir.join("web.yml");
+    std::fs::write(&path, text).unwrap();
+    sidecar::start_with(sidecar::config(&[]), None, false, Some(&path))
+}
+
+/// A server certificate for `localhost` from a CA of its own, in `dir`.
+fn server_cert(dir: &Path, name: &str) -> Ca {
+    let ca = Ca::new(name);
+    ca.issue(&["localhost"]).write(dir, "server");
+    ca
+}
+
+#[test]
+fn client_auth_types_take_the_clients_exporter_toolkit_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = server_cert(dir.path(), "pstls server CA");
+    let client_ca = Ca::new("pstls client CA");
+    client_ca.write(&dir.path().join("clients.crt"));
+    let signed = client_ca.issue(&[]);
+    let stranger = Ca::new("pstls stranger CA").issue(&[]);
+    // (client_auth_type, no certificate, a signed one, a stranger's) taken?
+    for (auth, none, good, other) in [
+        ("NoClientCert", true, true, true),
+        ("RequestClientCert", true, true, true),
+        ("RequireAnyClientCert", false, true, true),
+        ("VerifyClientCertIfGiven", true, true, false),
+        ("RequireAndVerifyClientCert", false, true, false),
+    ] {
+        let ca_file = if auth.starts_with("Verify") || auth.starts_with("RequireAnd") {
+            "  client_ca_file: clients.crt\n"
+        } else {
+            ""
+        };
+        let s = serving(
+            dir.path(),
+            &format!("{TLS}  client_auth_type: {auth}\n{ca_file}"),
+        );
+        let mut client = TlsClient::trusting(&server_ca.der());
+        for (who, leaf, want) in [
+            ("no certificate", None, none),
+            ("a certificate of the client CA", Some(&signed), good),
+            ("a stranger's certificate", Some(&stranger), other),
+        ] {
+            client.identity = leaf.map(|l| (vec![l.cert.clone()], l.key()));
+            let got = try_https(s.addr, &client, "/-/healthy", &[]);
+            match (&got, want) {
+                (Ok(r), true) => assert_eq!(r.status, 200, "{auth}, {who}: {}", r.body),
+                (Err(_), false) => {}
+                _ => panic!("{auth}, {who}: want taken={want}, got {got:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn min_and_max_version_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = server_cert(dir.path(), "pstls versions CA");
+    let only = |v: &'static rustls::SupportedProtocolVersion| {
+        let mut c = TlsClient::trusting(&ca.der());
+        c.versions = vec![v];
+        c
+    };
+    let (tls12, tls13) = (only(&rustls::version::TLS12), only(&rustls::version::TLS13));
+    for (versions, old_ok, new_ok) in [
+        ("", true, true),
+        ("  min_version: TLS13\n", false, true),
+        ("  max_version: TLS12\n", true, false),
+    ] {
+        let s = serving(dir.path(), &format!("{TLS}{versions}"));
+        for (client, want, name) in [(&tls12, old_ok, "TLS 1.2"), (&tls13, new_ok, "TLS 1.3")] {
+            let got = try_https(s.addr, client, "/-/healthy", &[]);
+            assert_eq!(got.is_ok(), want, "{versions:?}, a {name} client: {got:?}");
+        }
+    }
+}
+
+#[test]
+fn cipher_suites_limit_tls12_to_those_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = server_cert(dir.path(), "pstls suites CA");
+    let mut tls12 = TlsClient::trusting(&ca.der());
+    tls12.versions = vec![&rustls::version::TLS12];
+    // rcgen's keys are ECDSA: an RSA-only list leaves nothing to agree on.
+    for (suites, want) in [
+        ("[TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]", true),
+        ("[TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]", false),
+    ] {
+        let s = serving(
+            dir.path(),
+            &format!("{TLS}  max_version: TLS12\n  cipher_suites: {suites}\n"),
+        );
+        let got = try_https(s.addr, &tls12, "/-/healthy", &[]);
+        assert_eq!(got.is_ok(), want, "{suites}: {got:?}");
+    }
+}
+
+#[test]
+fn configured_headers_are_on_every_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "http_server_config:\n  headers:\n    X-Frame-Options: deny\n    \
+         Strict-Transport-Security: max-age=31536000\n    X-Content-Type-Options: nosniff\n\
+         basic_auth_users:\n  alice: {}\n",
+        bcrypt::hash(PASSWORD, 4).unwrap()
+    );
+    let s = serving(dir.path(), &text);
+    let right = basic("alice", PASSWORD);
+    for (headers, status) in [
+        (vec![("Authorization", right.as_str())], 200),
+        (vec![], 401),
+    ] {
+        for path in ["/-/healthy", "/metrics", "/nowhere"] {
+            let r = http_with("GET", s.addr, path, &headers, "");
+            let want = if path == "/nowhere" && status == 200 {
+                404
+            } else {
+                status
+            };
+            assert_eq!(r.status, want, "{path}: {}", r.body);
+            assert_eq!(r.header("x-frame-options"), Some("deny"), "{path}");
+            assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+            assert_eq!(
+                r.header("strict-transport-security"),
+                Some("max-age=31536000")
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rotated_certificate_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = server_cert(dir.path(), "pstls old CA");
+    let s = serving(dir.path(), TLS);
+    let (old_client, new) = (TlsClient::trusting(&old.der()), Ca::new("pstls new CA"));
+    let new_client = TlsClient::trusting(&new.der());
+    assert_eq!(
+        try_https(s.addr, &old_client, "/-/healthy", &[])
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(try_https(s.addr, &new_client, "/-/healthy", &[]).is_err());
+    // As cert-manager and certbot do: new files renamed over the old ones.
+    new.issue(&["localhost"]).write(dir.path(), "next");
+    for ext in ["key", "crt"] {
+        std::fs::rename(
+            dir.path().join(format!("next.{ext}")),
+            dir.path().join(format!("server.{ext}")),
+        )
+        .unwrap();
+    }
+    wait_for(Duration::from_secs(20), "the new certificate", || {
+        try_https(s.addr, &new_client, "/-/healthy", &[]).map(|_| ())
+    });
+    assert!(
+        try_https(s.addr, &old_client, "/-/healthy", &[]).is_err(),
+        "the old certificate is not served any more"
+    );
+}
+
+#[test]
+fn an_invalid_web_config_written_at_runtime_keeps_the_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = server_cert(dir.path(), "pstls runtime CA");
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, TLS).unwrap();
+    let config = dir.path().join("portsight.toml");
+    std::fs::write(&config, "[discover]\nenabled = false\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portsight"));
+    cmd.args(["serve", "--web.listen-address", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--web.config.file")
+        .arg(&web)
+        .env_remove("RUST_LOG");
+    let mut p = Process::spawn(cmd);
+    let addr = p.address();
+    let client = TlsClient::trusting(&ca.der());
+    assert_eq!(
+        try_https(addr, &client, "/-/healthy", &[]).unwrap().status,
+        200
+    );
+
+    std::fs::write(&web, format!("{TLS}  min_version: TLS10\n")).unwrap();
+    let refused = "does not load; keeping the running one";
+    wait_for(
+        Duration::from_secs(20),
+        "the bad web config noticed",
+        || {
+            // Every answer meanwhile comes with the running config.
+            let r = try_https(addr, &client, "/-/healthy", &[])?;
+            assert_eq!(r.status, 200);
+            if p.log_text().contains(refused) {
+                Ok(())
+            } else {
+                Err(p.log_text())
+            }
+        },
+    );
+    let log = p.log_text();
+    assert!(
+        log.contains(&format!(
+            "{}: tls_server_config.min_version: TLS10 is not supported",
+            web.display()
+        )),
+        "{log}"
+    );
+    assert_eq!(
+        try_https(addr, &client, "/-/healthy", &[]).unwrap().status,
+        200
+    );
+
+    // Fixed again: taken, headers and all.
+    std::fs::write(
+        &web,
+        format!("{TLS}http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n"),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), "the fixed web config", || {
+        let r = try_https(addr, &client, "/-/healthy", &[])?;
+        match r.header("x-frame-options") {
+            Some("sameorigin") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(p.exited().is_none());
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use rustls::pki_types::ServerName;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// Where the HTTP server listens.
@@ -52,15 +53,13 @@ pub fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
     }
 }
 
-/// Checks a peer URL: `http://HOST:PORT` with nothing after the port.
+/// Checks a peer URL: `http://HOST:PORT` or `https://HOST:PORT` with
+/// nothing after the port.
 pub fn parse_peer_url(url: &str) -> Result<hyper::Uri, String> {
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|_| format!("invalid URL {url:?}: want http://HOST:PORT"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(format!("{url:?}: https is not supported yet; use http")),
-        _ => return Err(format!("invalid URL {url:?}: want http://HOST:PORT")),
+    let want = || format!("invalid URL {url:?}: want http://HOST:PORT or https://HOST:PORT");
+    let uri: hyper::Uri = url.parse().map_err(|_| want())?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(want());
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("invalid URL {url:?}: no host"));
@@ -71,6 +70,17 @@ pub fn parse_peer_url(url: &str) -> Result<hyper::Uri, String> {
         ));
     }
     Ok(uri)
+}
+
+/// Checks a `server_name`: a DNS name or an IP address (`[v6]` too), as
+/// TLS verifies it.
+pub fn parse_server_name(name: &str) -> Result<ServerName<'static>, String> {
+    let bare = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    ServerName::try_from(bare.to_string())
+        .map_err(|_| format!("{name:?} is not a DNS name or IP address"))
 }
 
 /// `#[serde(with = "peer_url")]`: a `[[peer]] url`, parsed by [`parse_peer_url`].

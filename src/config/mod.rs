@@ -12,11 +12,11 @@ mod schema;
 mod secrets;
 mod validate;
 
-pub use address::{ListenAddress, parse_listen_address, parse_peer_url};
+pub use address::{ListenAddress, parse_listen_address, parse_peer_url, parse_server_name};
 pub use allow::{AllowRule, is_unicast};
 pub use schema::{
     Config, DiagnosisConfig, Discover, Expect, HEX_PREFIX, Payload, PeerConfig, Peers, PortConfig,
-    Probe, ProbeServer, Protocol, Scan, Vantage, Web,
+    Probe, ProbeServer, Protocol, Scan, Scheme, Vantage, Web,
 };
 pub use secrets::read_secret;
 

@@ -214,13 +214,50 @@ impl Default for DiagnosisConfig {
 pub struct PeerConfig {
     /// The `source` label of the probes it makes.
     pub name: String,
-    /// `http://HOST:PORT` of its portsight, checked by
-    /// [`parse_peer_url`](super::parse_peer_url) when the config is read.
+    /// `http://HOST:PORT` or `https://HOST:PORT` of its portsight, checked
+    /// by [`parse_peer_url`](super::parse_peer_url) when the config is read.
     #[serde(with = "peer_url")]
     pub url: hyper::Uri,
     /// Bearer token for its probe server; empty: `peers.token_file`.
     #[serde(default)]
     pub token_file: PathBuf,
+    /// `https` only: the CA certificates (PEM) its certificate must chain
+    /// to; empty: the system's CA bundle.
+    #[serde(default)]
+    pub ca_file: PathBuf,
+    /// `https` only: the name its certificate must carry; empty: the URL's host.
+    #[serde(default)]
+    pub server_name: String,
+}
+
+/// How peers are spoken to (`[peers] scheme`, as Prometheus's `scheme`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl TryFrom<String> for Scheme {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "http" => Ok(Scheme::Http),
+            "https" => Ok(Scheme::Https),
+            _ => Err(format!("unknown value {s:?}, expected one of http, https")),
+        }
+    }
+}
+
+impl From<Scheme> for &'static str {
+    fn from(s: Scheme) -> &'static str {
+        match s {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -238,6 +275,13 @@ pub struct Peers {
     pub timeout: Duration,
     /// This host's identity for choosing peers (rendezvous hashing); empty: the hostname.
     pub identity: String,
+    /// `http` or `https` for peers found through DNS.
+    pub scheme: Scheme,
+    /// `https` DNS peers: the CA certificates (PEM) their certificates must
+    /// chain to; empty: the system's CA bundle.
+    pub ca_file: PathBuf,
+    /// `https` DNS peers: the name their certificates must carry; empty: `dns`.
+    pub server_name: String,
 }
 
 impl Default for Peers {
@@ -249,6 +293,9 @@ impl Default for Peers {
             token_file: PathBuf::new(),
             timeout: Duration::from_secs(10),
             identity: String::new(),
+            scheme: Scheme::Http,
+            ca_file: PathBuf::new(),
+            server_name: String::new(),
         }
     }
 }

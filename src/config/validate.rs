@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{Config, MAX_CONCURRENCY, MAX_DURATION, Protocol, fmt_duration};
+use super::{
+    Config, MAX_CONCURRENCY, MAX_DURATION, Protocol, Scheme, fmt_duration, parse_server_name,
+};
 
 /// The offending key and the reason.
 type Checked = Result<(), (String, String)>;
@@ -115,6 +117,36 @@ fn peer_list(c: &Config) -> Checked {
         if p.token_file.as_os_str().is_empty() && c.peers.token_file.as_os_str().is_empty() {
             return fail(key("token_file"), "required (or set peers.token_file)");
         }
+        if p.url.scheme_str() != Some("https") {
+            tls_keys_unused(&key, &p.ca_file, &p.server_name, "the url is http")?;
+        }
+        server_name(&key, &p.server_name)?;
+    }
+    Ok(())
+}
+
+fn server_name(key: &dyn Fn(&str) -> String, name: &str) -> Checked {
+    if name.is_empty() {
+        return Ok(());
+    }
+    parse_server_name(name).map_or_else(|reason| fail(key("server_name"), reason), |_| Ok(()))
+}
+
+/// `ca_file` and `server_name` set where no TLS is spoken: a mistake to
+/// say, not to ignore (the token would go in clear text).
+fn tls_keys_unused(
+    key: &dyn Fn(&str) -> String,
+    ca_file: &std::path::Path,
+    server_name: &str,
+    why: &str,
+) -> Checked {
+    for (k, set) in [
+        ("ca_file", !ca_file.as_os_str().is_empty()),
+        ("server_name", !server_name.is_empty()),
+    ] {
+        if set {
+            return fail(key(k), format!("only for https peers; {why}"));
+        }
     }
     Ok(())
 }
@@ -123,6 +155,16 @@ fn peers(c: &Config) -> Checked {
     if !c.peers.dns.is_empty() && c.peers.token_file.as_os_str().is_empty() {
         return fail("peers.token_file", "required when peers.dns is set");
     }
+    if c.peers.scheme == Scheme::Http {
+        let key = |k: &str| format!("peers.{k}");
+        tls_keys_unused(
+            &key,
+            &c.peers.ca_file,
+            &c.peers.server_name,
+            "peers.scheme is http",
+        )?;
+    }
+    server_name(&|k: &str| format!("peers.{k}"), &c.peers.server_name)?;
     if c.peers.fanout == 0 {
         return fail("peers.fanout", "must be at least 1");
     }

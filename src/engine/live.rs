@@ -87,6 +87,21 @@ impl Loaded {
     }
 }
 
+/// Warns, loudly, of every bearer token `config` sends in clear text over
+/// the network, unless `before` (the running config's) said the same.
+fn warn_clear_text(before: &[String], config: &Config) {
+    let now = crate::peer::clear_text_tokens(config);
+    if now == before {
+        return;
+    }
+    for warning in &now {
+        tracing::warn!("INSECURE: {warning}");
+    }
+    if now.is_empty() {
+        tracing::info!("no bearer token goes over plain http any more");
+    }
+}
+
 /// The current [`Loaded`], and where to load it from again.
 #[derive(Debug)]
 pub struct Live {
@@ -101,6 +116,7 @@ impl Live {
     /// token files.
     pub fn load(file: Option<PathBuf>, flags: Flags) -> Result<Live, config::Error> {
         let loaded = Loaded::new(Self::read(Config::load(file.as_deref())?, &flags))?;
+        warn_clear_text(&[], &loaded.config);
         Ok(Live::with(loaded, file, flags))
     }
 
@@ -132,6 +148,7 @@ impl Live {
             .and_then(|c| Loaded::replacing(Self::read(c, &self.flags), &old));
         match loaded {
             Ok(new) => {
+                warn_clear_text(&crate::peer::clear_text_tokens(&old.config), &new.config);
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
                 tracing::info!(file = ?self.file, "configuration reloaded");
                 Ok(())

@@ -12,8 +12,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::Peer;
 use super::wire::{BatchRequest, BatchResponse};
+use super::{Peer, PeerTls};
 use crate::probe::{ProbeResult, Protocol, Target, Vantage};
 
 /// The largest answer accepted from a peer.
@@ -64,7 +64,8 @@ impl PeerClient {
             reason,
         };
         let request = batch_request(peer, targets, probe_timeout).map_err(err)?;
-        let (status, body) = tokio::time::timeout(timeout, self.exchange(request))
+        let exchange = self.exchange(peer.tls.as_ref(), request);
+        let (status, body) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| Error::Timeout {
                 peer: peer.name.clone(),
@@ -108,13 +109,19 @@ impl PeerClient {
         Ok(results.collect())
     }
 
-    /// Sends `request`; the status and the whole body (at most [`MAX_RESPONSE`]).
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+    /// Sends `request`, over `tls` when the peer has it (an `https` peer
+    /// never falls back to plain HTTP); the status and the whole body (at
+    /// most [`MAX_RESPONSE`]).
+    async fn exchange(
+        &self,
+        tls: Option<&PeerTls>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let response = match tls {
+            None => self.http.request(request).await,
+            Some(tls) => tls.client.request(request).await,
+        }
+        .map_err(|e| chain(&e))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
@@ -143,6 +150,21 @@ fn batch_request(
         .header(AUTHORIZATION, format!("Bearer {}", peer.token))
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())
+}
+
+/// An error and its sources, so that a TLS failure says why (hyper's own
+/// message is only "client error (Connect)").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn with_slash(base: &str) -> String {

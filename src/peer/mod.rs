@@ -5,36 +5,43 @@
 
 pub mod client;
 mod outside;
+mod tls;
 pub mod wire;
 
 pub use outside::{Answers, OutsideView};
+pub use tls::PeerTls;
 
 use std::net::IpAddr;
 
 use hyper::Uri;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Scheme};
 
 /// A peer we can ask.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// The `source` label of its probes.
     pub name: String,
-    /// `http://HOST:PORT`.
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
     pub url: Uri,
     pub token: String,
+    /// How to speak TLS to it, for an `https` URL.
+    pub tls: Option<PeerTls>,
 }
 
-/// The configured peers with their tokens read; DNS peers are resolved each round.
+/// The configured peers with their tokens (and CA files) read; DNS peers
+/// are resolved each round.
 #[derive(Debug, Clone, Default)]
 pub struct PeerSet {
     pub listed: Vec<Peer>,
     /// Token for DNS-discovered peers.
     pub dns_token: Option<String>,
+    /// TLS for DNS-discovered peers, when `peers.scheme = "https"`.
+    pub dns_tls: Option<PeerTls>,
 }
 
 impl PeerSet {
-    /// Reads the token files of `config`'s peers. Errors name the key.
+    /// Reads the token and CA files of `config`'s peers. Errors name the key.
     pub fn load(config: &Config) -> Result<PeerSet, config::Error> {
         let mut listed = Vec::new();
         for (i, p) in config.peer_list.iter().enumerate() {
@@ -43,21 +50,38 @@ impl PeerSet {
             } else {
                 (&p.token_file, format!("peer[{i}].token_file"))
             };
+            let tls = (p.url.scheme_str() == Some("https"))
+                .then(|| PeerTls::load(&p.ca_file, &p.server_name, &format!("peer[{i}]")))
+                .transpose()?;
             listed.push(Peer {
                 name: p.name.clone(),
                 url: p.url.clone(),
                 token: config::read_secret(path, &key)?,
+                tls,
             });
         }
-        let dns_token = if config.peers.dns.is_empty() {
-            None
+        let peers = &config.peers;
+        if peers.dns.is_empty() {
+            return Ok(PeerSet {
+                listed,
+                ..PeerSet::default()
+            });
+        }
+        let dns_token = Some(config::read_secret(&peers.token_file, "peers.token_file")?);
+        // The name looked up is the name verified, unless told otherwise.
+        let server_name = if peers.server_name.is_empty() {
+            &peers.dns
         } else {
-            Some(config::read_secret(
-                &config.peers.token_file,
-                "peers.token_file",
-            )?)
+            &peers.server_name
         };
-        Ok(PeerSet { listed, dns_token })
+        let dns_tls = (peers.scheme == Scheme::Https)
+            .then(|| PeerTls::load(&peers.ca_file, server_name, "peers"))
+            .transpose()?;
+        Ok(PeerSet {
+            listed,
+            dns_token,
+            dns_tls,
+        })
     }
 
     /// The peers `peers.dns` resolves to, minus this host's own addresses (a
@@ -72,6 +96,11 @@ impl PeerSet {
             .dns_token
             .as_ref()
             .filter(|_| !config.peers.dns.is_empty())?;
+        let scheme = if self.dns_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let name = format!("{}:{}", config.peers.dns, config.peers.dns_port);
         let lookup = tokio::time::timeout(config.peers.timeout, tokio::net::lookup_host(&name));
         let addrs = match lookup.await {
@@ -87,12 +116,48 @@ impl PeerSet {
             .filter_map(|a| {
                 Some(Peer {
                     name: a.ip().to_string(),
-                    url: format!("http://{a}").parse::<Uri>().ok()?,
+                    url: format!("{scheme}://{a}").parse::<Uri>().ok()?,
                     token: token.clone(),
+                    tls: self.dns_tls.clone(),
                 })
             })
             .collect()))
     }
+}
+
+/// Where a bearer token would cross the network in clear text: each
+/// `[[peer]]` with an `http` URL whose host is not a loopback address, and
+/// DNS peers over `http`. Logged as warnings at start-up and at each reload
+/// that changes them.
+pub fn clear_text_tokens(config: &Config) -> Vec<String> {
+    let mut found: Vec<String> = config
+        .peer_list
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.url.scheme_str() == Some("http") && !is_loopback(&p.url))
+        .map(|(i, p)| {
+            format!(
+                "peer[{i}] ({}): its bearer token goes in clear text over http to {}; use an https URL",
+                p.name,
+                p.url.authority().map_or("?", |a| a.as_str())
+            )
+        })
+        .collect();
+    if !config.peers.dns.is_empty() && config.peers.scheme == Scheme::Http {
+        found.push(format!(
+            "peers.dns ({}): the bearer token goes in clear text over http to every address it resolves to; set peers.scheme = \"https\"",
+            config.peers.dns
+        ));
+    }
+    found
+}
+
+/// `localhost`, or a loopback address (`127.0.0.0/8`, `[::1]`).
+fn is_loopback(url: &Uri) -> bool {
+    let host = url.host().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The `k` peers with the highest rendezvous score for `identity`: every
@@ -146,8 +211,39 @@ mod tests {
                 name: format!("peer-{i}"),
                 url: format!("http://10.77.0.{}:10917", i + 1).parse().unwrap(),
                 token: "t".into(),
+                tls: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn says_where_tokens_go_in_clear_text() {
+        let mut config = Config::default();
+        for (name, url) in [
+            ("far", "http://10.77.0.2:10917"),
+            ("near", "http://127.0.0.1:10917"),
+            ("here", "http://[::1]:10917"),
+            ("named", "http://localhost:10917"),
+            ("safe", "https://10.77.0.3:10917"),
+        ] {
+            config.peer_list.push(config::PeerConfig {
+                name: name.into(),
+                url: url.parse().unwrap(),
+                token_file: "/t".into(),
+                ca_file: Default::default(),
+                server_name: String::new(),
+            });
+        }
+        assert_eq!(
+            clear_text_tokens(&config),
+            vec![
+                "peer[0] (far): its bearer token goes in clear text over http to 10.77.0.2:10917; use an https URL"
+            ]
+        );
+        config.peers.dns = "peers.example.net".into();
+        assert_eq!(clear_text_tokens(&config).len(), 2);
+        config.peers.scheme = Scheme::Https;
+        assert_eq!(clear_text_tokens(&config).len(), 1);
     }
 
     #[test]

@@ -30,9 +30,13 @@ use connections::Connections;
 
 pub mod connections;
 mod probe_server;
+mod tls_server;
+mod watch;
 mod web_config;
 use probe_server::Gate;
-pub use web_config::{BasicAuth, Error as WebConfigError, Spec, TlsFiles, WebConfig, parse};
+pub use tls_server::{ClientAuth, TlsVersion};
+pub use watch::{CHECK_EVERY, Watched};
+pub use web_config::{BasicAuth, Error as WebConfigError, Spec, TlsSpec, WebConfig, parse};
 
 /// Paths that basic auth does not cover: they carry the probe server's
 /// bearer token in the same `Authorization` header, and check it.
@@ -116,7 +120,7 @@ impl Handles {
 pub struct Shared {
     handles: Handles,
     gate: Gate,
-    web: WebConfig,
+    web: Watched,
     connections: Arc<Connections>,
     /// The soft descriptor limit, read when the server starts.
     nofile: u64,
@@ -127,7 +131,7 @@ impl Shared {
         Shared {
             handles,
             gate: Gate::default(),
-            web,
+            web: Watched::new(web),
             connections: Arc::default(),
             nofile: crate::descriptors::soft_limit(),
         }
@@ -175,10 +179,12 @@ pub async fn serve(
                     }
                 };
                 let (shared, watcher) = (Arc::clone(&shared), graceful.watcher());
-                match shared.web.tls().cloned() {
+                // The web config as of now serves the whole connection.
+                let web = shared.web.current();
+                match web.tls().cloned() {
                     None => {
                         tokio::spawn(async move {
-                            connection(TokioIo::new(stream), shared, watcher, peer).await;
+                            connection(TokioIo::new(stream), shared, web, watcher, peer).await;
                             drop(held);
                         });
                     }
@@ -188,7 +194,7 @@ pub async fn serve(
                             // The handshake runs in the connection's task, so
                             // that a slow client does not hold up accepting.
                             match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => connection(TokioIo::new(tls), shared, watcher, peer).await,
+                                Ok(Ok(tls)) => connection(TokioIo::new(tls), shared, web, watcher, peer).await,
                                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                             }
@@ -208,9 +214,15 @@ pub async fn serve(
     }
 }
 
-/// Serves one connection (plain or TLS) until it ends or shutdown drains it.
-async fn connection<I>(io: I, shared: Arc<Shared>, watcher: Watcher, peer: SocketAddr)
-where
+/// Serves one connection (plain or TLS) with `web` until it ends or
+/// shutdown drains it.
+async fn connection<I>(
+    io: I,
+    shared: Arc<Shared>,
+    web: Arc<WebConfig>,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let conn = http1::Builder::new()
@@ -219,8 +231,8 @@ where
         .serve_connection(
             io,
             service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(req, &shared, peer).await) }
+                let (shared, web) = (Arc::clone(&shared), Arc::clone(&web));
+                async move { Ok::<_, Infallible>(handle_with(req, &shared, &web, peer).await) }
             }),
         );
     if let Err(e) = watcher.watch(conn).await {
@@ -228,15 +240,25 @@ where
     }
 }
 
-/// Answers one request from `client`: basic auth first when users are
-/// configured (except on [`BEARER_PATHS`]), then the route. Any body type,
-/// so that tests can call it in-process.
+/// Answers one request from `client` with the current web config. Any
+/// body type, so that tests can call it in-process.
 pub async fn handle<B: RequestBody>(
     req: Request<B>,
     shared: &Shared,
     client: SocketAddr,
 ) -> Response<Body> {
-    if let Some(auth) = shared.web.basic_auth()
+    handle_with(req, shared, &shared.web.current(), client).await
+}
+
+/// Basic auth first when `web` has users (except on [`BEARER_PATHS`]),
+/// then the route; `web`'s extra headers on every answer.
+async fn handle_with<B: RequestBody>(
+    req: Request<B>,
+    shared: &Shared,
+    web: &WebConfig,
+    client: SocketAddr,
+) -> Response<Body> {
+    let mut r = if let Some(auth) = web.basic_auth()
         && !BEARER_PATHS.contains(&req.uri().path())
         && !auth.allows(req.headers()).await
     {
@@ -245,9 +267,14 @@ pub async fn handle<B: RequestBody>(
             WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"portsight\""),
         );
-        return r;
+        r
+    } else {
+        route(req, &shared.handles, &shared.gate, client).await
+    };
+    for (name, value) in web.headers() {
+        r.headers_mut().insert(name.clone(), value.clone());
     }
-    route(req, &shared.handles, &shared.gate, client).await
+    r
 }
 
 async fn route<B: RequestBody>(

@@ -1,7 +1,8 @@
-//! `--web.config.file` / `web.config_file`: TLS and basic auth in the format
-//! of Prometheus's exporter-toolkit `web-config.yml`, the subset portsight
+//! `--web.config.file` / `web.config_file`: TLS (mutual TLS, versions,
+//! cipher suites), extra headers and basic auth in the format of
+//! Prometheus's exporter-toolkit `web-config.yml`, the subset portsight
 //! supports. [`parse`] turns text into a [`Spec`] without touching the
-//! filesystem; [`WebConfig::load`] reads the file, the certificate and the
+//! filesystem; [`WebConfig::load`] reads the file and the certificates and
 //! key it names (relative to the file's directory, as exporter-toolkit does).
 //! Anything else exporter-toolkit knows is refused by name rather than
 //! ignored: a TLS setting silently dropped is a security hole.
@@ -11,19 +12,30 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use std::str::FromStr;
+
 use base64::Engine as _;
-use hyper::header::{AUTHORIZATION, HeaderMap};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer, de};
 use serde_norway::Value;
 use tokio_rustls::TlsAcceptor;
 
+use super::tls_server::{self, ClientAuth, TlsVersion};
+
 /// Successful verifications remembered; when full, the cache starts over.
 const CACHE_CAPACITY: usize = 1024;
 
-const SUPPORTED: &str =
-    "supported: tls_server_config.cert_file, tls_server_config.key_file, basic_auth_users";
+const SUPPORTED: &str = "supported: tls_server_config.{cert_file, key_file, client_auth_type, client_ca_file, min_version, max_version, cipher_suites}, http_server_config.headers, basic_auth_users";
+
+/// The headers exporter-toolkit lets a web config add, and the values it
+/// allows where they are an enumeration.
+const EXTRA_HEADERS: [(&str, &[&str]); 5] = [
+    ("Strict-Transport-Security", &[]),
+    ("X-Content-Type-Options", &["nosniff"]),
+    ("X-Frame-Options", &["deny", "sameorigin"]),
+    ("X-XSS-Protection", &[]),
+    ("Content-Security-Policy", &[]),
+];
 
 /// A web-config error: the file, the key (dotted) and what is wrong.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -38,18 +50,35 @@ pub enum Error {
     },
 }
 
+fn invalid(file: &str, key: &str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        file: file.to_string(),
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
 /// What a web-config file says, paths as written.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Spec {
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<TlsSpec>,
     /// User name → bcrypt hash.
     pub users: BTreeMap<String, String>,
+    /// `http_server_config.headers`, added to every response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// `tls_server_config`, checked.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
+pub struct TlsSpec {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    pub client_auth: ClientAuth,
+    pub client_ca_file: Option<PathBuf>,
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+    /// Go names of the TLS 1.2 suites; empty: rustls's defaults.
+    pub cipher_suites: Vec<&'static str>,
 }
 
 /// What an unknown key is told.
@@ -60,6 +89,12 @@ fn unsupported() -> String {
 /// What a section must be, when it is something else.
 const SHAPES: &[(&str, &str)] = &[
     ("tls_server_config", "must be a mapping"),
+    ("http_server_config", "must be a mapping"),
+    (
+        "http_server_config.headers",
+        "must be a mapping of header names to values",
+    ),
+    ("tls_server_config.cipher_suites", "must be a list of names"),
     (
         "basic_auth_users",
         "must be a mapping of user names to bcrypt hashes",
@@ -75,6 +110,8 @@ struct Document {
     #[serde(default, deserialize_with = "section")]
     tls_server_config: Option<TlsServerConfig>,
     #[serde(default, deserialize_with = "section")]
+    http_server_config: Option<HttpServerConfig>,
+    #[serde(default, deserialize_with = "section")]
     basic_auth_users: Option<BTreeMap<UserName, Hash>>,
 }
 
@@ -87,6 +124,47 @@ struct TlsServerConfig {
     cert_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "non_empty_path")]
     key_file: Option<PathBuf>,
+    #[serde(default)]
+    client_auth_type: Option<Parsed<ClientAuth>>,
+    #[serde(default, deserialize_with = "non_empty_path")]
+    client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    min_version: Option<Parsed<TlsVersion>>,
+    #[serde(default)]
+    max_version: Option<Parsed<TlsVersion>>,
+    #[serde(default)]
+    cipher_suites: Option<Vec<Parsed<Suite>>>,
+}
+
+/// `http_server_config`: only `headers`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HttpServerConfig {
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+}
+
+/// A string value parsed by its type's `FromStr`, whose message is kept.
+struct Parsed<T>(T);
+
+impl<'de, T: FromStr<Err = String>> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => s.parse().map(Parsed).map_err(de::Error::custom),
+            _ => Err(de::Error::custom("must be a string")),
+        }
+    }
+}
+
+/// A `cipher_suites` entry: a TLS 1.2 suite, or `None` for a TLS 1.3 one.
+struct Suite(Option<&'static str>);
+
+impl FromStr for Suite {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        tls_server::cipher_suite(s).map(Suite)
+    }
 }
 
 /// A `basic_auth_users` key: non-empty, without ':'. A YAML number or bool
@@ -159,31 +237,109 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, Error> {
         }
         _ => {
             return Err(syntax(
-                "must be a mapping (tls_server_config, basic_auth_users)".into(),
+                "must be a mapping (tls_server_config, http_server_config, basic_auth_users)"
+                    .into(),
             ));
         }
     };
-    let missing = |key: &str| Error::Invalid {
-        file: file.to_string(),
-        key: key.to_string(),
-        reason: "missing".into(),
-    };
-    let tls = match document.tls_server_config {
-        None => None,
-        Some(t) => Some(TlsFiles {
-            cert_file: t
-                .cert_file
-                .ok_or_else(|| missing("tls_server_config.cert_file"))?,
-            key_file: t
-                .key_file
-                .ok_or_else(|| missing("tls_server_config.key_file"))?,
-        }),
-    };
+    let tls = document
+        .tls_server_config
+        .map(|t| tls_spec(file, t))
+        .transpose()?;
+    let headers = document
+        .http_server_config
+        .and_then(|h| h.headers)
+        .unwrap_or_default();
     let users = document.basic_auth_users.unwrap_or_default();
     Ok(Spec {
         tls,
         users: users.into_iter().map(|(u, h)| (u.0, h.0)).collect(),
+        headers: extra_headers(file, headers)?,
     })
+}
+
+/// `tls_server_config` checked as a whole, as exporter-toolkit does: both
+/// files, a CA file exactly where certificates are verified, versions in order.
+fn tls_spec(file: &str, t: TlsServerConfig) -> Result<TlsSpec, Error> {
+    let missing = |key: &str| invalid(file, key, "missing");
+    let cert_file = t
+        .cert_file
+        .ok_or_else(|| missing("tls_server_config.cert_file"))?;
+    let key_file = t
+        .key_file
+        .ok_or_else(|| missing("tls_server_config.key_file"))?;
+    let client_auth = t.client_auth_type.map(|p| p.0).unwrap_or_default();
+    let ca_key = "tls_server_config.client_ca_file";
+    match (&t.client_ca_file, client_auth) {
+        (Some(_), ClientAuth::NoClientCert) => {
+            return Err(invalid(
+                file,
+                ca_key,
+                "set, but client_auth_type is NoClientCert; set client_auth_type (e.g. RequireAndVerifyClientCert)",
+            ));
+        }
+        (None, auth) if auth.verifies() => {
+            return Err(invalid(
+                file,
+                ca_key,
+                format!("required for client_auth_type {auth:?}"),
+            ));
+        }
+        _ => {}
+    }
+    let min_version = t.min_version.map_or(TlsVersion::Tls12, |p| p.0);
+    let max_version = t.max_version.map_or(TlsVersion::Tls13, |p| p.0);
+    if min_version > max_version {
+        return Err(invalid(
+            file,
+            "tls_server_config.min_version",
+            format!("{min_version} is above max_version {max_version}"),
+        ));
+    }
+    let cipher_suites = t.cipher_suites.unwrap_or_default();
+    Ok(TlsSpec {
+        cert_file,
+        key_file,
+        client_auth,
+        client_ca_file: t.client_ca_file,
+        min_version,
+        max_version,
+        cipher_suites: cipher_suites.into_iter().filter_map(|s| s.0.0).collect(),
+    })
+}
+
+/// `http_server_config.headers`: only those exporter-toolkit allows, with
+/// the values it allows (names are matched without regard to case).
+fn extra_headers(
+    file: &str,
+    headers: BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, Error> {
+    let allowed: Vec<&str> = EXTRA_HEADERS.iter().map(|(n, _)| *n).collect();
+    headers
+        .into_iter()
+        .map(|(name, value)| {
+            let key = format!("http_server_config.headers.{name}");
+            let Some((_, values)) = EXTRA_HEADERS
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+            else {
+                let reason = format!(
+                    "this header cannot be configured (as in exporter-toolkit, only {})",
+                    allowed.join(", ")
+                );
+                return Err(invalid(file, &key, reason));
+            };
+            if !values.is_empty() && !values.contains(&value.as_str()) {
+                let reason = format!("{value:?} is not one of {}", values.join(", "));
+                return Err(invalid(file, &key, reason));
+            }
+            let name =
+                HeaderName::from_str(&name).map_err(|e| invalid(file, &key, e.to_string()))?;
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| invalid(file, &key, "not a valid header value"))?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// The key serde was at and the reason, in this module's words: an
@@ -198,18 +354,20 @@ fn decode_error(file: &str, e: &serde_path_to_error::Error<serde_norway::Error>)
         Some(shape) if message.starts_with("invalid type") => shape.to_string(),
         _ => message,
     };
-    Error::Invalid {
-        file: file.to_string(),
-        key,
-        reason,
-    }
+    invalid(file, &key, reason)
 }
 
-/// TLS and basic auth of the HTTP server. The default is plain HTTP and no auth.
+/// TLS, basic auth and extra headers of the HTTP server. The default is
+/// plain HTTP, no auth, no headers.
 #[derive(Clone, Default)]
 pub struct WebConfig {
     tls: Option<TlsAcceptor>,
     auth: Option<Arc<BasicAuth>>,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+    /// The file it was loaded from, and every file it names (relative to
+    /// it): what [`Watched`](super::watch::Watched) looks at for changes.
+    source: Option<PathBuf>,
+    files: Arc<[PathBuf]>,
 }
 
 impl fmt::Debug for WebConfig {
@@ -217,12 +375,14 @@ impl fmt::Debug for WebConfig {
         f.debug_struct("WebConfig")
             .field("tls", &self.tls.is_some())
             .field("users", &self.auth.as_ref().map_or(0, |a| a.users.len()))
+            .field("headers", &self.headers.len())
+            .field("files", &self.files)
             .finish()
     }
 }
 
 impl WebConfig {
-    /// Reads and validates a web-config file and the certificate and key it names.
+    /// Reads and validates a web-config file and the files it names.
     pub fn load(path: &Path) -> Result<WebConfig, Error> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| Error::Syntax {
@@ -231,23 +391,34 @@ impl WebConfig {
         })?;
         let spec = parse(&file, &text)?;
         let dir = path.parent().unwrap_or(Path::new(""));
-        WebConfig::from_spec(&file, dir, spec)
+        let mut config = WebConfig::from_spec(&file, dir, spec)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
-    /// Builds the TLS acceptor and the user table; relative paths are taken
-    /// from `dir`, and errors name `file`.
+    /// Builds the TLS acceptor, the user table and the headers; relative
+    /// paths are taken from `dir`, and errors name `file`.
     pub fn from_spec(file: &str, dir: &Path, spec: Spec) -> Result<WebConfig, Error> {
-        let invalid = |key: &str, reason: String| Error::Invalid {
-            file: file.to_string(),
-            key: key.to_string(),
-            reason,
-        };
-        let tls = match spec.tls {
-            None => None,
-            Some(files) => Some(tls_acceptor(&invalid, dir, &files)?),
+        let (tls, files) = match spec.tls {
+            None => (None, Vec::new()),
+            Some(tls) => {
+                let files: Vec<PathBuf> = [Some(&tls.cert_file), Some(&tls.key_file)]
+                    .into_iter()
+                    .chain([tls.client_ca_file.as_ref()])
+                    .flatten()
+                    .map(|p| dir.join(p))
+                    .collect();
+                (Some(tls_acceptor(file, dir, tls)?), files)
+            }
         };
         let auth = (!spec.users.is_empty()).then(|| Arc::new(BasicAuth::new(spec.users)));
-        Ok(WebConfig { tls, auth })
+        Ok(WebConfig {
+            tls,
+            auth,
+            headers: spec.headers.into(),
+            source: None,
+            files: files.into(),
+        })
     }
 
     /// The acceptor that wraps accepted connections, when TLS is on.
@@ -259,55 +430,50 @@ impl WebConfig {
     pub fn basic_auth(&self) -> Option<&Arc<BasicAuth>> {
         self.auth.as_ref()
     }
+
+    /// `http_server_config.headers`.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+
+    /// The file it was loaded from, if it was.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// The web config file, if any, and the files it names.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.source
+            .iter()
+            .chain(self.files.iter())
+            .cloned()
+            .collect()
+    }
 }
 
-/// A TLS acceptor for the certificate and key `files` name (relative to
-/// `dir`); `invalid` words its errors.
-fn tls_acceptor(
-    invalid: &dyn Fn(&str, String) -> Error,
-    dir: &Path,
-    files: &TlsFiles,
-) -> Result<TlsAcceptor, Error> {
-    let cert_path = dir.join(&files.cert_file);
-    let key_path = dir.join(&files.key_file);
-    let read = |key: &str, p: &Path| {
-        std::fs::read(p).map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))
-    };
-    let cert_pem = read("tls_server_config.cert_file", &cert_path)?;
-    let key_pem = read("tls_server_config.key_file", &key_path)?;
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            invalid(
-                "tls_server_config.cert_file",
-                format!("{}: {e}", cert_path.display()),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(invalid(
-            "tls_server_config.cert_file",
-            format!("{}: no PEM certificate in it", cert_path.display()),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        invalid(
-            "tls_server_config.key_file",
-            format!("{}: no PEM private key in it ({e})", key_path.display()),
-        )
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("tls_server_config", e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            invalid(
-                "tls_server_config.key_file",
-                format!("does not fit the certificate: {e}"),
-            )
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+/// A TLS acceptor for what `tls` says (files relative to `dir`); errors name `file`.
+fn tls_acceptor(file: &str, dir: &Path, tls: TlsSpec) -> Result<TlsAcceptor, Error> {
+    let cert_key = "tls_server_config.cert_file";
+    let key_key = "tls_server_config.key_file";
+    let ca_key = "tls_server_config.client_ca_file";
+    let certs = tls_server::read_certs(&dir.join(&tls.cert_file))
+        .map_err(|e| invalid(file, cert_key, e))?;
+    let key =
+        tls_server::read_key(&dir.join(&tls.key_file)).map_err(|e| invalid(file, key_key, e))?;
+    let client_cas = tls
+        .client_ca_file
+        .map(|p| tls_server::read_client_cas(&dir.join(p)).map_err(|e| invalid(file, ca_key, e)))
+        .transpose()?;
+    let config = tls_server::server_config(tls_server::Settings {
+        certs,
+        key,
+        client_auth: tls.client_auth,
+        client_cas,
+        min_version: tls.min_version,
+        max_version: tls.max_version,
+        cipher_suites: tls.cipher_suites,
+    })
+    .map_err(|(key, reason)| invalid(file, key, reason))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -408,9 +574,14 @@ mod tests {
         let spec = parse("web.yml", &text).unwrap();
         assert_eq!(
             spec.tls,
-            Some(TlsFiles {
+            Some(TlsSpec {
                 cert_file: "a.crt".into(),
-                key_file: "a.key".into()
+                key_file: "a.key".into(),
+                client_auth: ClientAuth::NoClientCert,
+                client_ca_file: None,
+                min_version: TlsVersion::Tls12,
+                max_version: TlsVersion::Tls13,
+                cipher_suites: Vec::new(),
             })
         );
         assert_eq!(spec.users.get("alice"), Some(&hash));
@@ -418,17 +589,101 @@ mod tests {
     }
 
     #[test]
+    fn parses_exporter_toolkit_tls_and_headers() {
+        let text = "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  \
+            client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  \
+            min_version: TLS13\n  cipher_suites: [TLS_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]\n\
+            http_server_config:\n  headers:\n    X-Frame-Options: deny\n    strict-transport-security: max-age=31536000\n";
+        let spec = parse("web.yml", text).unwrap();
+        let tls = spec.tls.unwrap();
+        assert_eq!(tls.client_auth, ClientAuth::RequireAndVerifyClientCert);
+        assert_eq!(tls.client_ca_file, Some("ca.crt".into()));
+        assert_eq!(
+            (tls.min_version, tls.max_version),
+            (TlsVersion::Tls13, TlsVersion::Tls13)
+        );
+        assert_eq!(
+            tls.cipher_suites,
+            vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
+        );
+        let headers: Vec<(&str, &str)> = spec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            vec![
+                ("x-frame-options", "deny"),
+                ("strict-transport-security", "max-age=31536000")
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_tls_and_headers_as_exporter_toolkit_does() {
+        let tls = "tls_server_config:\n  cert_file: a\n  key_file: b\n";
+        for (extra, want) in [
+            (
+                "  client_ca_file: ca.crt\n",
+                "tls_server_config.client_ca_file: set, but client_auth_type is NoClientCert; set client_auth_type (e.g. RequireAndVerifyClientCert)",
+            ),
+            (
+                "  client_auth_type: VerifyClientCertIfGiven\n",
+                "tls_server_config.client_ca_file: required for client_auth_type VerifyClientCertIfGiven",
+            ),
+            (
+                "  client_auth_type: Always\n",
+                "tls_server_config.client_auth_type: unknown value \"Always\", expected one of NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert",
+            ),
+            (
+                "  min_version: TLS10\n",
+                "tls_server_config.min_version: TLS10 is not supported: portsight (rustls) speaks TLS12 and TLS13 only",
+            ),
+            (
+                "  min_version: TLS13\n  max_version: TLS12\n",
+                "tls_server_config.min_version: TLS13 is above max_version TLS12",
+            ),
+            (
+                "  max_version: 13\n",
+                "tls_server_config.max_version: must be a string",
+            ),
+            (
+                "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_RSA_WITH_RC4_128_SHA]\n",
+                "tls_server_config.cipher_suites[1]: TLS_RSA_WITH_RC4_128_SHA is not offered by rustls",
+            ),
+            (
+                "  cipher_suites: TLS_AES_128_GCM_SHA256\n",
+                "tls_server_config.cipher_suites: must be a list of names",
+            ),
+            (
+                "http_server_config:\n  headers:\n    Server: portsight\n",
+                "http_server_config.headers.Server: this header cannot be configured (as in exporter-toolkit, only Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection, Content-Security-Policy)",
+            ),
+            (
+                "http_server_config:\n  headers:\n    X-Frame-Options: DENY\n",
+                "http_server_config.headers.X-Frame-Options: \"DENY\" is not one of deny, sameorigin",
+            ),
+            (
+                "http_server_config:\n  headers: [a]\n",
+                "http_server_config.headers: must be a mapping of header names to values",
+            ),
+        ] {
+            let e = err(&format!("{tls}{extra}"));
+            assert!(e.starts_with(&format!("web.yml: {want}")), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn refuses_what_it_does_not_support() {
         assert_eq!(
             err("http_server_config:\n  http2: false\n"),
-            format!("web.yml: http_server_config: not supported by portsight ({SUPPORTED})")
+            format!("web.yml: http_server_config.http2: not supported by portsight ({SUPPORTED})")
         );
         assert_eq!(
-            err(
-                "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAndVerifyClientCert\n"
-            ),
+            err("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_allowed_sans: [a]\n"),
             format!(
-                "web.yml: tls_server_config.client_auth_type: not supported by portsight ({SUPPORTED})"
+                "web.yml: tls_server_config.client_allowed_sans: not supported by portsight ({SUPPORTED})"
             )
         );
         assert_eq!(
@@ -488,12 +743,12 @@ mod tests {
                 &format!("basic_auth_users.alice: {NOT_BCRYPT}"),
             ),
             (
-                "tls_server_config: {cert_file: a, key_file: b}\nhttp_server_config: {}\n",
-                &format!("http_server_config: {}", unsupported()),
+                "tls_server_config: {cert_file: a, key_file: b}\nhttp_server_config: {http2: true}\n",
+                &format!("http_server_config.http2: {}", unsupported()),
             ),
             (
                 "42\n",
-                "must be a mapping (tls_server_config, basic_auth_users)",
+                "must be a mapping (tls_server_config, http_server_config, basic_auth_users)",
             ),
         ] {
             assert_eq!(err(text), format!("web.yml: {want}"), "{text}");

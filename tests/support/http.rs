@@ -14,7 +14,8 @@ use hyper_rustls::FixedServerNameResolver;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::SupportedProtocolVersion;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// How long one request may take, connecting included.
 const LIMIT: Duration = Duration::from_secs(15);
@@ -89,20 +90,61 @@ pub fn https(
     path: &str,
     headers: &[(&str, &str)],
 ) -> HttpResponse {
+    try_https(addr, &TlsClient::trusting(cert), path, headers)
+        .unwrap_or_else(|e| panic!("GET https://{addr}{path}: {e}"))
+}
+
+/// What an HTTPS client trusts, presents and speaks.
+pub struct TlsClient {
+    pub roots: Vec<CertificateDer<'static>>,
+    /// A client certificate (chain) and its key.
+    pub identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    pub versions: Vec<&'static SupportedProtocolVersion>,
+    /// The name sent and verified.
+    pub server_name: String,
+}
+
+impl TlsClient {
+    /// Trusts `cert` for `localhost`, TLS 1.2 and 1.3, no client certificate.
+    pub fn trusting(cert: &CertificateDer<'static>) -> TlsClient {
+        TlsClient {
+            roots: vec![cert.clone()],
+            identity: None,
+            versions: vec![&rustls::version::TLS12, &rustls::version::TLS13],
+            server_name: "localhost".into(),
+        }
+    }
+}
+
+/// One HTTPS `GET` as `client`, or why there was no response (a refused
+/// handshake, …).
+pub fn try_https(
+    addr: SocketAddr,
+    client: &TlsClient,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse, String> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).expect("a CA certificate");
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    for cert in &client.roots {
+        roots.add(cert.clone()).expect("a CA certificate");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(&client.versions)
     .expect("TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let tls = match &client.identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .expect("a client certificate"),
+    };
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .with_server_name_resolver(FixedServerNameResolver::new(
-            ServerName::try_from("localhost").expect("a DNS name"),
+            ServerName::try_from(client.server_name.clone()).expect("a server name"),
         ))
         .enable_http1()
         .build();
@@ -113,7 +155,6 @@ pub fn https(
         headers,
         "",
     )
-    .unwrap_or_else(|e| panic!("GET https://{addr}{path}: {e}"))
 }
 
 fn send<C>(

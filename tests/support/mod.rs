@@ -4,13 +4,16 @@
 //! rules for skipping.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod certs;
 pub mod http;
 pub mod listener;
 pub mod netns;
 pub mod prom;
 pub mod sidecar;
 
-pub use http::{HttpResponse, get, http, http_with, https, try_get, try_http_with};
+pub use http::{
+    HttpResponse, TlsClient, get, http, http_with, https, try_get, try_http_with, try_https,
+};
 pub use listener::{ClosedPort, closed_port, listen};
 
 use std::io::{BufRead, BufReader};
