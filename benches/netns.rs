@@ -1,8 +1,11 @@
 //! The namespace room's costs: `netns::find` over a world of 50 network
 //! namespaces (one sleeping process each, half with a UTS hostname of its
 //! own), entering and leaving one namespace (`setns` there and back on a
-//! thread), and the worker's round trip for one closure and for a batch
-//! over all 50.
+//! thread), the worker's round trip for one closure and for a batch
+//! over all 50, and a whole `Engine::scan` with `scan.namespaces` on (each
+//! namespace holding `PSNB_LISTENERS`, default 10, listening sockets) beside
+//! the same scan with it off, in the same run: what the namespace scan
+//! adds to every scan of `serve` (one per second by default).
 //!
 //! The world is the benchmark's own: namespaces `psnsb-<pid>-*` made with
 //! `ip netns add` and deleted at the end, seen from inside
@@ -79,17 +82,57 @@ fn main() {
     assert!(st.success(), "the benchmark's child: {st}");
 }
 
-/// A sleeping process in `netns`, with hostname `host` when given.
+fn listeners() -> usize {
+    std::env::var("PSNB_LISTENERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+/// A process in `netns` listening on `listeners()` ports on its loopback
+/// (8000..), with hostname `host` when given.
 fn sleeper(netns: &str, host: Option<&str>) -> Proc {
+    let listen = format!(
+        "python3 -c 'import socket,time\nss=[]\nfor p in range(8000,{}):\n s=socket.socket();s.bind((\"127.0.0.1\",p));s.listen();ss.append(s)\ntime.sleep(600)'",
+        8000 + listeners()
+    );
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{netns}"));
+    cmd.args(["unshare", "--uts", "sh", "-c"]);
     match host {
-        Some(h) => cmd
-            .args(["unshare", "--uts", "sh", "-c"])
-            .arg(format!("hostname {h} && exec sleep 600")),
-        None => cmd.args(["sleep", "600"]),
+        Some(h) => cmd.arg(format!("hostname {h} && exec {listen}")),
+        None => cmd.arg(format!("exec {listen}")),
     };
     Proc::spawn(cmd.stdin(Stdio::null()))
+}
+
+const SCAN_RUNS: usize = 200;
+
+/// The median wall time and the mean CPU of one `Engine::scan`, with
+/// `scan.namespaces` as given (discovery on, as by default).
+fn engine_scan(namespaces: bool) -> (f64, f64) {
+    use portsight::engine::{Engine, Flags, Live, Loaded};
+    let mut config = portsight::config::Config::default();
+    config.scan.namespaces = namespaces;
+    config.discover.min_age = std::time::Duration::ZERO;
+    let live = Live::with(Loaded::new(config).unwrap(), None, Flags::default());
+    let engine = Engine::new(std::sync::Arc::new(live));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(engine.scan());
+    let cpu = support::cpu_self();
+    let wall = median(&time_each(SCAN_RUNS, || {
+        rt.block_on(engine.scan());
+    }));
+    let cpu = (support::cpu_self() - cpu).as_secs_f64() / SCAN_RUNS as f64;
+    let s = engine.snapshot();
+    if namespaces {
+        assert_eq!(s.namespaces.len(), count(), "every namespace scanned");
+        assert!(
+            s.ports.len() >= count() * listeners(),
+            "their ports watched"
+        );
+    }
+    (wall, cpu)
 }
 
 fn measure() {
@@ -150,7 +193,24 @@ fn measure() {
         assert!(worker.run_all(jobs).into_iter().all(|r| r.is_ok()));
     }));
     let n = found.namespaces.len();
+    let (off_t, off_cpu) = engine_scan(false);
+    let (on_t, on_cpu) = engine_scan(true);
     let rows = vec![
+        vec![
+            "`Engine::scan`, scan.namespaces = false (wall; CPU)".into(),
+            format!("{}; {}", fmt_secs(off_t), fmt_secs(off_cpu)),
+        ],
+        vec![
+            format!(
+                "`Engine::scan`, {n} namespaces x {} listeners (wall; CPU)",
+                listeners()
+            ),
+            format!("{}; {}", fmt_secs(on_t), fmt_secs(on_cpu)),
+        ],
+        vec![
+            "CPU the namespace scan adds to `serve` at scan.interval 1s".into(),
+            format!("{:.2} % of one core", (on_cpu - off_cpu) * 100.0),
+        ],
         vec![
             format!("`find`, {n} namespaces ({} with a hostname)", n.div_ceil(2)),
             fmt_secs(find_t),
