@@ -198,7 +198,7 @@ scrape_configs:
             r#"
 route:
   receiver: webhook
-  group_by: [alertname, instance, port]
+  group_by: [alertname, instance, netns, port]
   group_wait: 1s
   group_interval: 1s
   repeat_interval: 1h
@@ -904,10 +904,11 @@ fn dashboards_and_alerts_select_only_labels_the_metrics_have() {
     for (what, text) in &texts {
         let (selected, listed) = named_labels(text);
         for (metric, label) in selected {
-            if let Some(has) = golden.get(&metric) {
-                if !has.contains(&label) && !["job", "instance"].contains(&label.as_str()) {
-                    wrong.push(format!("{what}: {metric} has no label {label}"));
-                }
+            if let Some(has) = golden.get(&metric)
+                && !has.contains(&label)
+                && !["job", "instance"].contains(&label.as_str())
+            {
+                wrong.push(format!("{what}: {metric} has no label {label}"));
             }
         }
         for label in listed.difference(&known) {
