@@ -24,24 +24,25 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#2
 table{border-collapse:collapse;width:100%}\
 td,th{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:left;vertical-align:top}\
 th{background:#f4f4f4}caption{text-align:left;font-weight:bold;padding:.4em 0}\
-.cause{white-space:nowrap}.cause-name{font-weight:bold;display:block}\
-.held{display:block;font-size:.85em}\
+.cause-name{font-weight:bold;display:block}.held{display:block;font-size:.85em}\
 .ok{color:#1a7f37}.warn{color:#9a6700}.bad{color:#cf222e}\
-tr.bad>td:first-child{border-left:4px solid #cf222e}\
-tr.warn>td:first-child{border-left:4px solid #d4a72c}\
-tr.ok>td:first-child{border-left:4px solid #2da44e}\
-table.matrix{width:auto}table.matrix th,table.matrix td{border:1px solid #fff;font-size:.85em}\
-table.matrix th{font-weight:normal;white-space:nowrap}\
+tr.sev-bad>td:first-child{border-left:4px solid #cf222e}\
+tr.sev-warn>td:first-child{border-left:4px solid #d4a72c}\
+tr.sev-ok>td:first-child{border-left:4px solid #2da44e}\
+table.matrix{width:auto}table.matrix th,table.matrix td{border:0;padding:.15em .3em;font-size:.85em}\
+table.matrix th{font-weight:normal;white-space:nowrap;background:none;width:10em}\
 .want{display:block;color:#555;font-size:.9em}\
+.o{display:inline-block;margin:1px;padding:.2em .4em;min-width:8.5em;vertical-align:top}\
 .addr{display:block;font-family:ui-monospace,monospace;white-space:nowrap}\
 .outcome{font-weight:bold}\
-td.success{background:#c8ecd1}td.refused{background:#f9c9c9}td.timeout{background:#fbe3b3}\
-td.unreachable{background:#e2d2f5}td.error{background:#d3dce6}\
-td.unmeasured{background:#eeeeee;color:#555;font-style:italic;border:1px dashed #999}\
-.where b{display:block}.forward{margin:.3em 0 0}\
+.success{background:#c8ecd1}.refused{background:#f9c9c9}.timeout{background:#fbe3b3}\
+.unreachable{background:#e2d2f5}.error{background:#d3dce6}\
+.unmeasured{background:#eeeeee;color:#555;font-style:italic;outline:1px dashed #999}\
+.where b{display:block}.forward{margin:.3em 0 0;font-size:.9em}\
 details{font-size:.9em;color:#555}ul{margin:.3em 0;padding-left:1.2em}\
 nav a{margin-right:.8em}nav a[aria-current]{font-weight:bold;text-decoration:none;color:#222}\
-.meta{color:#666;font-size:.9em}";
+.meta{color:#666;font-size:.9em}td.name{overflow-wrap:anywhere;min-width:6em;max-width:12em}\
+td.what{min-width:14em}td.fix{min-width:10em}";
 
 /// What the page shows: every port, or those that need attention only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -182,7 +183,7 @@ fn row(h: &mut String, p: &PortStatus, now: SystemTime) {
     }
     let _ = write!(
         h,
-        "<tr id=\"port-{id}\" class=\"{class}\"><td>{port}</td><td>{name}</td>\
+        "<tr id=\"port-{id}\" class=\"sev-{class}\"><td>{port}</td><td class=\"name\">{name}</td>\
          <td class=\"where\">",
         port = match p.protocol {
             Protocol::Tcp => p.port.to_string(),
@@ -203,9 +204,9 @@ fn row(h: &mut String, p: &PortStatus, now: SystemTime) {
         held = held(d.cause.severity(), p.since, now),
     );
     matrix(h, p);
-    let _ = write!(h, "</td><td>{}", escape(&d.summary));
+    let _ = write!(h, "</td><td class=\"what\">{}", escape(&d.summary));
     what(h, d);
-    let _ = write!(h, "</td><td>{}</td></tr>", escape(&d.fix));
+    let _ = write!(h, "</td><td class=\"fix\">{}</td></tr>", escape(&d.fix));
 }
 
 fn class(s: Severity) -> &'static str {
@@ -216,7 +217,7 @@ fn class(s: Severity) -> &'static str {
     }
 }
 
-/// `critical for 3m 12s, since <time>…</time>`.
+/// `critical for 3m 12s<br>since <time>…</time>`.
 fn held(severity: Severity, since: SystemTime, now: SystemTime) -> String {
     let word = match severity {
         Severity::Ok => "ok",
@@ -229,7 +230,7 @@ fn held(severity: Severity, since: SystemTime, now: SystemTime) -> String {
     let short: Vec<&str> = full.split(' ').take(2).collect();
     let at = humantime::format_rfc3339_seconds(since);
     format!(
-        "{word} for {}, since <time datetime=\"{at}\">{}</time>",
+        "{word} for {}<br>since <time datetime=\"{at}\">{}</time>",
         short.join(" "),
         at.to_string().replace('T', " ").replace('Z', " UTC")
     )
@@ -284,7 +285,7 @@ fn forward(h: &mut String, f: &ForwardStatus) {
     h.push_str("</p>");
 }
 
-/// A row per vantage, a cell per target coloured by its outcome and saying
+/// A row per vantage, a cell (a box, so that they wrap) per target coloured by its outcome and saying
 /// it in words, with ✓ where it is what the policy wants and ✗ where not.
 /// A vantage without results that is configured, or that the policy wants
 /// answers from, has one "not measured" cell saying why.
@@ -308,18 +309,21 @@ fn matrix(h: &mut String, p: &PortStatus) {
                 Want::None => "should be closed",
             }
         );
+        h.push_str("<td>");
         if of.is_empty() {
             let why = diagnosis::not_measured(v, configured, p.protocol, p.probed());
-            let _ = write!(h, "<td class=\"unmeasured\">{why}</td>");
+            let _ = write!(h, "<span class=\"o unmeasured\">{why}</span>");
         }
         let any_ok = of.iter().any(|r| r.outcome == Outcome::Success);
         for r in &of {
             cell(h, r, want, any_ok);
         }
-        h.push_str("</tr>");
+        h.push_str("</td></tr>");
     }
     if rows == 0 {
-        h.push_str("<tr><td class=\"unmeasured\">no vantage measures this port</td></tr>");
+        h.push_str(
+            "<tr><td><span class=\"o unmeasured\">no vantage measures this port</span></td></tr>",
+        );
     }
     h.push_str("</tbody></table>");
 }
@@ -343,8 +347,8 @@ fn cell(h: &mut String, r: &ProbeResult, want: Want, any_ok: bool) {
     };
     let _ = write!(
         h,
-        "<td class=\"{o}\"><span class=\"addr\">{addr}</span>\
-         <span class=\"outcome\" title=\"{title}\">{mark} {o}</span>{by}</td>",
+        "<span class=\"o {o}\"><span class=\"addr\">{addr}</span>\
+         <span class=\"outcome\" title=\"{title}\">{mark} {o}</span>{by}</span>",
         o = r.outcome.as_str(),
         addr = r.target.addr,
     );

@@ -122,11 +122,13 @@ fn tcp_and_udp_of_one_number_are_two_rows() {
     let (snapshot, _) = st.snapshot(&config, SystemTime::now());
     let html = render(&snapshot, View::default(), SystemTime::now());
     assert!(
-        html.contains("<tr id=\"port-53\" class=\"bad\"><td>53</td>"),
+        html.contains("<tr id=\"port-53\" class=\"sev-bad\"><td>53</td><td class=\"name\">"),
         "{html}"
     );
     assert!(
-        html.contains("<tr id=\"port-53-udp\" class=\"bad\"><td>53/udp</td>"),
+        html.contains(
+            "<tr id=\"port-53-udp\" class=\"sev-bad\"><td>53/udp</td><td class=\"name\">"
+        ),
         "{html}"
     );
     assert!(html.contains("nothing listens on port 53/udp"), "{html}");
@@ -198,14 +200,14 @@ fn the_cause_says_its_severity_and_how_long_it_has_held() {
     assert!(
         row(&html, "80").contains(
             "<td class=\"cause bad\"><span class=\"cause-name\">rejected</span>\
-             <span class=\"held\">critical for 3h 12m, since \
+             <span class=\"held\">critical for 3h 12m<br>since \
              <time datetime=\"1970-01-01T00:01:40Z\">1970-01-01 00:01:40 UTC</time></span></td>"
         ),
         "{html}"
     );
-    assert!(held(Severity::Warning, at(10), at(55)).starts_with("warning for 45s,"));
+    assert!(held(Severity::Warning, at(10), at(55)).starts_with("warning for 45s<br>"));
     assert!(
-        held(Severity::Ok, at(10), at(0)).starts_with("ok for 0s,"),
+        held(Severity::Ok, at(10), at(0)).starts_with("ok for 0s<br>"),
         "a clock stepped back"
     );
 }
@@ -233,19 +235,19 @@ fn the_matrix_has_a_cell_per_vantage_and_target() {
     let r = row(&html, "80");
     assert!(r.contains(
         "<tr><th scope=\"row\">loopback<span class=\"want\">every target should answer</span></th>\
-         <td class=\"success\"><span class=\"addr\">127.0.0.1:80</span>\
-         <span class=\"outcome\" title=\"as the policy wants\">✓ success</span></td>\
-         <td class=\"refused\"><span class=\"addr\">[::1]:80</span>\
-         <span class=\"outcome\" title=\"not as the policy wants\">✗ refused</span></td></tr>"
+         <td><span class=\"o success\"><span class=\"addr\">127.0.0.1:80</span>\
+         <span class=\"outcome\" title=\"as the policy wants\">✓ success</span></span>\
+         <span class=\"o refused\"><span class=\"addr\">[::1]:80</span>\
+         <span class=\"outcome\" title=\"not as the policy wants\">✗ refused</span></span></td></tr>"
     ), "{r}");
     assert!(
-        r.contains("<td class=\"unmeasured\">not measured yet</td>"),
+        r.contains("<td><span class=\"o unmeasured\">not measured yet</span></td>"),
         "interface is configured: {r}"
     );
     assert!(
         r.contains(
             "external<span class=\"want\">every target should answer</span></th>\
-             <td class=\"unmeasured\">not measured (no peers configured)</td>"
+             <td><span class=\"o unmeasured\">not measured (no peers configured)</span></td>"
         ),
         "a public port wants external answers: {r}"
     );

@@ -4,6 +4,7 @@
 //! rules for skipping.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod chromium;
 pub mod http;
 pub mod listener;
 pub mod netns;
