@@ -635,8 +635,15 @@ mod tests {
         st.record(&[KEY], vec![result(Outcome::Success, t1)], |_| true);
         assert_eq!(since(&mut st, &config, at(7)), (Cause::Transient, at(7)));
         assert_eq!(since(&mut st, &config, at(8)), (Cause::Transient, at(7)));
-        let (_, history) = st.snapshot(&config, at(9));
+        let (snapshot, history) = st.snapshot(&config, at(9));
         assert_eq!(history.causes[&KEY], (Cause::Transient, at(7)));
+        let json = serde_json::to_value(snapshot.status(None)).unwrap();
+        let d = &json["ports"][0]["diagnosis"];
+        assert_eq!(
+            (d["cause"].as_str(), d["since"].as_str()),
+            (Some("transient"), Some("1970-01-01T00:16:47.000Z")),
+            "{json}"
+        );
         config.ports.clear();
         st.apply_scan(&config, scan(&[1]), t1, at(10));
         let (snapshot, history) = st.snapshot(&config, at(10));
