@@ -76,6 +76,8 @@ fn port_status(port: u16) -> PortStatus {
             firewall: Vec::new(),
             failed: None,
         },
+        since: SystemTime::UNIX_EPOCH,
+        vantages: Default::default(),
         probe_counts,
         netns: None,
         forward: None,

@@ -287,6 +287,8 @@ mod tests {
                 failed: None,
                 firewall: Vec::new(),
             },
+            since: std::time::SystemTime::UNIX_EPOCH,
+            vantages: Default::default(),
             probe_counts: Vec::new(),
             netns: None,
             forward: None,

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::{Expect, Protocol};
-use crate::diagnosis::Diagnosis;
+use crate::diagnosis::{Diagnosis, Vantages};
 use crate::netns::{Namespace, NsId};
 use crate::probe::{Attempt, Discarded, OutcomeCounts, ProbeResult, Target, Vantage};
 use crate::sockets::{Listener, Scope, Source};
@@ -96,6 +96,13 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Whether probes are sent to a port of `protocol` from here: every TCP
+    /// port, and configured UDP ports. A discovered UDP port is diagnosed
+    /// from the socket table only: an unsolicited datagram can have effects.
+    pub fn probes(self, protocol: Protocol) -> bool {
+        protocol == Protocol::Tcp || self == Origin::Config
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Config => "config",
@@ -185,6 +192,11 @@ pub struct PortStatus {
     /// target; results from before the listeners last changed are left out.
     pub probes: Vec<ProbeResult>,
     pub diagnosis: Diagnosis,
+    /// Since when the diagnosis has had its cause: the first snapshot that
+    /// showed it (for a port's first cause, when portsight first diagnosed it).
+    pub since: SystemTime,
+    /// The vantages it was diagnosed with, and whether each is configured.
+    pub vantages: Vantages,
     /// Every attempt on each target of this port since it has been watched
     /// under this name, ordered by target (`portsight_probes_total`).
     pub probe_counts: Vec<(Target, OutcomeCounts)>,
@@ -218,6 +230,11 @@ impl PortStatus {
         !self.listeners.is_empty()
     }
 
+    /// Whether probes are sent to it ([`Origin::probes`]).
+    pub fn probed(&self) -> bool {
+        self.origin.probes(self.protocol)
+    }
+
     pub fn key(&self) -> PortKey {
         PortKey {
             netns: self.netns.as_ref().map_or(NsId::OWN, |n| n.id),
@@ -249,9 +266,17 @@ pub struct PortJson<'a> {
     pub listening: bool,
     pub listeners: Vec<ListenerJson>,
     pub probes: Vec<ProbeJson<'a>>,
-    pub diagnosis: &'a Diagnosis,
+    pub diagnosis: DiagnosisJson<'a>,
     pub netns: Option<&'a Namespace>,
     pub forward: Option<ForwardJson<'a>>,
+}
+
+/// The diagnosis with `since`: when its cause began to hold (RFC 3339).
+#[derive(Debug, Serialize)]
+pub struct DiagnosisJson<'a> {
+    #[serde(flatten)]
+    pub diagnosis: &'a Diagnosis,
+    pub since: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -329,7 +354,10 @@ impl PortStatus {
                     at: rfc3339(r.at),
                 })
                 .collect(),
-            diagnosis: &self.diagnosis,
+            diagnosis: DiagnosisJson {
+                diagnosis: &self.diagnosis,
+                since: rfc3339(self.since),
+            },
             netns: self.netns.as_ref(),
             forward: self.forward.as_ref().map(|f| ForwardJson {
                 via: f.via,

@@ -275,6 +275,11 @@ fn http_endpoints() {
     let r = get(s.addr, "/");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let csp = r.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.starts_with("default-src 'none'; style-src 'sha256-"),
+        "the page may run no script: {csp:?}"
+    );
     assert!(
         r.body.contains("href=\"metrics\""),
         "the landing page links /metrics"

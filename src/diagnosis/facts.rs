@@ -112,7 +112,7 @@ pub(super) fn silent_udp(input: &Input, r: &ProbeResult) -> bool {
 
 /// What a policy asks of a vantage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Want {
+pub enum Want {
     /// Every target must answer.
     All,
     /// At least one target must answer (`local` on loopback: 127.0.0.1 or ::1).
@@ -121,7 +121,7 @@ pub(super) enum Want {
     None,
 }
 
-pub(super) fn want(expect: Expect, vantage: Vantage) -> Want {
+pub fn want(expect: Expect, vantage: Vantage) -> Want {
     use Vantage::*;
     match (expect, vantage) {
         (Expect::Public | Expect::Auto, _) => Want::All,

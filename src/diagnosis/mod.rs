@@ -25,8 +25,9 @@ use crate::probe::{ProbeResult, Vantage};
 use crate::snapshot::ForwardStatus;
 use crate::sockets::Listener;
 
-pub use facts::covers;
+pub use facts::{Want, covers, want};
 pub use firewall::Firewall;
+pub use words::{describe, not_measured};
 
 /// Why a port is (not) reachable. A closed set, in the order the rules
 /// evaluate it (DESIGN.md, "Diagnosis causes").
@@ -116,7 +117,7 @@ pub struct Failure {
 }
 
 /// Which vantages are configured, so that those not measured are named as such.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Vantages {
     pub loopback: bool,
     pub interface: bool,

@@ -22,7 +22,7 @@ pub(super) fn port_name(input: &Input) -> String {
 }
 
 /// `127.0.0.1:8080 (python3, pid 4242)`.
-pub(super) fn describe(l: &Listener) -> String {
+pub fn describe(l: &Listener) -> String {
     let addr = SocketAddr::new(l.address, l.port);
     match &l.owner {
         Some(o) => format!("{addr} ({}, pid {})", o.name, o.pid),
@@ -150,23 +150,33 @@ pub(super) fn evidence(input: &Input) -> Vec<String> {
     lines.extend(input.probes.iter().map(probe_line));
     for (v, configured) in input.vantages.each() {
         if !input.probes.iter().any(|r| r.target.vantage == v) {
-            lines.push(if !input.probed {
-                format!(
-                    "{}: not probed (a discovered UDP port; list it with protocol = \"udp\" to probe it)",
-                    v.as_str()
-                )
-            } else if configured && input.protocol == Protocol::Udp && v == Vantage::External {
-                "external: not measured (peers probe TCP only)".to_string()
-            } else if configured {
-                format!("{}: not measured yet", v.as_str())
-            } else if v == Vantage::External {
-                "external: not measured (no peers configured)".to_string()
-            } else {
-                format!("{}: not measured (turned off in the config)", v.as_str())
-            });
+            let why = not_measured(v, configured, input.protocol, input.probed);
+            lines.push(format!("{}: {why}", v.as_str()));
         }
     }
     lines
+}
+
+/// Why vantage `v` has no result for a port: `not measured yet`, `not
+/// measured (no peers configured)`, … (`configured`: the vantage is on;
+/// `probed`: the port is probed at all).
+pub fn not_measured(
+    v: Vantage,
+    configured: bool,
+    protocol: Protocol,
+    probed: bool,
+) -> &'static str {
+    if !probed {
+        "not probed (a discovered UDP port; list it with protocol = \"udp\" to probe it)"
+    } else if configured && protocol == Protocol::Udp && v == Vantage::External {
+        "not measured (peers probe TCP only)"
+    } else if configured {
+        "not measured yet"
+    } else if v == Vantage::External {
+        "not measured (no peers configured)"
+    } else {
+        "not measured (turned off in the config)"
+    }
 }
 
 /// `since the last scan`, or `12s ago`.

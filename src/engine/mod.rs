@@ -383,8 +383,8 @@ impl Engine {
     /// state's lock: two publishes never leave the older snapshot in place.
     fn publish(&self, config: &Config) {
         let mut st = self.lock();
-        let (snapshot, failures) = st.snapshot(config, SystemTime::now());
-        st.set_failures(failures);
+        let (snapshot, history) = st.snapshot(config, SystemTime::now());
+        st.set_history(history);
         self.snapshot.send_replace(Arc::new(snapshot));
     }
 

@@ -9,7 +9,7 @@ use std::ops::RangeInclusive;
 use std::time::{Instant, SystemTime};
 
 use crate::config::{Config, Protocol};
-use crate::diagnosis::{self, Failure, Firewall, Input, Vantages};
+use crate::diagnosis::{self, Cause, Failure, Firewall, Input, Vantages};
 use crate::diagnosis::{ConntrackView, QueueDrops};
 use crate::kernel::{Conntrack, TcpExt};
 use crate::netns::{Namespace, NsId};
@@ -21,6 +21,16 @@ use super::watch::{PortKey, WatchList, WatchedPort};
 
 /// Each watched port's last reachability failure, for `transient`.
 pub type Failures = HashMap<PortKey, Failure>;
+
+/// Each watched port's cause, and since when it has held.
+pub type Causes = HashMap<PortKey, (Cause, SystemTime)>;
+
+/// What one snapshot leads to: the history the next one starts from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    pub failures: Failures,
+    pub causes: Causes,
+}
 
 /// One socket scan, as read.
 #[derive(Debug, Clone)]
@@ -91,6 +101,7 @@ pub struct State {
     /// describe sockets that are gone, and are not shown.
     changed_at: HashMap<PortKey, Instant>,
     failures: Failures,
+    causes: Causes,
     /// Attempts that failed for want of a local resource: not evidence.
     discarded: Discarded,
     /// This host's interface addresses, as of the last probe round.
@@ -347,14 +358,17 @@ impl State {
         self.probed_at = Some(at);
     }
 
-    /// The failure history the next diagnosis starts from.
-    pub fn set_failures(&mut self, failures: Failures) {
-        self.failures = failures;
+    /// The history (failures, causes) the next diagnosis starts from.
+    pub fn set_history(&mut self, history: History) {
+        self.failures = history.failures;
+        self.causes = history.causes;
     }
 
     /// Diagnoses every watched port as of `now` and returns the snapshot
-    /// with the failure history it leads to (the input of the next one).
-    pub fn snapshot(&mut self, config: &Config, now: SystemTime) -> (Snapshot, Failures) {
+    /// with the history it leads to (the input of the next one): the last
+    /// failures, and each port's cause with since when it has held (ports
+    /// no longer watched are left out).
+    pub fn snapshot(&mut self, config: &Config, now: SystemTime) -> (Snapshot, History) {
         self.generation += 1;
         let vantages = Vantages {
             loopback: config.vantage.loopback,
@@ -367,6 +381,10 @@ impl State {
             .watch
             .ports()
             .map(|w| self.port_status(w, config, vantages, now))
+            .collect();
+        let causes = ports
+            .iter()
+            .map(|p| (p.key(), (p.diagnosis.cause, p.since)))
             .collect();
         for p in &ports {
             let d = &p.diagnosis;
@@ -393,7 +411,7 @@ impl State {
             discovery_left_out: self.watch.left_out(),
             namespaces: self.namespaces().cloned().collect(),
         };
-        (snapshot, failures)
+        (snapshot, History { failures, causes })
     }
 
     fn port_status(
@@ -432,6 +450,10 @@ impl State {
         let own = w.key.netns.is_own();
         let view = self.namespaces.get(&w.key.netns);
         let forward = self.forward_status(w.key);
+        let vantages = Vantages {
+            host: !own,
+            ..vantages
+        };
         let diagnosis = diagnosis::diagnose(&Input {
             port: w.key.port,
             protocol: w.key.protocol,
@@ -439,10 +461,7 @@ impl State {
             expect: w.expect,
             listeners: &listeners,
             probes: &probes,
-            vantages: Vantages {
-                host: !own,
-                ..vantages
-            },
+            vantages,
             last_failure: self.failures.get(&w.key),
             own_addresses: view.map_or(&self.own_addresses, |v| &v.addresses),
             transient_window: config.diagnosis.transient_window,
@@ -457,6 +476,10 @@ impl State {
             forward: forward.as_ref(),
             netns: (!own).then(|| (w.key.netns, view.map(|v| &v.ns))),
         });
+        let since = match self.causes.get(&w.key) {
+            Some(&(cause, at)) if cause == diagnosis.cause => at,
+            _ => now,
+        };
         let probe_counts = self
             .counts
             .get(&w.key)
@@ -472,6 +495,8 @@ impl State {
             listeners,
             probes,
             diagnosis,
+            since,
+            vantages,
             probe_counts,
             netns: view.map(|v| v.ns.clone()),
             forward,
@@ -575,7 +600,6 @@ mod tests {
 
     use super::*;
     use crate::config::{Expect, PortConfig};
-    use crate::diagnosis::Cause;
     use crate::probe::{Outcome, Shortage, Vantage};
 
     const PORT: u16 = 8080;
@@ -631,8 +655,8 @@ mod tests {
     }
 
     fn cause(st: &mut State, config: &Config, at: SystemTime) -> Cause {
-        let (snapshot, failures) = st.snapshot(config, at);
-        st.set_failures(failures);
+        let (snapshot, history) = st.snapshot(config, at);
+        st.set_history(history);
         snapshot.ports[0].diagnosis.cause
     }
 
@@ -711,13 +735,13 @@ mod tests {
         let mut st = State::default();
         st.apply_scan(&config, scan(&[]), t0, wall);
         st.record(&[KEY], vec![result(Outcome::Refused, t0)], |_| true);
-        let (_, failures) = st.snapshot(&config, wall);
-        assert_eq!(failures[&KEY].cause, Cause::NotListening);
+        let (_, history) = st.snapshot(&config, wall);
+        assert_eq!(history.failures[&KEY].cause, Cause::NotListening);
         assert!(
-            st.failures.is_empty(),
+            st.failures.is_empty() && st.causes.is_empty(),
             "snapshot changes no history on the side"
         );
-        st.set_failures(failures);
+        st.set_history(history);
         let t1 = t0 + Duration::from_secs(1);
         st.apply_scan(&config, scan(&[1]), t1, wall);
         st.record(&[KEY], vec![result(Outcome::Success, t1)], |_| true);
@@ -727,6 +751,52 @@ mod tests {
         );
         let later = wall + config.diagnosis.transient_window + Duration::from_secs(2);
         assert_eq!(cause(&mut st, &config, later), Cause::Ok);
+    }
+
+    /// `since` is the first snapshot that showed the current cause: it holds
+    /// while the cause does, moves when the cause changes, and a port no
+    /// longer watched leaves no history.
+    #[test]
+    fn since_is_when_the_cause_last_changed() {
+        let mut config = config();
+        let (t0, wall) = (
+            Instant::now(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1000),
+        );
+        let at = |s: u64| wall + Duration::from_secs(s);
+        let since = |st: &mut State, config: &Config, t: SystemTime| {
+            let (snapshot, history) = st.snapshot(config, t);
+            st.set_history(history);
+            let p = &snapshot.ports[0];
+            (p.diagnosis.cause, p.since)
+        };
+        let mut st = State::default();
+        st.apply_scan(&config, scan(&[]), t0, wall);
+        st.record(&[KEY], vec![result(Outcome::Refused, t0)], |_| true);
+        assert_eq!(since(&mut st, &config, at(0)), (Cause::NotListening, at(0)));
+        assert_eq!(
+            since(&mut st, &config, at(5)),
+            (Cause::NotListening, at(0)),
+            "held"
+        );
+        let t1 = t0 + Duration::from_secs(6);
+        st.apply_scan(&config, scan(&[1]), t1, at(6));
+        st.record(&[KEY], vec![result(Outcome::Success, t1)], |_| true);
+        assert_eq!(since(&mut st, &config, at(7)), (Cause::Transient, at(7)));
+        assert_eq!(since(&mut st, &config, at(8)), (Cause::Transient, at(7)));
+        let (snapshot, history) = st.snapshot(&config, at(9));
+        assert_eq!(history.causes[&KEY], (Cause::Transient, at(7)));
+        let json = serde_json::to_value(snapshot.status(None)).unwrap();
+        let d = &json["ports"][0]["diagnosis"];
+        assert_eq!(
+            (d["cause"].as_str(), d["since"].as_str()),
+            (Some("transient"), Some("1970-01-01T00:16:47.000Z")),
+            "{json}"
+        );
+        config.ports.clear();
+        st.apply_scan(&config, scan(&[1]), t1, at(10));
+        let (snapshot, history) = st.snapshot(&config, at(10));
+        assert!(snapshot.ports.is_empty() && history.causes.is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, Expect, Protocol};
+use crate::config::{Config, Expect};
 use crate::netns::NsId;
 use crate::sockets::{Listener, Scope};
 
@@ -33,11 +33,9 @@ pub struct WatchedPort {
 }
 
 impl WatchedPort {
-    /// Whether probes are sent to it: every TCP port, and configured UDP
-    /// ports. A discovered UDP port is diagnosed from the socket table only:
-    /// an unsolicited datagram can have effects.
+    /// Whether probes are sent to it ([`Origin::probes`]).
     pub fn probed(&self) -> bool {
-        self.key.protocol == Protocol::Tcp || self.origin == Origin::Config
+        self.origin.probes(self.key.protocol)
     }
 }
 

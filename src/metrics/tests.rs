@@ -31,6 +31,8 @@ fn port(port: u16, name: &str, expect: Expect, origin: Origin, cause: Cause) -> 
             firewall: Vec::new(),
             failed: None,
         },
+        since: std::time::SystemTime::UNIX_EPOCH,
+        vantages: Default::default(),
         probe_counts: Vec::new(),
         netns: None,
         forward: None,

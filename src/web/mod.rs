@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{ALLOW, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -288,11 +288,14 @@ async fn route<B: RequestBody>(
     let read_only = [Method::GET, Method::HEAD];
     match req.uri().path() {
         "/" => only(method, &read_only, || {
-            respond(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                status_page::render(&h.snapshot()),
-            )
+            let view = status_page::View::from_query(req.uri().query());
+            let page = status_page::render(&h.snapshot(), view, std::time::SystemTime::now());
+            let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", page);
+            r.headers_mut().insert(
+                CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(status_page::content_security_policy()),
+            );
+            r
         }),
         "/api/v1/status" => only(method, &read_only, || {
             match serde_json::to_vec(&h.snapshot().status(None)) {

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod certs;
+pub mod chromium;
 pub mod http;
 pub mod listener;
 pub mod netns;
