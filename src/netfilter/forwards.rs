@@ -28,16 +28,17 @@ use crate::forward::{Daddr, Forward, HostPort, Via};
 /// is one `HostPort::Range`.
 const EXPAND: u32 = 64;
 
-/// At most this many forwards in all (a ruleset of 10,000 services with two
-/// backends and two hooks stays below it).
+/// At most this many forwards in all (kube-proxy's 10,000 services with two
+/// endpoints each, cluster IP and node port, make 40,000).
 pub const MAX_FORWARDS: usize = 65_536;
 
 /// As deep as the kernel lets jumps go.
 const MAX_DEPTH: usize = 16;
 
-/// At most this many chains walked in all: a ruleset whose chains jump to
-/// each other many times over stays cheap.
-const MAX_STEPS: u32 = 200_000;
+/// At most this many chains walked in all (10,000 kube-proxy services take
+/// about 200,000): a ruleset whose chains jump to each other many times
+/// over stays cheap.
+const MAX_STEPS: u32 = 1_000_000;
 
 /// Ports as sorted, disjoint, inclusive ranges; `None`: not known.
 type Ports = Option<Vec<(u16, u16)>>;
@@ -411,7 +412,11 @@ fn merge_hooks(found: Vec<Forward>) -> Vec<Forward> {
 /// reached (the first nat rule that takes a connection decides).
 #[derive(Default)]
 struct Taken {
-    ones: HashMap<(Kind, u16), Vec<Vec<Daddr>>>,
+    /// By port and the first address condition (`None`: none): a later
+    /// forward looks only at the entries under its own conditions, not at
+    /// every earlier one of its port (kube-proxy has a cluster IP on port 80
+    /// per service).
+    ones: HashMap<(Kind, u16, Option<Daddr>), Vec<Vec<Daddr>>>,
     ranges: Vec<(Kind, (u16, u16), Vec<Daddr>)>,
 }
 
@@ -420,7 +425,10 @@ type Kind = (Hook, Family, Protocol);
 impl Taken {
     fn add(&mut self, kind: Kind, port: HostPort, daddr: &[Daddr]) {
         match port {
-            HostPort::One(p) => self.ones.entry((kind, p)).or_default().push(daddr.to_vec()),
+            HostPort::One(p) => {
+                let key = (kind, p, daddr.first().cloned());
+                self.ones.entry(key).or_default().push(daddr.to_vec());
+            }
             HostPort::Range(lo, hi) => self.ranges.push((kind, (lo, hi), daddr.to_vec())),
             HostPort::Unknown => {}
         }
@@ -430,9 +438,12 @@ impl Taken {
         let wider = |earlier: &[Daddr]| earlier.iter().all(|c| daddr.contains(c));
         let (lo, hi) = match port {
             HostPort::One(p) => {
-                let ones = self.ones.get(&(kind, p));
-                if ones.is_some_and(|e| e.iter().any(|d| wider(d))) {
-                    return true;
+                let firsts = std::iter::once(None).chain(daddr.iter().cloned().map(Some));
+                for first in firsts {
+                    let earlier = self.ones.get(&(kind, p, first));
+                    if earlier.is_some_and(|e| e.iter().any(|d| wider(d))) {
+                        return true;
+                    }
                 }
                 (p, p)
             }
