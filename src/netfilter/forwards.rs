@@ -14,6 +14,7 @@
 //! gives one forward per backend, each with its condition.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -47,7 +48,7 @@ const EVERY_PORT: (u16, u16) = (0, u16::MAX);
 
 /// What a connection must be to reach a rule.
 #[derive(Debug, Clone)]
-struct Path {
+struct Path<'a> {
     tcp: bool,
     udp: bool,
     v4: bool,
@@ -55,11 +56,12 @@ struct Path {
     ports: Ports,
     daddr: Vec<Daddr>,
     conditions: Vec<String>,
-    chains: Vec<String>,
+    /// Borrowed from the ruleset: a path is cloned for every rule it meets.
+    chains: Vec<&'a str>,
     comment: Option<String>,
 }
 
-impl Path {
+impl Path<'_> {
     fn possible(&self) -> bool {
         (self.tcp || self.udp)
             && (self.v4 || self.v6)
@@ -387,21 +389,27 @@ pub fn forwards(rs: &Ruleset) -> Vec<Forward> {
 /// One forward per backend and conditions, with every hook it is reached at.
 fn merge_hooks(found: Vec<Forward>) -> Vec<Forward> {
     let mut out: Vec<Forward> = Vec::with_capacity(found.len());
-    let mut index: HashMap<Forward, usize> = HashMap::new();
+    let mut hooks: Vec<Vec<Hook>> = Vec::with_capacity(found.len());
+    // By hash, so that no forward is cloned to be a key; `out` holds them
+    // without their hooks until the end, so that `==` compares the rest.
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+    let state = std::hash::RandomState::new();
     for mut f in found {
-        let hooks = std::mem::take(&mut f.hooks);
-        match index.get(&f) {
-            Some(&i) => out[i].hooks.extend(hooks),
+        let h = std::mem::take(&mut f.hooks);
+        let same = index.entry(state.hash_one(&f)).or_default();
+        match same.iter().find(|&&i| out[i] == f) {
+            Some(&i) => hooks[i].extend(h),
             None => {
-                index.insert(f.clone(), out.len());
-                f.hooks = hooks;
+                same.push(out.len());
                 out.push(f);
+                hooks.push(h);
             }
         }
     }
-    for f in &mut out {
-        f.hooks.sort_unstable();
-        f.hooks.dedup();
+    for (f, mut h) in out.iter_mut().zip(hooks) {
+        h.sort_unstable();
+        h.dedup();
+        f.hooks = h;
     }
     out
 }
@@ -465,7 +473,7 @@ struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    fn chain(&mut self, chain: &'a Chain, path: &Path, depth: usize) -> Flow {
+    fn chain(&mut self, chain: &'a Chain, path: &Path<'a>, depth: usize) -> Flow {
         self.steps += 1;
         if depth > MAX_DEPTH || self.steps > MAX_STEPS {
             return Flow::Next;
@@ -482,7 +490,7 @@ impl<'a> Walk<'a> {
 
     /// One rule on `path`: how the chain goes on for every connection of
     /// the path (`Next` unless the rule took them all).
-    fn rule(&mut self, chain: &'a Chain, rule: &'a Rule, path: &Path, depth: usize) -> Flow {
+    fn rule(&mut self, chain: &'a Chain, rule: &'a Rule, path: &Path<'a>, depth: usize) -> Flow {
         let scope = (chain.family, chain.table.as_str());
         let mut p = path.clone();
         if rule.comment.is_some() {
@@ -541,8 +549,8 @@ impl<'a> Walk<'a> {
     fn verdict(
         &mut self,
         chain: &'a Chain,
-        v: &Verdict,
-        p: &Path,
+        v: &'a Verdict,
+        p: &Path<'a>,
         depth: usize,
         narrowed: bool,
     ) -> Flow {
@@ -554,7 +562,7 @@ impl<'a> Walk<'a> {
                     return Flow::Next;
                 };
                 let mut p = p.clone();
-                p.chains.push(t.clone());
+                p.chains.push(t.as_str());
                 let flow = self.chain(next, &p, depth + 1);
                 match (v, flow) {
                     (_, Flow::Final) => end(narrowed, Flow::Final),
@@ -567,7 +575,13 @@ impl<'a> Walk<'a> {
     }
 
     /// `KEY vmap { … }`: each element a path of its own.
-    fn vmap(&mut self, chain: &'a Chain, (key, data): (&Expr, &'a Expr), p: &Path, depth: usize) {
+    fn vmap(
+        &mut self,
+        chain: &'a Chain,
+        (key, data): (&Expr, &'a Expr),
+        p: &Path<'a>,
+        depth: usize,
+    ) {
         let Some(items) = self.elements(chain, data) else {
             return;
         };
@@ -590,7 +604,7 @@ impl<'a> Walk<'a> {
     }
 
     /// The path of a map's element: its key equals the element's.
-    fn narrow_by_key(&self, chain: &Chain, q: &mut Path, key: &Expr, k: &Expr) {
+    fn narrow_by_key(&self, chain: &Chain, q: &mut Path<'a>, key: &Expr, k: &Expr) {
         let scope = (chain.family, chain.table.as_str());
         match (key, k) {
             (Expr::Concat(parts), Expr::Concat(values)) if parts.len() == values.len() => {
@@ -603,7 +617,7 @@ impl<'a> Walk<'a> {
     }
 
     /// A `dnat` or `redirect` statement: its target, or each of its map's.
-    fn nat(&mut self, chain: &'a Chain, rule: &'a Rule, p: &Path, nat: &Nat) {
+    fn nat(&mut self, chain: &'a Chain, rule: &'a Rule, p: &Path<'a>, nat: &Nat) {
         let port = match &nat.port {
             None => TargetPort::Same,
             Some(Expr::Num(n)) => u16::try_from(*n).map_or(TargetPort::Unknown, TargetPort::Port),
@@ -646,7 +660,7 @@ impl<'a> Walk<'a> {
     }
 
     /// The forwards of one path to one target.
-    fn emit(&mut self, chain: &Chain, rule: &Rule, p: &Path, t: Target) {
+    fn emit(&mut self, chain: &Chain, rule: &Rule, p: &Path<'_>, t: Target) {
         let families = families(chain.family, p, &t);
         let protocols = [(p.tcp, Protocol::Tcp), (p.udp, Protocol::Udp)];
         let text = self
@@ -694,7 +708,7 @@ impl<'a> Walk<'a> {
                         daddr: p.daddr.clone(),
                         conditions: conditions.clone(),
                         hooks: vec![self.hook],
-                        chains: p.chains.clone(),
+                        chains: p.chains.iter().map(|c| (*c).to_string()).collect(),
                         rule: Some(rule_text.clone()),
                         comment: p.comment.clone(),
                         pid: None,
@@ -732,7 +746,7 @@ fn mapped(v: &Expr, port: TargetPort) -> (Option<IpAddr>, TargetPort) {
 
 /// The families of the connections a path's target takes, each with its
 /// backend address (a redirect's: the family's loopback address).
-fn families(table: Family, p: &Path, t: &Target) -> Vec<(Family, Option<IpAddr>)> {
+fn families(table: Family, p: &Path<'_>, t: &Target) -> Vec<(Family, Option<IpAddr>)> {
     let by_addr = t.addr.map(|a| a.is_ipv4());
     let by_stmt = match t.family {
         Some(Family::Ip) => Some(true),
