@@ -7,6 +7,7 @@ pub mod descriptors;
 pub mod diagnosis;
 pub mod engine;
 pub mod escape;
+pub mod forward;
 pub mod kernel;
 pub mod metrics;
 pub mod netfilter;

@@ -151,11 +151,12 @@ impl At<'_> {
 }
 
 /// `ip saddr`, `meta mark`, `ct mark`: what a rule looks at, for words.
-fn field_name(e: &Expr) -> String {
+pub(super) fn field_name(e: &Expr) -> String {
     match e {
         Expr::Payload { protocol, field } => format!("{protocol} {field}"),
         Expr::Meta(key) => format!("meta {key}"),
         Expr::Ct(key) => format!("ct {key}"),
+        Expr::Numgen(mode) => format!("numgen {mode}"),
         Expr::Fib { result, flags } => format!("fib {} {result}", flags.join(" . ")),
         Expr::Concat(parts) => parts.iter().map(field_name).collect::<Vec<_>>().join(" . "),
         _ => "an expression portsight does not interpret".into(),
@@ -411,7 +412,9 @@ impl<'a> Walk<'a, '_> {
                     scope.matches(self.at, op, left, right),
                     format!("{} of the packet is not known here", field_name(left)),
                 ),
-                Stmt::Neutral => continue,
+                // A nat statement is only in a nat chain, which this walk
+                // of the filtering chains never enters.
+                Stmt::Neutral | Stmt::Nat(_) => continue,
                 Stmt::Unknown(name) => (
                     Tri::Maybe,
                     format!("the statement '{name}' is not interpreted"),

@@ -4,6 +4,7 @@
 //! [`text`]) and from matching ([`eval`]), which are pure.
 
 pub mod eval;
+pub mod forwards;
 pub mod packet;
 pub mod read;
 pub mod ruleset;

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 /// The hooks a packet passes, in path order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hook {
     Output,
     Prerouting,

@@ -104,10 +104,33 @@ pub enum Stmt {
         kind: String,
         name: String,
     },
+    /// `dnat to …`, `redirect to :…`: ends the rule's walk in a nat chain.
+    Nat(Nat),
     /// A statement that neither filters nor decides (counter, log, …).
     Neutral,
     /// A statement portsight does not interpret, by its name: it may stop the rule.
     Unknown(String),
+}
+
+/// Which nat statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    Dnat,
+    Redirect,
+}
+
+/// A destination nat statement: `dnat ip to 10.77.50.2:80`, `dnat to
+/// tcp dport map { 8100 : 10.77.50.7 . 80 }`, `redirect to :22`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nat {
+    pub kind: NatKind,
+    /// `dnat ip to` / `dnat ip6 to` (an `inet` table's).
+    pub family: Option<Family>,
+    /// The new address: a literal, or a map from a packet field; `None`
+    /// for a redirect.
+    pub addr: Option<Expr>,
+    /// The new port (a number or a range); `None`: the packet's own.
+    pub port: Option<Expr>,
 }
 
 /// An expression: the left side of a match (what to look at in the packet)
@@ -127,12 +150,19 @@ pub enum Expr {
     Concat(Vec<Expr>),
     /// A map element: key and verdict.
     Mapping(Box<Expr>, Verdict),
+    /// `KEY map { … }` or `KEY map @name`: the value of the key's element.
+    Map {
+        key: Box<Expr>,
+        data: Box<Expr>,
+    },
     Payload {
         protocol: String,
         field: String,
     },
     Meta(String),
     Ct(String),
+    /// `numgen random mod 2`: a number the kernel draws, by its mode.
+    Numgen(String),
     Fib {
         result: String,
         flags: Vec<String>,
@@ -311,8 +341,25 @@ fn stmt(v: &Value) -> Stmt {
             kind: body["type"].as_str().unwrap_or("?").to_string(),
             name: body["name"].as_str().unwrap_or("?").to_string(),
         },
+        "dnat" | "redirect" => Stmt::Nat(nat(name, body)),
         "counter" | "log" | "mangle" | "notrack" | "set" | "flow" | "ct helper" => Stmt::Neutral,
         other => Stmt::Unknown(other.to_string()),
+    }
+}
+
+/// `{"dnat": {"family": "ip", "addr": "10.77.50.2", "port": 80}}`,
+/// `{"redirect": {"port": 22}}`, `{"redirect": null}`.
+fn nat(name: &str, body: &Value) -> Nat {
+    let field = |k: &str| body.get(k).map(expr);
+    Nat {
+        kind: if name == "dnat" {
+            NatKind::Dnat
+        } else {
+            NatKind::Redirect
+        },
+        family: body["family"].as_str().and_then(Family::parse),
+        addr: field("addr"),
+        port: field("port"),
     }
 }
 
@@ -379,7 +426,12 @@ fn object_expr(v: &Value) -> Expr {
             protocol: text("protocol"),
             field: text("field"),
         },
+        "map" => Expr::Map {
+            key: Box::new(expr(&body["key"])),
+            data: Box::new(expr(&body["data"])),
+        },
         "meta" => Expr::Meta(text("key")),
+        "numgen" => Expr::Numgen(text("mode")),
         "ct" if body.get("dir").is_none() => Expr::Ct(text("key")),
         "fib" => Expr::Fib {
             result: text("result"),

@@ -7,7 +7,7 @@
 //! is, where the text says it unambiguously; every other one stays `Xt`,
 //! which the matcher treats as "may match" and says so.
 
-use super::ruleset::{Chain, Expr, Rule, Ruleset, Stmt, Verdict};
+use super::ruleset::{Chain, Expr, Family, Nat, NatKind, Rule, Ruleset, Stmt, Verdict};
 
 /// iptables targets that neither drop nor accept: the rule goes on.
 const GOES_ON: &[&str] = &[
@@ -54,8 +54,12 @@ pub fn translate(rule: &mut Rule, text: Option<&str>) {
     for s in &mut rule.stmts {
         let Stmt::Xt { kind, name } = s else { continue };
         let meaning = match (kind.as_str(), name.as_str()) {
+            ("target", "DNAT" | "REDIRECT") => nat(&words),
             ("target", t) => target(t),
             ("match", "comment") => Some(Stmt::Neutral),
+            // `-p tcp -m tcp` with no option of its own: nothing but the
+            // protocol, which the rule matches already.
+            ("match", p @ ("tcp" | "udp")) if !has_clause(&words, p) => Some(Stmt::Neutral),
             ("match", "multiport") if native.dport == 0 => dport(&words),
             ("match", "conntrack" | "state") if native.ct == 0 => ct_state(&words),
             ("match", "addrtype") if native.fib == 0 => fib_daddr(&words),
@@ -77,6 +81,81 @@ fn target(name: &str) -> Option<Stmt> {
         n if GOES_ON.contains(&n) => Stmt::Neutral,
         _ => return None,
     })
+}
+
+/// Whether `proto` starts a clause of the text (`tcp dport 80`), other
+/// than as the value of `meta l4proto tcp`.
+fn has_clause(words: &[&str], proto: &str) -> bool {
+    (0..words.len()).any(|i| words[i] == proto && (i == 0 || words[i - 1] != "l4proto"))
+}
+
+/// `dnat to 10.77.60.2:8080`, `dnat ip to 10.77.50.3`, `dnat to
+/// [fd77::2]:80`, `redirect to :22`, `redirect`: the one nat clause of
+/// the text. `None` when there is not exactly one, or it says more than an
+/// address and port (a map, a range of addresses).
+pub fn nat(words: &[&str]) -> Option<Stmt> {
+    let at: Vec<usize> = (0..words.len())
+        .filter(|&i| matches!(words[i], "dnat" | "redirect"))
+        .collect();
+    let &[i] = at.as_slice() else { return None };
+    let kind = if words[i] == "dnat" {
+        NatKind::Dnat
+    } else {
+        NatKind::Redirect
+    };
+    let mut rest = &words[i + 1..];
+    let family = match rest.first() {
+        Some(&"ip") => Some(Family::Ip),
+        Some(&"ip6") => Some(Family::Ip6),
+        _ => None,
+    };
+    if family.is_some() {
+        rest = &rest[1..];
+    }
+    let spec = match rest {
+        ["to", spec, ..] => Some(*spec),
+        _ => None,
+    };
+    let (addr, port) = match (kind, spec) {
+        (NatKind::Redirect, None) => (None, None),
+        (NatKind::Redirect, Some(s)) => (None, Some(port_expr(s.strip_prefix(':')?)?)),
+        (NatKind::Dnat, Some(s)) => address_and_port(s)?,
+        (NatKind::Dnat, None) => return None,
+    };
+    Some(Stmt::Nat(Nat {
+        kind,
+        family,
+        addr,
+        port,
+    }))
+}
+
+/// `10.77.50.2:80`, `10.77.50.2`, `[fd77::2]:80`, `fd77::2`, `10.77.50.2:80-90`.
+fn address_and_port(spec: &str) -> Option<(Option<Expr>, Option<Expr>)> {
+    let (addr, port) = if let Some(rest) = spec.strip_prefix('[') {
+        let (a, after) = rest.split_once(']')?;
+        (a, after.strip_prefix(':'))
+    } else if spec.matches(':').count() == 1 {
+        let (a, p) = spec.split_once(':')?;
+        (a, Some(p))
+    } else {
+        (spec, None)
+    };
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let port = match port {
+        Some(p) => Some(port_expr(p)?),
+        None => None,
+    };
+    Some((Some(Expr::Str(addr.to_string())), port))
+}
+
+/// `80` or `80-90`.
+fn port_expr(s: &str) -> Option<Expr> {
+    let num = |s: &str| s.parse::<u16>().ok().map(|p| Expr::Num(p.into()));
+    match s.split_once('-') {
+        Some((lo, hi)) => Some(Expr::Range(Box::new(num(lo)?), Box::new(num(hi)?))),
+        None => num(s),
+    }
 }
 
 /// How many native matches of a kind the rule's JSON has: a clause of the
@@ -283,6 +362,55 @@ mod tests {
             xt("target", "TARPIT")
         );
         assert_eq!(rule(vec![xt("target", "LOG")], "log")[0], Stmt::Neutral);
+    }
+
+    fn nat_of(kind: NatKind, addr: Option<&str>, port: Option<Expr>) -> Stmt {
+        Stmt::Nat(Nat {
+            kind,
+            family: None,
+            addr: addr.map(|a| Expr::Str(a.into())),
+            port,
+        })
+    }
+
+    #[test]
+    fn dnat_and_redirect_targets_from_their_text() {
+        let dnat = || vec![xt("match", "tcp"), xt("target", "DNAT")];
+        let s = rule(dnat(), "meta l4proto tcp counter dnat to 10.77.60.2:8080");
+        let want = nat_of(NatKind::Dnat, Some("10.77.60.2"), Some(Expr::Num(8080)));
+        assert_eq!(s, [Stmt::Neutral, want]);
+        let s = rule(
+            dnat(),
+            "iifname != \"docker0\" tcp dport 8443 dnat to 10.77.50.3",
+        );
+        assert_eq!(
+            s[0],
+            xt("match", "tcp"),
+            "a tcp clause: not only the protocol"
+        );
+        assert_eq!(s[1], nat_of(NatKind::Dnat, Some("10.77.50.3"), None));
+        let s = rule(vec![xt("target", "DNAT")], "dnat to [fd77:50::2]:80-90");
+        let range = Expr::Range(Box::new(Expr::Num(80)), Box::new(Expr::Num(90)));
+        assert_eq!(s[0], nat_of(NatKind::Dnat, Some("fd77:50::2"), Some(range)));
+        let s = rule(
+            vec![xt("target", "REDIRECT")],
+            "tcp dport 80 redirect to :3128",
+        );
+        assert_eq!(s[0], nat_of(NatKind::Redirect, None, Some(Expr::Num(3128))));
+        let s = rule(vec![xt("target", "REDIRECT")], "redirect");
+        assert_eq!(s[0], nat_of(NatKind::Redirect, None, None));
+    }
+
+    #[test]
+    fn a_dnat_whose_text_nft_could_not_translate_stays_xt() {
+        // ip6tables' DNAT as nft 1.0.6 prints it: "XT target DNAT not found".
+        let s = rule(
+            vec![xt("target", "DNAT")],
+            "iifname != \"docker0\" tcp dport 8080 counter",
+        );
+        assert_eq!(s[0], xt("target", "DNAT"));
+        let s = rule(vec![xt("target", "DNAT")], "dnat to somewhere");
+        assert_eq!(s[0], xt("target", "DNAT"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod interfaces;
 pub mod netlink;
 pub mod process;
 pub mod procfs;
+pub mod proxy;
 
 use std::net::IpAddr;
 use std::path::Path;
