@@ -138,11 +138,14 @@ impl World {
     /// listen there when given.
     fn run_in(&mut self, c: usize, command: &str, port: Option<u16>) {
         let k = &self.containers[c];
+        // Into the cgroup first: `ip netns exec` mounts a /sys of its own,
+        // without the cgroup hierarchies.
         self.started.push(format!(
-            "ip netns exec {} unshare --uts sh -c 'hostname {}; echo $$ > {}/cgroup.procs; exec {command}'",
+            "sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {} unshare --uts sh -c \"hostname {}; exec {}\"'",
+            k.cgroup.0.display(),
             k.ns.name,
             k.hostname,
-            k.cgroup.0.display()
+            command.replace('\\', "\\\\").replace('"', "\\\"")
         ));
         if let Some(port) = port {
             self.awaited.push((k.ns.name.clone(), port));
@@ -161,7 +164,7 @@ impl World {
     fn app(&mut self, c: usize, addr: &str, port: u16) {
         self.run_in(
             c,
-            &format!("socat TCP-LISTEN:{port},bind={addr},fork,reuseaddr SYSTEM:\"echo hello\""),
+            &format!("socat TCP-LISTEN:{port},bind={addr},fork,reuseaddr SYSTEM:true"),
             Some(port),
         );
     }
@@ -169,7 +172,8 @@ impl World {
     /// A docker-proxy-like userland proxy: host port `port` to `backend`.
     fn proxy(&mut self, port: u16, backend: &str) {
         self.run_on_host(
-            &format!("socat TCP-LISTEN:{port},fork,reuseaddr TCP:{backend}"),
+            // Both families, as docker-proxy listens.
+            &format!("socat TCP6-LISTEN:{port},ipv6only=0,fork,reuseaddr TCP:{backend}"),
             Some(port),
         );
     }
@@ -178,13 +182,15 @@ impl World {
     /// starts everything, waits for what must listen, then execs its
     /// arguments (portsight).
     fn driver(&self) -> PathBuf {
+        let log = self.dir.path().join("started.log");
+        let log = log.display();
         let mut s = String::from("#!/bin/sh\n");
         for cmd in &self.started {
-            s.push_str(&format!("{cmd} >/dev/null 2>&1 &\n"));
+            s.push_str(&format!("{cmd} >/dev/null 2>>{log} &\n"));
         }
         for (ns, port) in &self.awaited {
             s.push_str(&format!(
-                "i=0; until ip netns exec {ns} ss -Hltn 'sport = :{port}' | grep -q .; do i=$((i+1)); [ $i -lt 100 ] || {{ echo 'port {port} in {ns} never listened' >&2; exit 3; }}; sleep 0.1; done\n"
+                "i=0; until ip netns exec {ns} ss -Hltn 'sport = :{port}' | grep -q .; do i=$((i+1)); [ $i -lt 100 ] || {{ echo 'port {port} in {ns} never listened:' >&2; cat {log} >&2; exit 3; }}; sleep 0.1; done\n"
             ));
         }
         s.push_str("exec \"$@\"\n");
@@ -210,7 +216,18 @@ impl World {
         path
     }
 
-    fn unshared(&self) -> Vec<String> {
+    /// The command that runs ARGS as the first process of a private PID
+    /// namespace in the host's network namespace: `nsenter --net`, not `ip
+    /// netns exec`, which mounts a /sys of its own without the cgroup
+    /// hierarchies the containers' processes are moved into.
+    fn unshared(&self) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.host.name));
+        cmd.args(self.unshare_args());
+        cmd
+    }
+
+    fn unshare_args(&self) -> Vec<String> {
         vec![
             "unshare".into(),
             "--pid".into(),
@@ -224,9 +241,8 @@ impl World {
     /// `portsight check --json ARGS` in the world: its exit code and JSON.
     fn check(&self, args: &[&str]) -> (i32, Value) {
         let config = self.config("");
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.host.name])
-            .args(self.unshared())
+        let out = self
+            .unshared()
             .args([PORTSIGHT, "check", "--json", "--config"])
             .arg(&config)
             .args(args)
@@ -245,14 +261,11 @@ impl World {
     /// `portsight serve` in the world, ready.
     fn serve(&self) -> Served {
         let config = self.config("");
-        let wrapper = self.unshared();
-        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-        let config = config.display().to_string();
-        let mut served = self.host.serve_with(
-            &wrapper,
-            &[],
-            &["--config", &config, "--web.listen-address", "127.0.0.1:0"],
-        );
+        let mut cmd = self.unshared();
+        cmd.args([PORTSIGHT, "serve", "--config"])
+            .arg(&config)
+            .args(["--web.listen-address", "127.0.0.1:0"]);
+        let mut served = self.host.serve_from_outside(cmd);
         served.wait_ready();
         served
     }
@@ -384,6 +397,7 @@ fn an_app_on_the_containers_loopback_is_loopback_only_naming_the_container_and_b
     let (mut w, c) = docker_world("cl");
     w.app(c, "127.0.0.1", 80);
     let (code, json) = w.check(&["8080"]);
+    assert_eq!(json["sources"]["namespaces"], true, "{json:#}");
     assert_eq!(code, 1, "{json:#}");
     let p = port_of(&json, 8080);
     assert_eq!(p["diagnosis"]["cause"], "loopback_only", "{p:#}");

@@ -2,6 +2,7 @@
 //! each. [`run`] schedules them; [`state::State`] keeps what they found;
 //! [`live::Live`] is the configuration they run under.
 
+pub mod forwards;
 pub mod live;
 pub mod namespaces;
 pub mod run;
@@ -26,6 +27,7 @@ use crate::probe::{Target, Vantage};
 use crate::snapshot::{Snapshot, Sources};
 use crate::sockets::{self, Source, interfaces, process::Owners};
 
+use forwards::Forwards;
 pub use live::{Flags, Live, Loaded};
 use namespaces::Namespaces;
 use state::{Scan, State};
@@ -43,6 +45,8 @@ pub struct Engine {
     netfilter: Mutex<Option<netfilter::Reader>>,
     /// The scan of other network namespaces, and its thread.
     namespaces: Arc<Mutex<Namespaces>>,
+    /// The forwards of the host's ports, with their own ruleset reader.
+    forwards: Arc<Mutex<Forwards>>,
     snapshot: channel::Sender<Arc<Snapshot>>,
 }
 
@@ -79,6 +83,7 @@ impl Engine {
             outside: OutsideView::default(),
             netfilter: Mutex::new(Some(netfilter::Reader::default())),
             namespaces: Arc::default(),
+            forwards: Arc::default(),
             snapshot,
         }
     }
@@ -135,6 +140,7 @@ impl Engine {
     async fn read_sockets(&self, loaded: Arc<Loaded>) -> Result<Scan, String> {
         let proc_root = loaded.config.scan.proc_root.clone();
         let namespaces = Arc::clone(&self.namespaces);
+        let forwards = Arc::clone(&self.forwards);
         let mut owners = self
             .owners
             .lock()
@@ -146,6 +152,7 @@ impl Engine {
             let result = sockets::scan_listeners(&proc_root).map(|(mut listeners, source)| {
                 owners.fill(&mut listeners);
                 let others = lock(&namespaces).scan(&loaded.config);
+                let (forwarded, netfilter_up) = lock(&forwards).read(&proc_root);
                 let mut in_others = others.namespaces;
                 for n in &mut in_others {
                     owners.fill(&mut n.listeners);
@@ -158,7 +165,7 @@ impl Engine {
                         netlink: Some(netlink),
                         procfs: (!netlink).then_some(true),
                         owners: Some(owners.complete()),
-                        netfilter: None,
+                        netfilter: Some(netfilter_up),
                         namespaces: others.up,
                     },
                     ephemeral: watch::ephemeral_range(&proc_root),
@@ -167,7 +174,7 @@ impl Engine {
                         .ok(),
                     conntrack: crate::kernel::read_conntrack(&proc_root),
                     namespaces: in_others,
-                    forwards: None,
+                    forwards: Some(forwarded),
                 }
             });
             (result, (proc_root, owners))

@@ -2,21 +2,28 @@
 
 use std::net::{IpAddr, Ipv6Addr, TcpListener};
 
-use sysinfo::Networks;
-
-/// Every probe-worthy address on this host's network interfaces (see
-/// [`probe_worthy`]), de-duplicated and sorted (IPv4 first).
+/// Every probe-worthy address on the network interfaces of the calling
+/// thread's network namespace (see [`probe_worthy`]), de-duplicated and
+/// sorted (IPv4 first). `getifaddrs` asks over netlink, so a thread that
+/// entered another namespace gets that namespace's addresses (a list read
+/// from `/proc/net` would be the process's).
 pub fn interface_addresses() -> Vec<IpAddr> {
-    let networks = match Networks::new_with_refreshed_list() {
-        Ok(n) => n,
+    let ifaddrs = match nix::ifaddrs::getifaddrs() {
+        Ok(i) => i,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list network interfaces");
             return Vec::new();
         }
     };
-    let mut addrs: Vec<IpAddr> = networks
-        .values()
-        .flat_map(|data| data.ip_networks().iter().map(|net| net.addr))
+    let mut addrs: Vec<IpAddr> = ifaddrs
+        .filter_map(|i| i.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
         .filter(|&a| probe_worthy(a))
         .collect();
     addrs.sort_unstable();
