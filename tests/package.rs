@@ -378,14 +378,21 @@ fn the_service_runs_unprivileged_with_only_its_capabilities_and_sees_every_owner
 
 /// What each source should say with `caps`: owners need both
 /// CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, the nftables ruleset
-/// CAP_NET_ADMIN, the socket table nothing.
+/// CAP_NET_ADMIN, the socket table nothing; the namespace scan, outside a
+/// private PID namespace, is refused or cannot check the safety rule
+/// ([`support::namespaces_source`]).
 fn expected_sources(caps: &[String]) -> Vec<(&'static str, bool)> {
     let has = |c: &str| caps.iter().any(|have| have == c);
-    vec![
-        ("netfilter", has("net_admin")),
-        ("netlink", true),
-        ("owners", has("dac_read_search") && has("sys_ptrace")),
-    ]
+    let namespaces = support::namespaces_source(has("sys_ptrace"));
+    namespaces
+        .map(|up| ("namespaces", up))
+        .into_iter()
+        .chain([
+            ("netfilter", has("net_admin")),
+            ("netlink", true),
+            ("owners", has("dac_read_search") && has("sys_ptrace")),
+        ])
+        .collect()
 }
 
 /// `portsight_source_up` and the JSON's `sources` say exactly `want`.

@@ -28,6 +28,17 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
+/// What `sources.namespaces` says for a portsight run in a test namespace
+/// without a private PID namespace, with CAP_SYS_PTRACE (`ptrace`) or
+/// without: the safety rule refuses to look into other namespaces (the
+/// source is not used: `None`) when PID 1's namespace link can be read;
+/// where it cannot (without the capability, or on a machine whose PID 1
+/// hides it even from root, as this one's does) the rule cannot be
+/// checked, and the source says 0.
+pub fn namespaces_source(ptrace: bool) -> Option<bool> {
+    (!ptrace || std::fs::read_link("/proc/1/ns/net").is_err()).then_some(false)
+}
+
 /// Skips the calling test with a printed reason, or fails it in CI.
 /// Use as `if let Some(reason) = ... { skip(reason); return; }`.
 pub fn skip(reason: &str) {
