@@ -295,72 +295,26 @@ fn docker_nft(port: u16, backend: &str) -> String {
 /// Docker's nat rules for one published port, as Docker writes them with
 /// iptables (the nft backend).
 fn docker_iptables(host: &Host, port: u16, backend: &str) {
-    let port = port.to_string();
-    for rule in [
-        vec!["-t", "nat", "-N", "DOCKER"],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "DOCKER",
+    iptables(
+        host,
+        &[
+            "-t nat -N DOCKER",
+            "-t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+            "-t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER",
+            "-t nat -A POSTROUTING -s 10.77.50.0/24 ! -o br0 -j MASQUERADE",
+            "-t nat -A DOCKER -i br0 -j RETURN",
+            &format!(
+                "-t nat -A DOCKER ! -i br0 -p tcp -m tcp --dport {port} -j DNAT --to-destination {backend}"
+            ),
         ],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "!",
-            "-d",
-            "127.0.0.0/8",
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "DOCKER",
-        ],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            "10.77.50.0/24",
-            "!",
-            "-o",
-            "br0",
-            "-j",
-            "MASQUERADE",
-        ],
-        vec!["-t", "nat", "-A", "DOCKER", "-i", "br0", "-j", "RETURN"],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "DOCKER",
-            "!",
-            "-i",
-            "br0",
-            "-p",
-            "tcp",
-            "-m",
-            "tcp",
-            "--dport",
-            &port,
-            "-j",
-            "DNAT",
-            "--to-destination",
-            backend,
-        ],
-    ] {
+    );
+}
+
+/// Runs `iptables RULE` in `host` for each rule (arguments split at spaces).
+fn iptables(host: &Host, rules: &[&str]) {
+    for rule in rules {
         let mut args = vec!["iptables"];
-        args.extend(rule);
+        args.extend(rule.split(' '));
         host.exec(&args);
     }
 }
@@ -484,23 +438,21 @@ fn a_kubernetes_node_port_into_a_pod_on_loopback_names_the_pod() {
             .join(format!("default_web-7d4b9c_{uid}")),
     )
     .unwrap();
-    let h = &w.host;
-    for rule in [
-        "-t nat -N KUBE-SERVICES",
-        "-t nat -N KUBE-NODEPORTS",
-        "-t nat -N KUBE-SVC-ABCDEF",
-        "-t nat -N KUBE-SEP-123456",
-        "-t nat -A PREROUTING -m comment --comment kubernetes-service-portals -j KUBE-SERVICES",
-        "-t nat -A OUTPUT -m comment --comment kubernetes-service-portals -j KUBE-SERVICES",
-        "-t nat -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
-        "-t nat -A KUBE-NODEPORTS -p tcp -m comment --comment default/web:http -m tcp --dport 30080 -j KUBE-SVC-ABCDEF",
-        "-t nat -A KUBE-SVC-ABCDEF -m comment --comment default/web:http -j KUBE-SEP-123456",
-        "-t nat -A KUBE-SEP-123456 -p tcp -m comment --comment default/web:http -m tcp -j DNAT --to-destination 10.77.50.3:8080",
-    ] {
-        let mut args = vec!["iptables"];
-        args.extend(rule.split(' '));
-        h.exec(&args);
-    }
+    iptables(
+        &w.host,
+        &[
+            "-t nat -N KUBE-SERVICES",
+            "-t nat -N KUBE-NODEPORTS",
+            "-t nat -N KUBE-SVC-ABCDEF",
+            "-t nat -N KUBE-SEP-123456",
+            "-t nat -A PREROUTING -m comment --comment kubernetes-service-portals -j KUBE-SERVICES",
+            "-t nat -A OUTPUT -m comment --comment kubernetes-service-portals -j KUBE-SERVICES",
+            "-t nat -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
+            "-t nat -A KUBE-NODEPORTS -p tcp -m comment --comment default/web:http -m tcp --dport 30080 -j KUBE-SVC-ABCDEF",
+            "-t nat -A KUBE-SVC-ABCDEF -m comment --comment default/web:http -j KUBE-SEP-123456",
+            "-t nat -A KUBE-SEP-123456 -p tcp -m comment --comment default/web:http -m tcp -j DNAT --to-destination 10.77.50.3:8080",
+        ],
+    );
     w.app(c, "127.0.0.1", 8080);
     let (_, json) = w.check(&["30080"]);
     let p = port_of(&json, 30080);

@@ -69,6 +69,15 @@ const ALL_VANTAGES: Vantages = Vantages {
 };
 
 fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagnosis {
+    run_with(expect, listeners, probes, None)
+}
+
+fn run_with(
+    expect: Expect,
+    listeners: &[Listener],
+    probes: &[ProbeResult],
+    forward: Option<&ForwardStatus>,
+) -> Diagnosis {
     diagnose(&Input {
         port: PORT,
         protocol: Protocol::Tcp,
@@ -84,7 +93,7 @@ fn run(expect: Expect, listeners: &[Listener], probes: &[ProbeResult]) -> Diagno
         firewall: None,
         queue_drops: None,
         conntrack: None,
-        forward: None,
+        forward,
         netns: None,
     })
 }
@@ -861,24 +870,7 @@ fn published(via: &'static str, backend: &[&str], on_this_host: bool) -> Forward
 }
 
 fn run_through(listeners: &[Listener], probes: &[ProbeResult], f: &ForwardStatus) -> Diagnosis {
-    diagnose(&Input {
-        port: PORT,
-        protocol: Protocol::Tcp,
-        probed: true,
-        expect: Expect::Internal,
-        listeners,
-        probes,
-        vantages: ALL_VANTAGES,
-        last_failure: None,
-        own_addresses: &OWN,
-        transient_window: Duration::from_secs(300),
-        now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
-        firewall: None,
-        queue_drops: None,
-        conntrack: None,
-        forward: Some(f),
-        netns: None,
-    })
+    run_with(Expect::Internal, listeners, probes, Some(f))
 }
 
 #[test]
