@@ -429,7 +429,16 @@ fn without_cap_sys_admin_entering_is_refused_as_such() {
     if std::env::var(CHILD).as_deref() == Ok("no-admin") {
         let w: Value = serde_json::from_str(&std::env::var("PSNS_WORLD").unwrap()).unwrap();
         let other = w["other"].as_str().unwrap();
-        let found = find(&Roots::default()).unwrap();
+        // The sleeper in `other` is started in the background just before
+        // this child: wait for it to be there.
+        let mut found = find(&Roots::default()).unwrap();
+        for _ in 0..100 {
+            if !found.namespaces.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            found = find(&Roots::default()).unwrap();
+        }
         let names: Vec<&str> = found
             .namespaces
             .iter()

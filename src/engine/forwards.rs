@@ -3,6 +3,7 @@
 //! hands out the same ruleset until it changes) and the userland proxies
 //! among the processes.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,11 +14,14 @@ use crate::sockets::proxy;
 use super::state::Forward;
 use super::watch::PortKey;
 
-/// The ruleset's reader and the forwards of the ruleset it read last.
+/// The ruleset's reader and the forwards of the ruleset it read last; the
+/// proxy (or not) each process is, by pid.
 #[derive(Default)]
 pub struct Forwards {
     reader: netfilter::Reader,
     last: Option<(Arc<Ruleset>, Vec<Forward>)>,
+    /// Each process's proxy (or `None`), and how many scans read it.
+    processes: HashMap<u32, (Option<Forward>, u8)>,
 }
 
 impl Forwards {
@@ -42,9 +46,47 @@ impl Forwards {
                 (Vec::new(), false)
             }
         };
-        out.extend(proxy::scan(proc_root).iter().filter_map(mapped));
+        out.extend(self.proxies(proc_root));
         (out, up)
     }
+
+    /// The proxies among the processes: a process's command line is read
+    /// in the first two scans that see its pid (a process seen between
+    /// `fork` and `exec` still shows its parent's), then kept; one
+    /// directory listing per scan otherwise. Processes that are gone are
+    /// forgotten.
+    fn proxies(&mut self, proc_root: &Path) -> Vec<Forward> {
+        let Ok(entries) = std::fs::read_dir(proc_root) else {
+            return Vec::new();
+        };
+        let pids: HashSet<u32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        self.processes.retain(|pid, _| pids.contains(pid));
+        for &pid in &pids {
+            let entry = self.processes.entry(pid).or_insert((None, 0));
+            if entry.1 < 2 {
+                entry.0 = proxy_of(proc_root, pid);
+                entry.1 += 1;
+            }
+        }
+        let mut out: Vec<Forward> = self
+            .processes
+            .values()
+            .filter_map(|(f, _)| f.clone())
+            .collect();
+        out.sort_by_key(|f| (f.key, f.backend));
+        out
+    }
+}
+
+/// The forward process `pid` makes, if it is a proxy portsight knows.
+fn proxy_of(proc_root: &Path, pid: u32) -> Option<Forward> {
+    let cmdline = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+    let mut f = proxy::parse(&cmdline)?;
+    f.pid = Some(pid);
+    mapped(&f)
 }
 
 /// A forward of one host port to one known backend, as the state keeps it.
@@ -68,4 +110,39 @@ fn mapped(f: &forward::Forward) -> Option<Forward> {
         backend: f.backend()?,
         rule,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(root: &Path, pid: u32, cmdline: &str) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cmdline"), cmdline.replace(' ', "\0")).unwrap();
+    }
+
+    #[test]
+    fn a_proxy_is_read_in_its_first_two_scans_then_kept_until_it_goes() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        // Seen between fork and exec: the parent's command line first.
+        process(root, 41, "sh -c x");
+        process(root, 7, "sleep 600");
+        let mut f = Forwards::default();
+        assert!(f.proxies(root).is_empty());
+        process(root, 41, "socat TCP-LISTEN:8080,fork TCP:10.77.50.2:80");
+        let found = f.proxies(root);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, PortKey::tcp(8080));
+        assert_eq!(found[0].backend, "10.77.50.2:80".parse().unwrap());
+        // Read twice: kept without reading again.
+        process(root, 41, "sleep 1");
+        assert_eq!(f.proxies(root).len(), 1);
+        std::fs::remove_dir_all(root.join("41")).unwrap();
+        assert!(
+            f.proxies(root).is_empty(),
+            "a process that is gone is forgotten"
+        );
+    }
 }
