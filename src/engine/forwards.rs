@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::forward::{self, HostPort};
 use crate::netfilter::{self, Ruleset};
@@ -22,12 +23,21 @@ pub struct Forwards {
     last: Option<(Arc<Ruleset>, Vec<Forward>)>,
     /// Each process's proxy (or `None`), and how many scans read it.
     processes: HashMap<u32, (Option<Forward>, u8)>,
+    /// When reading the ruleset last failed: it is not tried again for
+    /// [`RETRY`] (no privilege, no `nft`: one `nft` run per scan would cost
+    /// more than the rest of the scan).
+    failed_at: Option<Instant>,
 }
+
+const RETRY: Duration = Duration::from_secs(30);
 
 impl Forwards {
     /// The forwards now, and whether the ruleset could be read (without
     /// it, only the proxies'). Blocking.
     pub fn read(&mut self, proc_root: &Path) -> (Vec<Forward>, bool) {
+        if self.failed_at.is_some_and(|at| at.elapsed() < RETRY) {
+            return (self.proxies(proc_root), false);
+        }
         let (mut out, up) = match self.reader.current() {
             Ok(rs) => {
                 if !self.last.as_ref().is_some_and(|(r, _)| Arc::ptr_eq(r, &rs)) {
@@ -35,6 +45,7 @@ impl Forwards {
                     let mapped = found.iter().filter_map(mapped).collect();
                     self.last = Some((rs, mapped));
                 }
+                self.failed_at = None;
                 (
                     self.last.as_ref().map_or_else(Vec::new, |(_, f)| f.clone()),
                     true,
@@ -43,6 +54,7 @@ impl Forwards {
             Err(e) => {
                 tracing::debug!(error = %e, "no forwards from the nat table");
                 self.last = None;
+                self.failed_at = Some(Instant::now());
                 (Vec::new(), false)
             }
         };
