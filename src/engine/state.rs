@@ -377,10 +377,18 @@ impl State {
             host: false,
         };
         let mut failures = self.failures.clone();
+        // Each port's listeners, found once: not every listener per port.
+        let mut by_port: HashMap<PortKey, Vec<Listener>> = HashMap::new();
+        for l in &self.listeners {
+            by_port.entry(PortKey::of(l)).or_default().push(l.clone());
+        }
         let ports: Vec<PortStatus> = self
             .watch
             .ports()
-            .map(|w| self.port_status(w, config, vantages, now))
+            .map(|w| {
+                let listeners = by_port.remove(&w.key).unwrap_or_default();
+                self.port_status(w, listeners, config, vantages, now)
+            })
             .collect();
         let causes = ports
             .iter()
@@ -417,16 +425,11 @@ impl State {
     fn port_status(
         &self,
         w: &WatchedPort,
+        mut listeners: Vec<Listener>,
         config: &Config,
         vantages: Vantages,
         now: SystemTime,
     ) -> PortStatus {
-        let mut listeners: Vec<Listener> = self
-            .listeners
-            .iter()
-            .filter(|l| PortKey::of(l) == w.key)
-            .cloned()
-            .collect();
         listeners.sort_by_key(|l| (l.address, l.inode));
         let since = self.changed_at.get(&w.key).copied();
         let mut probes: Vec<ProbeResult> = self
