@@ -2,12 +2,12 @@
 //! probe cycles and swapped in whole; readers only ever see a complete one.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::config::{Expect, Protocol};
+pub use crate::diagnosis::ForwardStatus;
 use crate::diagnosis::{Diagnosis, Vantages};
 use crate::netns::{Namespace, NsId};
 use crate::probe::{Attempt, Discarded, OutcomeCounts, ProbeResult, Target, Vantage};
@@ -205,24 +205,6 @@ pub struct PortStatus {
     /// Where the port is forwarded to (DNAT, redirect, a userland proxy),
     /// when it is.
     pub forward: Option<ForwardStatus>,
-}
-
-/// A watched port's forward and what its backend looks like.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ForwardStatus {
-    /// `dnat`, `redirect` or `proxy` (the `via` label).
-    pub via: &'static str,
-    pub backend: SocketAddr,
-    /// The other namespace of this host that holds the backend address;
-    /// `None` for the host's own namespace or another host.
-    pub netns: Option<Namespace>,
-    /// The backend is on this host (in its own or another namespace), so
-    /// its listeners are known; else it is on another host (`forwarded`).
-    pub on_this_host: bool,
-    /// The backend port's listeners in that namespace.
-    pub backend_listeners: Vec<Listener>,
-    /// Where the forward is written: the rule, or the proxy process.
-    pub rule: Option<String>,
 }
 
 impl PortStatus {

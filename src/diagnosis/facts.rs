@@ -9,8 +9,7 @@ use crate::config::{Expect, Protocol};
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::sockets::{Family, Listener, Scope};
 
-use super::Input;
-use super::through::Through;
+use super::{Cause, ForwardStatus, Input};
 
 /// The facts of one port that the rules decide on.
 #[derive(Debug)]
@@ -208,4 +207,55 @@ fn wanted_failures(expect: Expect, probes: &[ProbeResult]) -> Vec<&ProbeResult> 
 fn queue_full(l: &Listener) -> bool {
     l.accept_queue_limit
         .is_some_and(|limit| l.accept_queue_length > 0 && l.accept_queue_length >= limit)
+}
+
+/// What the forward of a port says, worked out once.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Through<'a> {
+    /// Not forwarded.
+    Direct,
+    /// Forwarded to another host: portsight cannot see its listeners.
+    Away(&'a ForwardStatus),
+    /// Forwarded to a backend of this host, whose listeners take the
+    /// backend address: the forward answers for the port.
+    Served,
+    /// Forwarded to a backend of this host that nothing takes: the cause is
+    /// the backend's.
+    Broken(&'a ForwardStatus, Cause),
+}
+
+impl<'a> Through<'a> {
+    pub fn of(input: &Input<'a>) -> Through<'a> {
+        let Some(f) = input.forward else {
+            return Through::Direct;
+        };
+        if !f.on_this_host {
+            return Through::Away(f);
+        }
+        let ip = f.backend.ip();
+        let ls = &f.backend_listeners;
+        if ls.iter().any(|l| covers(l, ip)) {
+            Through::Served
+        } else if ls.is_empty() {
+            Through::Broken(f, Cause::NotListening)
+        } else if ls.iter().all(|l| l.scope() == Scope::Loopback) {
+            Through::Broken(f, Cause::LoopbackOnly)
+        } else if other_family_wildcard(ls, ip).is_some()
+            && !ls
+                .iter()
+                .any(|l| l.family == crate::sockets::Family::of(ip))
+        {
+            Through::Broken(f, Cause::AddressFamilyMismatch)
+        } else {
+            Through::Broken(f, Cause::BoundElsewhere)
+        }
+    }
+
+    /// The broken forward's cause is `cause`.
+    pub fn broken_as(self, cause: Cause) -> Option<&'a ForwardStatus> {
+        match self {
+            Through::Broken(f, c) if c == cause => Some(f),
+            _ => None,
+        }
+    }
 }

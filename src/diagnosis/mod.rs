@@ -22,7 +22,6 @@ use crate::config::{Expect, Protocol};
 use crate::netfilter::NamedRule;
 use crate::netns::Namespace;
 use crate::probe::{ProbeResult, Vantage};
-use crate::snapshot::ForwardStatus;
 use crate::sockets::Listener;
 
 pub use facts::{Want, covers, want};
@@ -179,6 +178,24 @@ pub struct Input<'a> {
     /// For a port of another namespace: that namespace, `Some(None)` when
     /// the last scan did not see it; `None` for the host's own.
     pub netns: Option<(crate::netns::NsId, Option<&'a Namespace>)>,
+}
+
+/// A watched port's forward and what its backend looks like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardStatus {
+    /// `dnat`, `redirect` or `proxy` (the `via` label).
+    pub via: &'static str,
+    pub backend: SocketAddr,
+    /// The other namespace of this host that holds the backend address;
+    /// `None` for the host's own namespace or another host.
+    pub netns: Option<Namespace>,
+    /// The backend is on this host (in its own or another namespace), so
+    /// its listeners are known; else it is on another host (`forwarded`).
+    pub on_this_host: bool,
+    /// The backend port's listeners in that namespace.
+    pub backend_listeners: Vec<Listener>,
+    /// Where the forward is written: the rule, or the proxy process.
+    pub rule: Option<String>,
 }
 
 /// The connection-tracking table as of the last scan, and the last growth

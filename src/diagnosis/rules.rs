@@ -10,9 +10,9 @@ use crate::config::Expect;
 use crate::probe::{Outcome, ProbeResult, Vantage};
 use crate::sockets::Scope;
 
-use super::facts::{Facts, other_family_wildcard};
+use super::facts::{Facts, Through, other_family_wildcard};
 use super::firewall::blame;
-use super::through::{self, Through};
+use super::through;
 use super::words::{
     describe, failed_verb, listening_on, ok_summary, owner_or_port, owner_or_process, owners,
     port_name, targets, vantage_names, when,

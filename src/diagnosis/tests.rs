@@ -1,7 +1,6 @@
 use super::*;
 use crate::netns::Namespace;
 use crate::probe::{Outcome, Target};
-use crate::snapshot::ForwardStatus;
 use crate::sockets::Owner;
 
 const PORT: u16 = 8080;

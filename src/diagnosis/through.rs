@@ -3,63 +3,10 @@
 //! by the backend's listeners there, and the words name the container and
 //! the backend. A proxy listening on the host port never hides them.
 
-use crate::snapshot::ForwardStatus;
-use crate::sockets::{Listener, Scope};
+use crate::sockets::Listener;
 
-use super::facts::{covers, other_family_wildcard};
 use super::words::{listening_on, port_name};
-use super::{Cause, Input};
-
-/// What the forward of a port says, worked out once.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Through<'a> {
-    /// Not forwarded.
-    Direct,
-    /// Forwarded to another host: portsight cannot see its listeners.
-    Away(&'a ForwardStatus),
-    /// Forwarded to a backend of this host, whose listeners take the
-    /// backend address: the forward answers for the port.
-    Served,
-    /// Forwarded to a backend of this host that nothing takes: the cause is
-    /// the backend's.
-    Broken(&'a ForwardStatus, Cause),
-}
-
-impl<'a> Through<'a> {
-    pub fn of(input: &Input<'a>) -> Through<'a> {
-        let Some(f) = input.forward else {
-            return Through::Direct;
-        };
-        if !f.on_this_host {
-            return Through::Away(f);
-        }
-        let ip = f.backend.ip();
-        let ls = &f.backend_listeners;
-        if ls.iter().any(|l| covers(l, ip)) {
-            Through::Served
-        } else if ls.is_empty() {
-            Through::Broken(f, Cause::NotListening)
-        } else if ls.iter().all(|l| l.scope() == Scope::Loopback) {
-            Through::Broken(f, Cause::LoopbackOnly)
-        } else if other_family_wildcard(ls, ip).is_some()
-            && !ls
-                .iter()
-                .any(|l| l.family == crate::sockets::Family::of(ip))
-        {
-            Through::Broken(f, Cause::AddressFamilyMismatch)
-        } else {
-            Through::Broken(f, Cause::BoundElsewhere)
-        }
-    }
-
-    /// The broken forward's cause is `cause`.
-    pub fn broken_as(self, cause: Cause) -> Option<&'a ForwardStatus> {
-        match self {
-            Through::Broken(f, c) if c == cause => Some(f),
-            _ => None,
-        }
-    }
-}
+use super::{Cause, ForwardStatus, Input};
 
 /// `published to container web-1 (10.77.50.2:80)`, `forwarded (dnat) to
 /// 10.0.0.5:80 on another host`, `redirected to 127.0.0.1:9090 on this host`.
