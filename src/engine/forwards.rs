@@ -68,18 +68,12 @@ impl Forwards {
     /// directory listing per scan otherwise. Processes that are gone are
     /// forgotten.
     fn proxies(&mut self, proc_root: &Path) -> Vec<Forward> {
-        let Ok(entries) = std::fs::read_dir(proc_root) else {
-            return Vec::new();
-        };
-        let pids: HashSet<u32> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
+        let pids: HashSet<u32> = proxy::pids(proc_root).into_iter().collect();
         self.processes.retain(|pid, _| pids.contains(pid));
         for &pid in &pids {
             let entry = self.processes.entry(pid).or_insert((None, 0));
             if entry.1 < 2 {
-                entry.0 = proxy_of(proc_root, pid);
+                entry.0 = proxy::of(proc_root, pid).as_ref().and_then(mapped);
                 entry.1 += 1;
             }
         }
@@ -91,14 +85,6 @@ impl Forwards {
         out.sort_by_key(|f| (f.key, f.backend));
         out
     }
-}
-
-/// The forward process `pid` makes, if it is a proxy portsight knows.
-fn proxy_of(proc_root: &Path, pid: u32) -> Option<Forward> {
-    let cmdline = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
-    let mut f = proxy::parse(&cmdline)?;
-    f.pid = Some(pid);
-    mapped(&f)
 }
 
 /// A forward of one host port to one known backend, as the state keeps it.

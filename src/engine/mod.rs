@@ -30,7 +30,7 @@ use crate::sockets::{self, Source, interfaces, process::Owners};
 use forwards::Forwards;
 pub use live::{Flags, Live, Loaded};
 use namespaces::Namespaces;
-use state::{NsScan, Scan, State};
+use state::{Scan, State};
 pub use watch::PortKey;
 
 /// Scans, probes and publishes snapshots; shared by the loops of `serve`,
@@ -153,7 +153,11 @@ impl Engine {
                 let others = lock(&namespaces).scan(&loaded.config);
                 let (forwarded, netfilter_up) = lock(&forwards).read(&proc_root);
                 let mut in_others = others.namespaces;
-                fill_owners(&mut owners, &mut listeners, &mut in_others);
+                owners.fill(
+                    listeners
+                        .iter_mut()
+                        .chain(in_others.iter_mut().flat_map(|n| n.listeners.iter_mut())),
+                );
                 let netlink = source == Source::Netlink;
                 Scan {
                     listeners,
@@ -394,24 +398,6 @@ impl Engine {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Fills the owners of the host's and the other namespaces' sockets in
-/// one call: the cache keeps only what the call it is given holds, so one
-/// call per namespace would walk `/proc` for every one of them each scan.
-fn fill_owners(owners: &mut Owners, own: &mut Vec<sockets::Listener>, others: &mut [NsScan]) {
-    let lens: Vec<usize> = others.iter().map(|n| n.listeners.len()).collect();
-    let mut all = std::mem::take(own);
-    let own_len = all.len();
-    for n in others.iter_mut() {
-        all.append(&mut n.listeners);
-    }
-    owners.fill(&mut all);
-    let mut rest = all.split_off(own_len);
-    *own = all;
-    for (n, len) in others.iter_mut().zip(lens).rev() {
-        n.listeners = rest.split_off(rest.len() - len);
     }
 }
 

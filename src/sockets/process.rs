@@ -49,8 +49,11 @@ impl Owners {
     }
 
     /// Sets `owner` on every listener. Forgets inodes that are no longer
-    /// among `listeners`.
-    pub fn fill(&mut self, listeners: &mut [Listener]) {
+    /// among `listeners`, so give it every socket of a scan at once (the
+    /// host's and the other namespaces'): one call per part would walk
+    /// `/proc` for each.
+    pub fn fill<'a>(&mut self, listeners: impl IntoIterator<Item = &'a mut Listener>) {
+        let mut listeners: Vec<&mut Listener> = listeners.into_iter().collect();
         let current: HashSet<u64> = listeners.iter().map(|l| l.inode).collect();
         self.cache.retain(|inode, _| current.contains(inode));
         let missing: HashSet<u64> = current

@@ -23,28 +23,32 @@ use crate::netfilter::Family;
 /// The proxies among the processes under `proc_root`, each with its pid
 /// and program name. Processes that vanish or cannot be read are skipped.
 pub fn scan(proc_root: &Path) -> Vec<Forward> {
+    let mut out: Vec<Forward> = pids(proc_root)
+        .into_iter()
+        .filter_map(|pid| of(proc_root, pid))
+        .collect();
+    out.sort_by_key(|f| f.pid);
+    out
+}
+
+/// The pids under `proc_root` (empty where it cannot be listed).
+pub fn pids(proc_root: &Path) -> Vec<u32> {
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if let Some(mut f) = parse(&cmdline) {
-            f.pid = Some(pid);
-            out.push(f);
-        }
-    }
-    out.sort_by_key(|f| f.pid);
-    out
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The forward process `pid` makes, with its pid, if it is a proxy
+/// portsight knows; `None` too when it vanished or cannot be read.
+pub fn of(proc_root: &Path, pid: u32) -> Option<Forward> {
+    let cmdline = fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+    let mut f = parse(&cmdline)?;
+    f.pid = Some(pid);
+    Some(f)
 }
 
 /// The forward of one command line, if it is a proxy portsight knows.
