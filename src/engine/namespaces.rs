@@ -108,16 +108,13 @@ impl Namespaces {
         }
     }
 
-    /// No namespace read this time: says why once. A refusal by the safety
-    /// rule (portsight is not the host network of what it sees) is not a
-    /// failure of the source: it is simply not used.
+    /// No namespace read this time: says why once, as information (the
+    /// engine warns once that the source is down, as for every source). A
+    /// refusal by the safety rule (portsight is not the host network of
+    /// what it sees) is not a failure of the source: it is simply not used.
     fn off(&mut self, why: String, refusal: bool) -> Read {
         if self.off.as_deref() != Some(why.as_str()) {
-            if refusal {
-                tracing::info!(reason = %why, "not scanning other network namespaces");
-            } else {
-                tracing::warn!(reason = %why, "cannot scan other network namespaces (portsight_source_up{{source=\"namespaces\"}} 0)");
-            }
+            tracing::info!(reason = %why, "not scanning other network namespaces");
             self.off = Some(why);
         }
         self.inodes.clear();
