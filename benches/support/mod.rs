@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each bench uses a part
 
+pub mod serve;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};

@@ -90,11 +90,13 @@ pub struct State {
     listeners: Vec<Listener>,
     source: Option<Source>,
     sources: Sources,
-    /// The latest result per target, per port.
-    probes: BTreeMap<PortKey, HashMap<Target, ProbeResult>>,
-    /// Attempts per target, per port, with the name the port had when they
-    /// were counted: a renamed port starts new series.
-    counts: BTreeMap<PortKey, (String, BTreeMap<Target, OutcomeCounts>)>,
+    /// The latest result per target, per port, in the order of the
+    /// targets (a port has a few: a sorted list costs less than a map).
+    probes: BTreeMap<PortKey, Vec<ProbeResult>>,
+    /// Attempts per target, per port, in the order of the targets, with the
+    /// name the port had when they were counted: a renamed port starts new
+    /// series.
+    counts: BTreeMap<PortKey, (String, Vec<(Target, OutcomeCounts)>)>,
     scanned_at: Option<SystemTime>,
     probed_at: Option<SystemTime>,
     /// When each port's set of listeners last changed: older probe results
@@ -305,21 +307,27 @@ impl State {
                 name.clone_from(&w.name);
                 counts.clear();
             }
-            counts.entry(r.target.clone()).or_default().add(r.outcome);
+            match counts.binary_search_by(|(t, _)| t.cmp(&r.target)) {
+                Ok(i) => counts[i].1.add(r.outcome),
+                Err(i) => {
+                    let mut n = OutcomeCounts::default();
+                    n.add(r.outcome);
+                    counts.insert(i, (r.target.clone(), n));
+                }
+            }
             let slot = self.probes.entry(port).or_default();
-            if slot
-                .get(&r.target)
-                .is_none_or(|old| old.started <= r.started)
-            {
-                slot.insert(r.target.clone(), r);
+            match slot.binary_search_by(|old| old.target.cmp(&r.target)) {
+                Ok(i) if slot[i].started <= r.started => slot[i] = r,
+                Ok(_) => {}
+                Err(i) => slot.insert(i, r),
             }
         }
         for port in ports {
             if let Some(slot) = self.probes.get_mut(port) {
-                slot.retain(|t, _| keep(t));
+                slot.retain(|r| keep(&r.target));
             }
             if let Some((_, counts)) = self.counts.get_mut(port) {
-                counts.retain(|t, _| keep(t));
+                counts.retain(|(t, _)| keep(t));
             }
         }
     }
@@ -330,7 +338,7 @@ impl State {
         let mut out: Vec<(Vantage, Protocol, SocketAddr)> = self
             .probes
             .values()
-            .flat_map(|m| m.values())
+            .flatten()
             .filter(|r| r.outcome != Outcome::Success)
             // The host's ruleset is on the path of the host's probes only.
             .filter(|r| r.target.netns.is_own())
@@ -432,17 +440,17 @@ impl State {
     ) -> PortStatus {
         listeners.sort_by_key(|l| (l.address, l.inode));
         let since = self.changed_at.get(&w.key).copied();
-        let mut probes: Vec<ProbeResult> = self
+        // In the order of the targets, as kept.
+        let probes: Vec<ProbeResult> = self
             .probes
             .get(&w.key)
             .map(|m| {
-                m.values()
+                m.iter()
                     .filter(|r| since.is_none_or(|t| r.started >= t))
                     .cloned()
                     .collect()
             })
             .unwrap_or_default();
-        probes.sort_by(|a, b| a.target.cmp(&b.target));
         let hold = queue_hold(config);
         let conntrack = self.conntrack.clone().map(|mut c| {
             c.grew = c
@@ -487,7 +495,7 @@ impl State {
             .counts
             .get(&w.key)
             .filter(|(name, _)| *name == w.name)
-            .map(|(_, c)| c.iter().map(|(t, n)| (t.clone(), *n)).collect())
+            .map(|(_, c)| c.clone())
             .unwrap_or_default();
         PortStatus {
             port: w.key.port,

@@ -160,18 +160,86 @@ pub(super) fn write_labels(out: &mut String, labels: &impl Labels) {
             out.push(',');
         }
         last = name;
-        out.push_str(name);
-        out.push_str("=\"");
-        escape(out, value);
-        out.push('"');
+        push_label(out, name, value);
     });
     out.push('}');
+}
+
+/// A label set escaped and written once, for the many samples that carry
+/// it (each outcome of a target, each cause of a port): a sample then
+/// copies the text instead of visiting and escaping every value again.
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    /// `name="value",…`, without the braces.
+    text: String,
+    /// Where each label starts in `text`, and its name.
+    starts: Vec<(&'static str, usize)>,
+}
+
+impl Written {
+    /// `labels`, written over what this held (its buffers are kept).
+    pub fn set(&mut self, labels: &impl Labels) -> &Written {
+        self.text.clear();
+        self.starts.clear();
+        labels.each(&mut |name, value| {
+            if !self.text.is_empty() {
+                self.text.push(',');
+            }
+            self.starts.push((name, self.text.len()));
+            push_label(&mut self.text, name, value);
+        });
+        self
+    }
+
+    pub fn of(labels: &impl Labels) -> Written {
+        let mut w = Written::default();
+        w.set(labels);
+        w
+    }
+
+    /// Writes `{…}`: these labels, with `extra` in its place among them
+    /// when given. The same text as [`write_labels`] of the labels
+    /// `.with(extra)`.
+    pub fn write(&self, out: &mut String, extra: Option<(&'static str, &str)>) {
+        out.push('{');
+        match extra {
+            None => out.push_str(&self.text),
+            Some((name, value)) => {
+                let at = self.starts.iter().find(|(n, _)| name < *n).map(|(_, i)| *i);
+                match at {
+                    // Before the label at `i`: the text up to it ends in a comma.
+                    Some(i) => {
+                        out.push_str(&self.text[..i]);
+                        push_label(out, name, value);
+                        out.push(',');
+                        out.push_str(&self.text[i..]);
+                    }
+                    None => {
+                        out.push_str(&self.text);
+                        if !self.text.is_empty() {
+                            out.push(',');
+                        }
+                        push_label(out, name, value);
+                    }
+                }
+            }
+        }
+        out.push('}');
+    }
+}
+
+/// `name="value"`, the value escaped.
+fn push_label(out: &mut String, name: &str, value: &str) {
+    out.push_str(name);
+    out.push_str("=\"");
+    escape(out, value);
+    out.push('"');
 }
 
 /// A label value as the text format wants it: `\`, `"` and newline escaped.
 fn escape(out: &mut String, value: &str) {
     let mut rest = value;
-    while let Some(i) = rest.bytes().position(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+    while let Some(i) = memchr::memchr3(b'\\', b'"', b'\n', rest.as_bytes()) {
         out.push_str(&rest[..i]);
         out.push_str(match rest.as_bytes()[i] {
             b'\\' => "\\\\",
@@ -227,6 +295,46 @@ mod tests {
             r#"{cause="ok",name="web",netns="web-1",port="80",protocol="tcp"}"#
         );
         assert!(!text(&PORT).contains("netns"));
+    }
+
+    /// Every place an extra label can take among 0 to 3 labels (values
+    /// that need escaping included) gives what `write_labels` writes.
+    #[test]
+    fn written_labels_are_the_text_write_labels_gives() {
+        let ports = [
+            PORT,
+            PortLabels {
+                name: "we\"ird\\\n",
+                netns: "web-1",
+                ..PORT
+            },
+        ];
+        let extras = ["a", "cause", "netns0", "outcome", "zzz"];
+        for port in ports {
+            for extra in extras {
+                let mut out = String::new();
+                Written::of(&port).write(&mut out, Some((extra, "x\"y")));
+                assert_eq!(out, text(&port.with(extra, "x\"y")), "{extra}");
+            }
+            let mut out = String::new();
+            Written::of(&port).write(&mut out, None);
+            assert_eq!(out, text(&port));
+        }
+        for extra in extras {
+            let one = One {
+                name: "m",
+                value: "v",
+            };
+            let mut out = String::new();
+            Written::of(&one).write(&mut out, Some((extra, "1")));
+            assert_eq!(out, text(&one.with(extra, "1")));
+            let mut out = String::new();
+            Written::of(&()).write(&mut out, Some((extra, "1")));
+            assert_eq!(out, text(&().with(extra, "1")));
+        }
+        let mut out = String::new();
+        Written::of(&()).write(&mut out, None);
+        assert_eq!(out, "{}");
     }
 
     #[test]

@@ -215,25 +215,48 @@ impl Metrics {
     }
 
     /// The text exposition format: the per-port families of `snapshot`,
-    /// then the registry's. The former are rendered once per
-    /// `snapshot.generation`.
+    /// then the registry's, in one buffer (see [`Metrics::render_chunks`]).
     pub fn render(&self, snapshot: &Snapshot) -> Result<Vec<u8>, Error> {
+        Ok(self.render_chunks(snapshot)?.concat())
+    }
+
+    /// The text exposition format as two chunks to send one after the
+    /// other: the per-port families of `snapshot`, rendered once per
+    /// `snapshot.generation` and shared by every scrape of it (not
+    /// copied), then the registry's.
+    pub fn render_chunks(&self, snapshot: &Snapshot) -> Result<[Bytes; 2], Error> {
         let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
         let text = match rendered.take() {
             Some((generation, text)) if generation == snapshot.generation => text,
             previous => {
-                let capacity = previous.map_or(64 * 1024, |(_, text)| text.len());
-                let mut text = String::with_capacity(capacity);
+                let mut text = previous
+                    .map_or_else(|| String::with_capacity(64 * 1024), |(_, text)| reuse(text));
                 write_snapshot(&mut text, snapshot);
                 Bytes::from(text)
             }
         };
-        let mut out = Vec::with_capacity(text.len() + 16 * 1024);
-        out.extend_from_slice(&text);
-        *rendered = Some((snapshot.generation, text));
+        *rendered = Some((snapshot.generation, text.clone()));
         drop(rendered);
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        Ok(out)
+        let mut registry = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut registry)?;
+        Ok([text, Bytes::from(registry)])
+    }
+}
+
+/// An empty buffer for the next rendering: the last one's, when no
+/// response still sends it (its pages are resident already: writing into
+/// fresh ones costs a page fault each), else a new one of its size with
+/// room to grow (counts gain digits; growing a buffer copies it).
+fn reuse(last: Bytes) -> String {
+    let room = last.len() + last.len() / 16;
+    match last.try_into_mut() {
+        Ok(buffer) => {
+            let mut buffer = Vec::from(buffer);
+            buffer.clear();
+            buffer.reserve(room);
+            String::from_utf8(buffer).unwrap_or_default()
+        }
+        Err(_) => String::with_capacity(room),
     }
 }
 

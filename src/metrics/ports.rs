@@ -1,7 +1,7 @@
 //! The per-port families: the watch list, whether a port listens, and its
 //! diagnosis.
 
-use super::labels::{Labels, PortLabels};
+use super::labels::{Labels, PortLabels, Written};
 use super::text::{Family, bool_value};
 use crate::diagnosis::Cause;
 use crate::snapshot::PortStatus;
@@ -52,10 +52,12 @@ pub(super) fn write(out: &mut String, ports: &[(&PortStatus, PortLabels<'_>)]) {
         LISTENING.sample(out, labels, bool_value(p.listening()));
     }
     DIAGNOSIS.header(out);
+    let mut written = Written::default();
     for (p, labels) in ports {
+        let labels = written.set(labels);
         for &cause in Cause::ALL {
             let value = bool_value(cause == p.diagnosis.cause);
-            DIAGNOSIS.sample(out, &labels.with("cause", cause.as_str()), value);
+            DIAGNOSIS.sample_written(out, labels, Some(("cause", cause.as_str())), value);
         }
     }
 }

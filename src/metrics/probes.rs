@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use super::labels::{Labels, One, PortLabels, ProbeLabels};
+use super::labels::{One, PortLabels, ProbeLabels, Written};
 use super::text::{Family, bool_value};
 use crate::probe::{Discarded, Outcome, ProbeResult, Target};
 use crate::snapshot::PortStatus;
@@ -63,18 +63,17 @@ fn format_into(buffer: &mut String, addr: SocketAddr) {
     let _ = write!(buffer, "{addr}");
 }
 
-/// Calls `f` with each latest result of every port and its labels.
-fn each_result(
-    ports: &[(&PortStatus, PortLabels<'_>)],
-    mut f: impl FnMut(&ProbeLabels<'_>, &ProbeResult),
-) {
+/// Each latest result of every port, with its labels written.
+fn each_result<'a>(ports: &'a [(&PortStatus, PortLabels<'_>)]) -> Vec<(Written, &'a ProbeResult)> {
     let mut target = String::new();
-    for (p, port) in ports {
-        for r in &p.probes {
+    ports
+        .iter()
+        .flat_map(|(p, port)| p.probes.iter().map(move |r| (port, r)))
+        .map(|(port, r)| {
             format_into(&mut target, r.target.addr);
-            f(&labels(*port, &r.target, &target), r);
-        }
-    }
+            (Written::of(&labels(*port, &r.target, &target)), r)
+        })
+        .collect()
 }
 
 /// `portsight_probe_success`, the `portsight_probe_outcome` state set and
@@ -84,21 +83,23 @@ pub(super) fn write_latest(out: &mut String, ports: &[(&PortStatus, PortLabels<'
     if ports.iter().all(|(p, _)| p.probes.is_empty()) {
         return;
     }
+    let results = each_result(ports);
     SUCCESS.header(out);
-    each_result(ports, |labels, r| {
-        SUCCESS.sample(out, labels, bool_value(r.outcome == Outcome::Success));
-    });
+    for (labels, r) in &results {
+        let value = bool_value(r.outcome == Outcome::Success);
+        SUCCESS.sample_written(out, labels, None, value);
+    }
     OUTCOME.header(out);
-    each_result(ports, |labels, r| {
+    for (labels, r) in &results {
         for o in Outcome::ALL {
             let value = bool_value(o == r.outcome);
-            OUTCOME.sample(out, &labels.with("outcome", o.as_str()), value);
+            OUTCOME.sample_written(out, labels, Some(("outcome", o.as_str())), value);
         }
-    });
+    }
     DURATION.header(out);
-    each_result(ports, |labels, r| {
-        DURATION.sample(out, labels, r.duration.as_secs_f64());
-    });
+    for (labels, r) in &results {
+        DURATION.sample_written(out, labels, None, r.duration.as_secs_f64());
+    }
 }
 
 /// `portsight_probes_total`: every outcome of every target counted so far,
@@ -108,13 +109,13 @@ pub(super) fn write_totals(out: &mut String, ports: &[(&PortStatus, PortLabels<'
         return;
     }
     TOTAL.header(out);
-    let mut buffer = String::new();
+    let (mut buffer, mut written) = (String::new(), Written::default());
     for (p, port) in ports {
         for (target, counts) in &p.probe_counts {
             format_into(&mut buffer, target.addr);
-            let labels = labels(*port, target, &buffer);
+            let labels = written.set(&labels(*port, target, &buffer));
             for (o, n) in counts.iter() {
-                TOTAL.sample(out, &labels.with("outcome", o.as_str()), n as f64);
+                TOTAL.sample_written(out, labels, Some(("outcome", o.as_str())), n as f64);
             }
         }
     }

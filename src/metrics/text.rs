@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::labels::{Labels, write_labels};
+use super::labels::{Labels, Written, write_labels};
 
 /// One metric family: its name, help text and type.
 pub(super) struct Family {
@@ -26,6 +26,23 @@ impl Family {
     pub fn sample(&self, out: &mut String, labels: &impl Labels, value: f64) {
         out.push_str(self.name);
         write_labels(out, labels);
+        out.push(' ');
+        write_value(out, value);
+        out.push('\n');
+    }
+}
+
+impl Family {
+    /// One sample with labels written beforehand, and `extra` among them.
+    pub fn sample_written(
+        &self,
+        out: &mut String,
+        labels: &Written,
+        extra: Option<(&'static str, &str)>,
+        value: f64,
+    ) {
+        out.push_str(self.name);
+        labels.write(out, extra);
         out.push(' ');
         write_value(out, value);
         out.push('\n');

@@ -15,12 +15,15 @@ use super::{ProbeResult, Protocol, Target, tcp, udp};
 #[derive(Debug, Clone)]
 pub struct Prober {
     limit: Arc<Semaphore>,
+    /// The limit: how many probes one round runs at once at most.
+    concurrency: usize,
 }
 
 impl Prober {
     pub fn new(concurrency: usize) -> Prober {
         Prober {
             limit: Arc::new(Semaphore::new(concurrency.max(1))),
+            concurrency: concurrency.max(1),
         }
     }
 
@@ -74,43 +77,69 @@ impl Prober {
         timeout: Duration,
         deadline: Option<Instant>,
     ) -> Vec<Option<ProbeResult>> {
+        // As many workers as may connect at once, each taking the next job:
+        // a round of 20,000 targets holds 256 tasks, not 20,000 waiting
+        // ones (their memory, and waking each).
+        let count = jobs.len();
+        let workers = count.min(self.concurrency);
+        let queue = Arc::new(std::sync::Mutex::new(jobs.into_iter().enumerate()));
         let mut tasks = JoinSet::new();
-        for (i, job) in jobs.into_iter().enumerate() {
-            let Job {
-                target,
-                payload,
-                socket,
-            } = job;
-            let limit = Arc::clone(&self.limit);
+        for _ in 0..workers {
+            let (limit, queue) = (Arc::clone(&self.limit), Arc::clone(&queue));
             tasks.spawn(async move {
-                let permit = match deadline {
-                    None => limit.acquire_owned().await.ok(),
-                    Some(d) => match tokio::time::timeout_at(d, limit.acquire_owned()).await {
-                        Ok(permit) => permit.ok(),
-                        Err(_) => return (i, None),
-                    },
-                };
-                let timeout = deadline.map_or(timeout, |d| {
-                    timeout.min(d.saturating_duration_since(Instant::now()))
-                });
-                let result = match target.protocol {
-                    Protocol::Tcp => tcp::connect_on(socket, target, timeout).await,
-                    Protocol::Udp => udp::exchange_on(socket, target, &payload, timeout).await,
-                };
-                drop(permit);
-                (i, Some(result))
+                let mut done = Vec::new();
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some((i, job)) = next else { break };
+                    done.push((i, probe(&limit, job, timeout, deadline).await));
+                }
+                done
             });
         }
-        let mut results = Vec::with_capacity(tasks.len());
+        let mut results: Vec<Option<ProbeResult>> = (0..count).map(|_| None).collect();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(r) => results.push(r),
+                Ok(done) => {
+                    for (i, r) in done {
+                        results[i] = r;
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "probe task failed"),
             }
         }
-        results.sort_by_key(|(i, _)| *i);
-        results.into_iter().map(|(_, r)| r).collect()
+        results
     }
+}
+
+/// Runs one job once a connect slot is free; `None` when none came by
+/// `deadline`.
+async fn probe(
+    limit: &Arc<Semaphore>,
+    job: Job,
+    timeout: Duration,
+    deadline: Option<Instant>,
+) -> Option<ProbeResult> {
+    let Job {
+        target,
+        payload,
+        socket,
+    } = job;
+    let permit = match deadline {
+        None => limit.acquire().await.ok(),
+        Some(d) => match tokio::time::timeout_at(d, limit.acquire()).await {
+            Ok(permit) => permit.ok(),
+            Err(_) => return None,
+        },
+    };
+    let timeout = deadline.map_or(timeout, |d| {
+        timeout.min(d.saturating_duration_since(Instant::now()))
+    });
+    let result = match target.protocol {
+        Protocol::Tcp => tcp::connect_on(socket, target, timeout).await,
+        Protocol::Udp => udp::exchange_on(socket, target, &payload, timeout).await,
+    };
+    drop(permit);
+    Some(result)
 }
 
 /// One probe to run: its target, what a UDP probe sends, and the socket

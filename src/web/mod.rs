@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{ALLOW, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -26,8 +25,10 @@ use crate::engine::Live;
 use crate::metrics::{self, Metrics};
 use crate::snapshot::Snapshot;
 use crate::status_page;
+use body::Chunks;
 use connections::Connections;
 
+mod body;
 pub mod connections;
 mod probe_server;
 mod tls_server;
@@ -46,7 +47,7 @@ const BEARER_PATHS: [&str; 2] = ["/probe", "/api/v1/probe"];
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Body = Full<Bytes>;
+type Body = Chunks;
 
 /// The request bodies the routes take: hyper's [`hyper::body::Incoming`],
 /// or any other (tests call [`handle`] in-process with `Full<Bytes>`).
@@ -303,12 +304,21 @@ async fn route<B: RequestBody>(
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }),
-        "/metrics" => only(method, &read_only, || {
-            match h.metrics.render(&h.snapshot()) {
-                Ok(body) => respond(StatusCode::OK, metrics::CONTENT_TYPE, body),
+        "/metrics" => {
+            if !read_only.contains(method) {
+                return method_not_allowed(&read_only);
+            }
+            // Rendering a large host's snapshot takes a while: not on the
+            // threads the probes run on.
+            let (metrics, snapshot) = (Arc::clone(&h.metrics), h.snapshot());
+            match tokio::task::spawn_blocking(move || metrics.render_chunks(&snapshot)).await {
+                Ok(Ok(chunks)) => {
+                    respond_chunks(StatusCode::OK, metrics::CONTENT_TYPE, Chunks::new(chunks))
+                }
+                Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
-        }),
+        }
         "/-/healthy" => only(method, &read_only, || text(StatusCode::OK, "Healthy\n")),
         "/-/ready" => only(method, &read_only, || {
             if h.snapshot().ready() {
@@ -390,7 +400,11 @@ fn respond(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    respond_chunks(status, content_type, Chunks::from(body.into()))
+}
+
+fn respond_chunks(status: StatusCode, content_type: &'static str, body: Chunks) -> Response<Body> {
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -1,0 +1,651 @@
+//! Issue 15, the whole `portsight serve` process in steady state (BENCHMARKS
+//! section 11), each figure beside its reference in the same run:
+//!
+//! - `cpu` (items 1 and 7): 1,000 ports on loopback, 500 listening, with
+//!   `vantage.interfaces = false` (2,000 targets: `127.0.0.1` and `::1`),
+//!   `probe.interval = 1s`, `probe.timeout = 500ms`, one `/metrics` scrape a
+//!   second. CPU per probe of the whole process against a bare C epoll connect
+//!   loop (`benches/connect_loop.c`) on the same targets at the same rate, and
+//!   against blackbox_exporter driven as Prometheus would: `/probe` for every
+//!   target every second. The three alternate, `PSS_REPEAT` times; portsight
+//!   is stopped (SIGSTOP) while the others are measured. RSS of both
+//!   exporters. `PSS_PERF=1` also records the first portsight window with
+//!   `perf record -e cpu-clock -g` and prints where the time goes (and writes
+//!   a flamegraph when `inferno-flamegraph` is on PATH).
+//! - `memory` (item 2): resident memory above the empty process (no ports)
+//!   at 2,000 and at 20,000 targets after `PSS_SECONDS` of the same steady
+//!   state; then the gap between probe rounds while idle and while `wrk`
+//!   scrapes `/metrics` with 8 connections.
+//! - `large` (item 4): 1,000 and 10,000 ports, all listening, three vantages
+//!   each: one scan, one full probe round and one scrape, each timed.
+//!
+//! `cargo bench --bench steady` (root). `PSS_ONLY=cpu,memory,large` runs a
+//! subset; `PSS_SECONDS` (default 20) is each measuring window.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::serve::{Listeners, Portsight, probes_total};
+use support::{Http, cpu_of, fmt_secs, median, sample, status_kib, table, verdict};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The steady job's settings (the issue's), as a config section.
+const STEADY: &str =
+    "[probe]\ninterval = \"1s\"\ntimeout = \"500ms\"\n[vantage]\ninterfaces = false\n";
+
+fn main() {
+    if !support::bench_mode("steady") {
+        return;
+    }
+    support::enter_world();
+    let only = std::env::var("PSS_ONLY").unwrap_or_default();
+    let run = |n: &str| only.is_empty() || only.split(',').any(|o| o.trim() == n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secs = env("PSS_SECONDS", 20);
+    println!(
+        "\nportsight serve: {}; machine: {}\n",
+        support::portsight_bin(),
+        support::machine()
+    );
+    if run("cpu") {
+        cpu(dir.path(), secs);
+    }
+    if run("memory") {
+        memory(dir.path(), secs);
+    }
+    if run("large") {
+        large(dir.path());
+    }
+}
+
+/// What one process did in one measuring window.
+struct Window {
+    cpu: f64,
+    probes: f64,
+    wall: f64,
+}
+
+impl Window {
+    fn per_probe(&self) -> f64 {
+        self.cpu / self.probes
+    }
+}
+
+/// `portsight serve` over `secs`, scraped once a second; the scrapes are
+/// part of what it costs.
+fn serve_window(ps: &Portsight, secs: u64) -> Window {
+    let mut http = Http::new(ps.web);
+    let scrape = |http: &mut Http| {
+        let (status, body) = http.get("/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        body
+    };
+    let p0 = probes_total(&scrape(&mut http));
+    let (c0, t0) = (cpu_of(ps.proc.pid()), Instant::now());
+    let mut body = String::new();
+    for i in 1..=secs {
+        let wait = Duration::from_secs(i).saturating_sub(t0.elapsed());
+        std::thread::sleep(wait);
+        body = scrape(&mut http);
+    }
+    Window {
+        cpu: (cpu_of(ps.proc.pid()) - c0).as_secs_f64(),
+        probes: probes_total(&body) - p0,
+        wall: t0.elapsed().as_secs_f64(),
+    }
+}
+
+/// The C loop over `targets` for `secs`, one round a second.
+fn bare_window(exe: &Path, targets: &str, secs: u64) -> Window {
+    let mut child = Command::new(exe)
+        .args([&secs.to_string(), "1000", "500", "256"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run connect_loop");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(targets.as_bytes())
+        .expect("write targets");
+    let t0 = Instant::now();
+    let out = child.wait_with_output().expect("connect_loop");
+    assert!(out.status.success(), "connect_loop failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == name).expect(name);
+        words[at + 1].parse().expect("number")
+    };
+    let rounds = field("rounds");
+    assert_eq!(
+        field("ok"),
+        rounds * 1000.0,
+        "the C loop saw the wrong number of listeners: {text}"
+    );
+    Window {
+        cpu: field("cpu_us") / 1e6,
+        probes: field("probes"),
+        wall: t0.elapsed().as_secs_f64(),
+    }
+}
+
+/// blackbox_exporter driven as Prometheus would drive it: `/probe` for every
+/// target once a second, 32 requests in flight on kept-alive connections.
+fn blackbox_window(
+    bb: &support::Proc,
+    web: std::net::SocketAddr,
+    ports: &[u16],
+    secs: u64,
+) -> Window {
+    let targets: Vec<String> = ports
+        .iter()
+        .flat_map(|p| [format!("127.0.0.1:{p}"), format!("%5B%3A%3A1%5D:{p}")])
+        .collect();
+    let (c0, t0) = (cpu_of(bb.pid()), Instant::now());
+    let (done, ok) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let mut late = 0;
+    for round in 0..secs {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..32 {
+                s.spawn(|| {
+                    let mut http = Http::new(web);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(t) = targets.get(i) else { break };
+                        let (_, body) = http
+                            .get(&format!("/probe?module=tcp_connect&target={t}"))
+                            .expect("blackbox /probe");
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if sample(&body, "probe_success", &[]) == Some(1.0) {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let wait = Duration::from_secs(round + 1).checked_sub(t0.elapsed());
+        match wait {
+            Some(w) => std::thread::sleep(w),
+            None => late += 1,
+        }
+    }
+    let (done, ok) = (done.into_inner(), ok.into_inner());
+    assert_eq!(ok * 2, done, "blackbox_exporter saw the wrong listeners");
+    if late > 0 {
+        println!("(blackbox_exporter: {late} of {secs} rounds took longer than a second)");
+    }
+    Window {
+        cpu: (cpu_of(bb.pid()) - c0).as_secs_f64(),
+        probes: done as f64,
+        wall: t0.elapsed().as_secs_f64(),
+    }
+}
+
+/// Builds the C reference loop into cargo's scratch directory.
+fn connect_loop() -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/connect_loop.c");
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("connect_loop");
+    let st = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .expect("run cc");
+    assert!(st.success(), "cc benches/connect_loop.c failed");
+    exe
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
+}
+
+/// Items 1 and 7.
+fn cpu(dir: &Path, secs: u64) {
+    use nix::sys::signal::Signal;
+    const FIRST: u16 = 20_000;
+    let repeat = env("PSS_REPEAT", 3);
+    let ports: Vec<u16> = (FIRST..FIRST + 1000).collect();
+    let _listeners = Listeners::new(ports[..500].iter().copied(), true);
+    let targets: String = ports
+        .iter()
+        .flat_map(|p| [format!("127.0.0.1 {p}\n"), format!("::1 {p}\n")])
+        .collect();
+    let exe = connect_loop();
+    let ps = Portsight::start(dir, "steady", "127.0.0.1:10930", &ports, STEADY);
+    std::thread::sleep(Duration::from_secs(3));
+    let bb_web: std::net::SocketAddr = "127.0.0.1:19130".parse().expect("addr");
+    let bb = support::blackbox_bin().map(|b| support::start_blackbox(&b, dir, bb_web));
+
+    let (mut ours, mut bare, mut theirs) = (vec![], vec![], vec![]);
+    for r in 0..repeat {
+        let perf = (r == 0 && env("PSS_PERF", 0) == 1).then(|| Perf::start(ps.proc.pid()));
+        ours.push(serve_window(&ps, secs));
+        if let Some(perf) = perf {
+            perf.report();
+        }
+        signal(ps.proc.pid(), Signal::SIGSTOP);
+        bare.push(bare_window(&exe, &targets, secs));
+        if let Some(bb) = &bb {
+            theirs.push(blackbox_window(bb, bb_web, &ports, secs));
+        }
+        signal(ps.proc.pid(), Signal::SIGCONT);
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let ours_rss = status_kib(ps.proc.pid(), "VmRSS");
+    let bb_rss = bb.as_ref().map(|b| status_kib(b.pid(), "VmRSS"));
+    let med = |w: &[Window]| median(&w.iter().map(Window::per_probe).collect::<Vec<_>>());
+    let rate = |w: &[Window]| median(&w.iter().map(|w| w.probes / w.wall).collect::<Vec<_>>());
+    let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+    let row = |what: &str, w: &[Window], rss: String| {
+        vec![
+            what.to_string(),
+            w.len().to_string(),
+            format!("{:.0}/s", rate(w)),
+            fmt_secs(med(w)),
+            format!(
+                "{:.1}% of one core",
+                median(&w.iter().map(|w| w.cpu / w.wall * 100.0).collect::<Vec<_>>())
+            ),
+            rss,
+        ]
+    };
+    let mut rows = vec![
+        row(
+            "portsight serve (whole process: scans, rounds, diagnosis, 1 scrape/s)",
+            &ours,
+            mib(ours_rss),
+        ),
+        row(
+            "bare C epoll connect loop (`benches/connect_loop.c`)",
+            &bare,
+            "—".into(),
+        ),
+    ];
+    if let Some(rss) = bb_rss {
+        rows.push(row(
+            "blackbox_exporter, `/probe` for every target every second",
+            &theirs,
+            mib(rss),
+        ));
+    }
+    table(
+        &format!(
+            "Item 1/7: steady state, 2,000 targets (1,000 ports × 127.0.0.1, ::1; 500 listening), one round a second, {secs} s windows alternating"
+        ),
+        &[
+            "process",
+            "windows",
+            "probes",
+            "CPU per probe (median)",
+            "CPU",
+            "RSS",
+        ],
+        &rows,
+    );
+    let ratio = med(&ours) / med(&bare);
+    let mut results = vec![vec![
+        "portsight / bare C loop, CPU per probe".into(),
+        format!("{ratio:.2}×"),
+        "≤ 1.5×".into(),
+        verdict(ratio <= 1.5),
+    ]];
+    if !theirs.is_empty() {
+        results.push(vec![
+            "blackbox_exporter / portsight, CPU per probe".into(),
+            format!("{:.1}×", med(&theirs) / med(&ours)),
+            "reported".into(),
+            "—".into(),
+        ]);
+        results.push(vec![
+            "blackbox_exporter / bare C loop, CPU per probe".into(),
+            format!("{:.1}×", med(&theirs) / med(&bare)),
+            "reported".into(),
+            "—".into(),
+        ]);
+    }
+    table(
+        "Item 1/7: result",
+        &["figure", "value", "target", "result"],
+        &results,
+    );
+}
+
+/// `perf record` of one process while it is measured.
+struct Perf(std::process::Child);
+
+impl Perf {
+    fn start(pid: u32) -> Perf {
+        let child = Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+            .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("steady-perf.data"))
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run perf (apt-get install linux-perf)");
+        std::thread::sleep(Duration::from_millis(500));
+        Perf(child)
+    }
+
+    /// Stops the recording and prints the top of `perf report` by symbol,
+    /// self time, and writes a flamegraph with inferno; both files stay in
+    /// cargo's scratch directory (`target/tmp/steady-*`).
+    fn report(mut self) {
+        signal(self.0.id(), nix::sys::signal::Signal::SIGINT);
+        let _ = self.0.wait();
+        let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("steady-perf.data");
+        let out = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "-g",
+                "none",
+                "--percent-limit",
+                "0.7",
+                "--sort",
+                "dso,symbol",
+                "-i",
+            ])
+            .arg(&data)
+            .output()
+            .expect("perf report");
+        println!("\n#### perf report (cpu-clock, self time, ≥ 0.7 %)\n\n```");
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            if !l.starts_with('#') && !l.trim().is_empty() {
+                println!("{l}");
+            }
+        }
+        println!("```");
+        let svg = Path::new(env!("CARGO_TARGET_TMPDIR")).join("steady-flamegraph.svg");
+        let sh = format!(
+            "perf script -i {} | inferno-collapse-perf | inferno-flamegraph > {}",
+            data.display(),
+            svg.display()
+        );
+        if Command::new("sh")
+            .args(["-c", "command -v inferno-flamegraph"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("sh")
+                .args(["-c", &sh])
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            println!("flamegraph: {}", svg.display());
+        }
+    }
+}
+
+/// One probe round seen by polling `/metrics`: when it completed (its
+/// timestamp), when it was seen, and how long it took when it was the
+/// only round since the last poll.
+struct Round {
+    completed: f64,
+    seen: Instant,
+    took: Option<f64>,
+}
+
+/// Probe rounds seen by polling `/metrics` every 200 ms until `stop`.
+fn rounds(web: std::net::SocketAddr, stop: &AtomicBool) -> Vec<Round> {
+    let mut http = Http::new(web);
+    let mut seen: Vec<Round> = vec![];
+    let mut last: Option<(f64, f64)> = None;
+    let probe = ["stage=\"probe\""];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, body)) = http.get("/metrics")
+            && let Some(t) = sample(&body, "portsight_last_cycle_timestamp_seconds", &probe)
+        {
+            let sum = sample(&body, "portsight_cycle_duration_seconds_sum", &probe);
+            let count = sample(&body, "portsight_cycle_duration_seconds_count", &probe);
+            let now = sum.zip(count);
+            if seen.last().map(|r| r.completed) != Some(t) {
+                let took = last
+                    .zip(now)
+                    .filter(|((_, n0), (_, n1))| n1 - n0 == 1.0)
+                    .map(|((s0, _), (s1, _))| s1 - s0);
+                seen.push(Round {
+                    completed: t,
+                    seen: Instant::now(),
+                    took,
+                });
+            }
+            last = now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    seen
+}
+
+/// Item 2: each job at the same probe rate, 2,000 a second.
+fn memory(dir: &Path, secs: u64) {
+    const FIRST: u16 = 11_000;
+    let ports: Vec<u16> = (FIRST..FIRST + 10_000).collect();
+    let _listeners = Listeners::new(ports[..5_000].iter().copied(), true);
+    let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+    let mut rows = vec![];
+    let mut results = vec![];
+    let mut empty = 0;
+    for (n, web, interval) in [
+        (0usize, "127.0.0.1:10931", 1),
+        (1_000, "127.0.0.1:10932", 1),
+        (10_000, "127.0.0.1:10933", 10),
+    ] {
+        // 1,000 ports: 500 listening, as in `cpu`.
+        let watched: Vec<u16> = match n {
+            1_000 => ports[4_500..5_500].to_vec(),
+            _ => ports[..n].to_vec(),
+        };
+        let config = STEADY.replace("\"1s\"", &format!("\"{interval}s\""));
+        let ps = Portsight::start(dir, &format!("memory{n}"), web, &watched, &config);
+        let w = serve_window(&ps, secs.max(2 * interval));
+        let rss = status_kib(ps.proc.pid(), "VmRSS");
+        let targets = 2 * n;
+        if n == 0 {
+            empty = rss;
+            rows.push(vec![
+                "no ports".into(),
+                mib(rss),
+                "—".into(),
+                "—".into(),
+                "—".into(),
+            ]);
+            continue;
+        }
+        let per = (rss.saturating_sub(empty)) as f64 / targets as f64;
+        // Probe rounds idle, then under wrk, five rounds or more each.
+        let stop = AtomicBool::new(false);
+        let load = Duration::from_secs(secs.max(5 * interval));
+        let mut wrk_rate = String::new();
+        let seen = std::thread::scope(|s| {
+            let seen = s.spawn(|| rounds(ps.web, &stop));
+            std::thread::sleep(load);
+            let out = Command::new("wrk")
+                .args(["-t2", "-c8", &format!("-d{}s", load.as_secs())])
+                .arg(format!("http://{}/metrics", ps.web))
+                .output()
+                .expect("run wrk (apt-get install wrk)");
+            wrk_rate = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Requests/sec:")
+                        .map(|v| v.trim().to_string())
+                })
+                .unwrap_or_else(|| "?".into());
+            stop.store(true, Ordering::Relaxed);
+            seen.join().expect("poller")
+        });
+        let loaded_rss = status_kib(ps.proc.pid(), "VmHWM");
+        let split = seen[0].seen + load;
+        // Rounds completed before wrk started, and within its run (after
+        // its first second): the gaps between them and their durations.
+        let phase = |from: Instant, to: Instant| -> (Vec<f64>, Vec<f64>) {
+            let gaps = seen
+                .windows(2)
+                .filter(|w| w[0].seen >= from && w[1].seen <= to)
+                .map(|w| w[1].completed - w[0].completed)
+                .collect();
+            let took = seen
+                .iter()
+                .filter(|r| r.seen >= from && r.seen <= to)
+                .filter_map(|r| r.took)
+                .collect();
+            (gaps, took)
+        };
+        let (idle, idle_took) = phase(seen[0].seen, split);
+        let (loaded, loaded_took) = phase(split + Duration::from_secs(1), split + load);
+        let gap = median(&loaded) / median(&idle);
+        let delay = (median(&loaded_took) - median(&idle_took)) / interval as f64;
+        rows.push(vec![
+            format!("{n} ports, {targets} targets, probe.interval {interval}s"),
+            mib(rss),
+            format!("{per:.1} KiB"),
+            format!("{:.1} µs per probe", w.per_probe() * 1e6),
+            format!(
+                "round {} → {} ({:+.1}% of the interval); gap {gap:.3}× (n={}, {}); wrk {wrk_rate} scrapes/s; peak RSS {}",
+                fmt_secs(median(&idle_took)),
+                fmt_secs(median(&loaded_took)),
+                delay * 100.0,
+                idle.len(),
+                loaded.len(),
+                mib(loaded_rss)
+            ),
+        ]);
+        results.push(vec![
+            format!("RSS above the empty process per target, {targets} targets"),
+            format!("{per:.1} KiB"),
+            "≤ 8 KiB".into(),
+            verdict(per <= 8.0),
+        ]);
+        results.push(vec![
+            format!("probe rounds delayed by wrk on /metrics, {targets} targets (longer round / interval)"),
+            format!("{:+.1}%", delay * 100.0),
+            "≤ 5%".into(),
+            verdict(delay <= 0.05),
+        ]);
+    }
+    table(
+        "Item 2: resident memory after the steady job (VmRSS), then `wrk -t2 -c8` on /metrics",
+        &[
+            "watching",
+            "RSS",
+            "per target above empty",
+            "CPU",
+            "under wrk (idle → loaded, medians)",
+        ],
+        &rows,
+    );
+    table(
+        "Item 2: result",
+        &["figure", "value", "target", "result"],
+        &results,
+    );
+}
+
+/// Item 4.
+fn large(dir: &Path) {
+    const FIRST: u16 = 11_000;
+    let ports: Vec<u16> = (FIRST..FIRST + 10_000).collect();
+    let _listeners = Listeners::new(ports.iter().copied(), true);
+    let mut rows = vec![];
+    let mut per_port: Vec<[f64; 3]> = vec![];
+    for (n, web) in [(1_000usize, "127.0.0.1:10934"), (10_000, "127.0.0.1:10935")] {
+        let ps = Portsight::start(
+            dir,
+            &format!("large{n}"),
+            web,
+            &ports[..n],
+            "[probe]\ninterval = \"5s\"\n",
+        );
+        let mut http = Http::new(ps.web);
+        // Durations of single scans and rounds, from the histogram's sum and
+        // count between scrapes that saw exactly one more.
+        let (mut scans, mut probes, mut scrapes) = (vec![], vec![], vec![]);
+        let mut last: [Option<(f64, f64)>; 2] = [None, None];
+        let mut size = 0;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(25) {
+            let t = Instant::now();
+            let (_, body) = http.get("/metrics").expect("GET /metrics");
+            scrapes.push(t.elapsed().as_secs_f64());
+            size = body.len();
+            for (i, stage) in ["scan", "probe"].iter().enumerate() {
+                let l = format!("stage=\"{stage}\"");
+                let sum = sample(&body, "portsight_cycle_duration_seconds_sum", &[&l]);
+                let count = sample(&body, "portsight_cycle_duration_seconds_count", &[&l]);
+                if let (Some(s1), Some(n1)) = (sum, count) {
+                    if let Some((s0, n0)) = last[i]
+                        && n1 - n0 == 1.0
+                    {
+                        [&mut scans, &mut probes][i].push(s1 - s0);
+                    }
+                    last[i] = Some((s1, n1));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let targets = probes_total(&ps.metrics());
+        let (scan, probe, scrape) = (median(&scans), median(&probes), median(&scrapes));
+        per_port.push([scan / n as f64, probe / n as f64, scrape / n as f64]);
+        rows.push(vec![
+            format!("{n} ports × 3 vantages"),
+            format!("{} (n={})", fmt_secs(scan), scans.len()),
+            format!("{} (n={})", fmt_secs(probe), probes.len()),
+            format!(
+                "{} (n={}, {:.1} MB)",
+                fmt_secs(scrape),
+                scrapes.len(),
+                size as f64 / 1e6
+            ),
+            format!(
+                "{:.1} MiB",
+                status_kib(ps.proc.pid(), "VmRSS") as f64 / 1024.0
+            ),
+            format!("{targets:.0}"),
+        ]);
+    }
+    table(
+        "Item 4: one scan, one full probe round, one scrape (medians; scan.interval 1s, probe.interval 5s)",
+        &[
+            "watching",
+            "scan",
+            "probe round",
+            "scrape",
+            "RSS",
+            "probes so far",
+        ],
+        &rows,
+    );
+    let names = ["scan", "probe round", "scrape"];
+    let results: Vec<Vec<String>> = (0..3)
+        .map(|i| {
+            let r = per_port[1][i] / per_port[0][i];
+            vec![
+                format!("{} per port, 10,000 / 1,000 ports", names[i]),
+                format!("{r:.2}×"),
+                "≤ 1× (linear), noise allowing".into(),
+                verdict(r <= 1.25),
+            ]
+        })
+        .collect();
+    table(
+        "Item 4: result",
+        &["figure", "value", "target", "result"],
+        &results,
+    );
+}
