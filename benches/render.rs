@@ -3,7 +3,8 @@
 //! snapshot of BENCHMARKS.md targets 4 and 5, made in memory.
 //!
 //! `cargo bench --bench render`; `PSB_RENDERS` (default 200) sets how many
-//! renders are timed; `PSB_DUMP=FILE` writes one rendering to FILE, to
+//! renders are timed, `PSB_PORTS` (default 1000) the ports; `PSB_DUMP=FILE`
+//! writes one rendering to FILE, to
 //! compare two versions' output. Prints the median and quartiles of a
 //! render of a new generation (the text written again) and of a cached one.
 
@@ -95,8 +96,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
+    let ports: u16 = std::env::var("PSB_PORTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let mut snapshot = Snapshot {
-        ports: (20_000..21_000).map(port_status).collect(),
+        ports: (20_000..20_000 + ports).map(port_status).collect(),
         ..Snapshot::default()
     };
     let metrics = Metrics::new().unwrap();

@@ -66,8 +66,11 @@ impl Listeners {
 }
 
 impl Drop for Listeners {
+    /// Closes every listener now (not when the accepting thread next
+    /// wakes), so that the next benchmark can bind the same ports.
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.open.lock().expect("lock").clear();
     }
 }
 
