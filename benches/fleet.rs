@@ -11,14 +11,7 @@ mod support;
 use std::collections::HashMap;
 
 use portsight::peer::{Peer, choose};
-use support::table;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{env, table};
 
 /// Host `i` as a peer: the name and URL a DNS peer of address 10.77.x.y gets.
 fn host(i: usize) -> Peer {

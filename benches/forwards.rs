@@ -12,16 +12,11 @@
 
 mod support;
 
+use support::env;
+
 use portsight::netfilter::forwards::forwards;
 use portsight::netfilter::{read, ruleset};
 use serde_json::{Value, json};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The JSON and text of one service's chains and rules; `handle` counts on.
 struct World {

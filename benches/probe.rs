@@ -19,13 +19,12 @@ mod support;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portsight::probe::scheduler::Prober;
 use portsight::probe::{Outcome, Protocol, Target, Vantage};
 use socket2::{Domain, Socket, Type};
-use support::{Http, cpu_of, cpu_self, fmt_secs, median, table, verdict};
+use support::{cpu_of, cpu_self, env, fmt_secs, median, table, verdict};
 
 const OPEN: u16 = 1000;
 const CLOSED: u16 = 1000;
@@ -37,13 +36,6 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests to blackbox_exporter in flight at once.
 const BLACKBOX_CLIENTS: usize = 32;
 const BLACKBOX_ADDR: &str = "127.0.0.1:19115";
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Accepts (and drops) whatever waits on the listeners, so accept queues do
 /// not fill between sweeps. Not timed.
@@ -230,34 +222,11 @@ fn raw_connect_all(addrs: &[SocketAddr]) -> (usize, usize) {
 /// `BLACKBOX_CLIENTS` requests in flight; its CPU from /proc/<pid>/stat.
 fn blackbox_sweep(pid: u32, addrs: &[SocketAddr]) -> Sweep {
     let web: SocketAddr = BLACKBOX_ADDR.parse().expect("addr");
+    let targets: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
     let (c0, t0) = (cpu_of(pid), Instant::now());
-    let next = AtomicUsize::new(0);
-    let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    std::thread::scope(|s| {
-        for _ in 0..BLACKBOX_CLIENTS {
-            s.spawn(|| {
-                let mut http = Http::new(web);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(addr) = addrs.get(i) else { break };
-                    let (status, body) = http
-                        .get(&format!("/probe?module=tcp_connect&target={addr}"))
-                        .expect("blackbox /probe");
-                    assert_eq!(status, 200, "{body}");
-                    match support::sample(&body, "probe_success", &[]) {
-                        Some(1.0) => ok.fetch_add(1, Ordering::Relaxed),
-                        Some(_) => failed.fetch_add(1, Ordering::Relaxed),
-                        None => panic!("no probe_success in {body}"),
-                    };
-                }
-            });
-        }
-    });
+    let counts = support::blackbox_probe_all(web, &targets, BLACKBOX_CLIENTS);
     let (wall, cpu) = (t0.elapsed(), cpu_of(pid) - c0);
-    assert_eq!(
-        (ok.into_inner(), failed.into_inner()),
-        (usize::from(OPEN), usize::from(CLOSED))
-    );
+    assert_eq!(counts, (usize::from(OPEN), usize::from(CLOSED)));
     Sweep {
         cpu: cpu.as_secs_f64(),
         wall: wall.as_secs_f64(),

@@ -21,14 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use support::serve::{Listeners, Portsight};
-use support::{Http, fmt_secs, median, sample, table, verdict};
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{Http, env, fmt_secs, median, sample, table, verdict};
 
 fn unix_now() -> f64 {
     SystemTime::now()

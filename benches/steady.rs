@@ -27,18 +27,11 @@ mod support;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::serve::{Listeners, Portsight, probes_total};
-use support::{Http, cpu_of, fmt_secs, median, sample, status_kib, table, verdict};
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{Http, cpu_of, env, fmt_secs, median, sample, status_kib, table, verdict};
 
 /// The steady job's settings (the issue's), as a config section.
 const STEADY: &str =
@@ -158,35 +151,17 @@ fn blackbox_window(
         .flat_map(|p| [format!("127.0.0.1:{p}"), format!("%5B%3A%3A1%5D:{p}")])
         .collect();
     let (c0, t0) = (cpu_of(bb.pid()), Instant::now());
-    let (done, ok) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let (mut done, mut ok) = (0, 0);
     let mut late = 0;
     for round in 0..secs {
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..32 {
-                s.spawn(|| {
-                    let mut http = Http::new(web);
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(t) = targets.get(i) else { break };
-                        let (_, body) = http
-                            .get(&format!("/probe?module=tcp_connect&target={t}"))
-                            .expect("blackbox /probe");
-                        done.fetch_add(1, Ordering::Relaxed);
-                        if sample(&body, "probe_success", &[]) == Some(1.0) {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                });
-            }
-        });
+        let (succeeded, failed) = support::blackbox_probe_all(web, &targets, 32);
+        (done, ok) = (done + succeeded + failed, ok + succeeded);
         let wait = Duration::from_secs(round + 1).checked_sub(t0.elapsed());
         match wait {
             Some(w) => std::thread::sleep(w),
             None => late += 1,
         }
     }
-    let (done, ok) = (done.into_inner(), ok.into_inner());
     assert_eq!(ok * 2, done, "blackbox_exporter saw the wrong listeners");
     if late > 0 {
         println!("(blackbox_exporter: {late} of {secs} rounds took longer than a second)");

@@ -43,18 +43,23 @@ pub fn enter_world() {
         eprintln!("benchmarks need root (network namespaces, rlimits)");
         std::process::exit(2);
     }
-    if in_host_namespace() {
+    // Fail closed: unless this is the namespace bench/run made, unshare a
+    // fresh one. (Comparing with PID 1's namespace is not enough: where
+    // /proc/1/ns/net cannot be read, as here, that test cannot tell.)
+    let started_in = std::fs::read_link("/proc/self/ns/net").ok();
+    if !in_bench_run_namespace() {
         use nix::sched::CloneFlags;
         nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
             .expect("unshare(CLONE_NEWNET | CLONE_NEWNS)");
         // As `ip netns exec` does: /sys shows this namespace's interfaces.
         run("mount", &["--make-rprivate", "/"]);
         run("mount", &["-t", "sysfs", "sysfs", "/sys"]);
+        assert_ne!(
+            std::fs::read_link("/proc/self/ns/net").ok(),
+            started_in,
+            "refusing to run in the namespace the benchmark was started in"
+        );
     }
-    assert!(
-        !in_host_namespace(),
-        "refusing to run in the host's network namespace"
-    );
     ip(&["link", "set", "lo", "up"]);
     if !Command::new("ip")
         .args(["link", "show", "psb0"])
@@ -78,9 +83,16 @@ pub fn enter_world() {
     raise_fd_limit();
 }
 
-fn in_host_namespace() -> bool {
-    let ns = |p: &str| std::fs::read_link(p).ok();
-    ns("/proc/self/ns/net") == ns("/proc/1/ns/net")
+/// Whether this process runs in the namespace `bench/run` made and named
+/// in `PSB_NETNS` (`/run/netns/<name>` is that namespace's file).
+fn in_bench_run_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    std::env::var("PSB_NETNS").is_ok_and(|name| {
+        !name.contains('/')
+            && id(&format!("/run/netns/{name}"))
+                .is_some_and(|ns| id("/proc/self/ns/net") == Some(ns))
+    })
 }
 
 fn ip(args: &[&str]) {
@@ -358,6 +370,46 @@ pub fn start_blackbox(bin: &str, dir: &std::path::Path, listen: SocketAddr) -> P
             .filter(|(s, _)| *s == 200)
     });
     p
+}
+
+/// `/probe?module=tcp_connect&target=…` to the blackbox_exporter at `web`
+/// for every one of `targets` (`host:port`, as the query takes it),
+/// `clients` requests in flight on kept-alive connections: how many
+/// probes succeeded and how many failed. Panics on an answer that is not
+/// a probe's.
+pub fn blackbox_probe_all(web: SocketAddr, targets: &[String], clients: usize) -> (usize, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                let mut http = Http::new(web);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(target) = targets.get(i) else { break };
+                    let (status, body) = http
+                        .get(&format!("/probe?module=tcp_connect&target={target}"))
+                        .expect("blackbox /probe");
+                    assert_eq!(status, 200, "{body}");
+                    match sample(&body, "probe_success", &[]) {
+                        Some(1.0) => ok.fetch_add(1, Ordering::Relaxed),
+                        Some(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        None => panic!("no probe_success in {body}"),
+                    };
+                }
+            });
+        }
+    });
+    (ok.into_inner(), failed.into_inner())
+}
+
+/// The number in environment variable `name`, else `default`.
+pub fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Prints a markdown table.
