@@ -101,7 +101,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let mut snapshot = Snapshot {
-        ports: (20_000..20_000 + ports).map(port_status).collect(),
+        ports: std::sync::Arc::new((20_000..20_000 + ports).map(port_status).collect()),
         ..Snapshot::default()
     };
     let metrics = Metrics::new().unwrap();

@@ -19,8 +19,14 @@
 //! - `large` (item 4): 1,000 and 10,000 ports, all listening, three vantages
 //!   each: one scan, one full probe round and one scrape, each timed.
 //!
-//! `cargo bench --bench steady` (root). `PSS_ONLY=cpu,memory,large` runs a
-//! subset; `PSS_SECONDS` (default 20) is each measuring window.
+//! - `idle` (item 3): 100 ports at default settings (three vantages, scan
+//!   every 1 s, probe every 15 s) with 1,000 listeners present, CPU over
+//!   `PSS_IDLE_SECONDS` (default 60), `PSS_REPEAT` times; with `PSS_BASE`
+//!   (the path of another build of `portsight`) the two alternate, an A/B
+//!   in one run. `PSS_PERF=1` profiles the first window of this build.
+//!
+//! `cargo bench --bench steady` (root). `PSS_ONLY=cpu,memory,large,idle`
+//! runs a subset; `PSS_SECONDS` (default 20) is each measuring window.
 
 mod support;
 
@@ -60,6 +66,128 @@ fn main() {
     if run("large") {
         large(dir.path());
     }
+    if run("idle") {
+        idle(dir.path());
+    }
+}
+
+/// Item 3: idle CPU with 100 ports, each build of `portsight` (this one,
+/// and `PSS_BASE`) in two set-ups: section 4's (100 ports in the config,
+/// discovery off, 1,000 listening), and the defaults themselves (no port
+/// in the config: discovery finds the 100 listening, and portsight's own
+/// web port, after its `min_age`).
+/// Every build runs throughout; all but the measured one are stopped
+/// (SIGSTOP), so the windows alternate without restarts.
+fn idle(dir: &Path) {
+    use nix::sys::signal::Signal;
+    const FIRST: u16 = 24_000;
+    let secs = env("PSS_IDLE_SECONDS", 60);
+    let repeat = env("PSS_REPEAT", 3);
+    let mut builds = vec![(
+        "this build".to_string(),
+        support::portsight_bin().to_string(),
+    )];
+    if let Ok(b) = std::env::var("PSS_BASE") {
+        builds.push((format!("PSS_BASE ({b})"), b));
+    }
+    let ports: Vec<u16> = (FIRST..FIRST + 100).collect();
+    let watched = Listeners::new(ports.iter().copied(), true);
+    let mut rows = Vec::new();
+    let mut results = Vec::new();
+    let setups = [
+        "defaults: the 100 listening ports found by discovery, nothing else listening",
+        "section 4: the 100 ports in the config, discovery off, 1,000 listening",
+    ];
+    let mut others = None;
+    for (setup, what) in setups.iter().enumerate() {
+        if setup == 1 {
+            others = Some(Listeners::new(FIRST + 100..FIRST + 1000, true));
+        }
+        let running: Vec<Portsight> = builds
+            .iter()
+            .enumerate()
+            .map(|(i, (_, bin))| {
+                let web = format!("127.0.0.1:{}", 10931 + i);
+                let name = format!("idle{setup}-{i}");
+                let ps = if setup == 0 {
+                    Portsight::start_config(bin, dir, &name, &web, "")
+                } else {
+                    Portsight::start_bin(bin, dir, &name, &web, &ports, "")
+                };
+                support::wait_for(Duration::from_secs(120), "100 ports watched", || {
+                    let body = ps.metrics();
+                    let n = body
+                        .lines()
+                        .filter(|l| l.starts_with("portsight_port_info{"))
+                        .count();
+                    // Discovery also finds portsight's own web port.
+                    let want = if setup == 0 { 101 } else { 100 };
+                    if n != want {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    (n == want).then_some(())
+                });
+                signal(ps.proc.pid(), Signal::SIGSTOP);
+                ps
+            })
+            .collect();
+        let mut shares: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
+        for r in 0..repeat {
+            for (i, ps) in running.iter().enumerate() {
+                signal(ps.proc.pid(), Signal::SIGCONT);
+                std::thread::sleep(Duration::from_secs(3));
+                let perf = (r == 0 && i == 0 && env("PSS_PERF", 0) == 1)
+                    .then(|| Perf::start(ps.proc.pid()));
+                let (c0, t0) = (cpu_of(ps.proc.pid()), Instant::now());
+                std::thread::sleep(Duration::from_secs(secs));
+                let cpu = (cpu_of(ps.proc.pid()) - c0).as_secs_f64();
+                shares[i].push(cpu / t0.elapsed().as_secs_f64() * 100.0);
+                if let Some(perf) = perf {
+                    println!("\n({what})");
+                    perf.report();
+                }
+                signal(ps.proc.pid(), Signal::SIGSTOP);
+            }
+        }
+        for ps in &running {
+            signal(ps.proc.pid(), Signal::SIGCONT);
+        }
+        drop(running);
+        for ((name, _), s) in builds.iter().zip(&shares) {
+            let each: Vec<String> = s.iter().map(|v| format!("{v:.3} %")).collect();
+            rows.push(vec![
+                what.to_string(),
+                name.clone(),
+                each.join(", "),
+                format!("{:.3} %", median(s)),
+            ]);
+        }
+        results.push(vec![
+            format!("idle CPU, this build, {what}"),
+            format!("{:.3} % of one core", median(&shares[0])),
+            "≤ 0.2 %".into(),
+            verdict(median(&shares[0]) <= 0.2),
+        ]);
+        if shares.len() > 1 {
+            results.push(vec![
+                format!("this build / PSS_BASE, {what}"),
+                format!("{:.2}×", median(&shares[0]) / median(&shares[1])),
+                "reported".into(),
+                "—".into(),
+            ]);
+        }
+    }
+    drop((watched, others));
+    table(
+        &format!("Item 3: idle, 100 ports, {secs} s windows, builds alternating"),
+        &["set-up", "build", "CPU of one core, each window", "median"],
+        &rows,
+    );
+    table(
+        "Item 3: result",
+        &["figure", "value", "target", "result"],
+        &results,
+    );
 }
 
 /// What one process did in one measuring window.

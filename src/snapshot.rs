@@ -2,6 +2,7 @@
 //! probe cycles and swapped in whole; readers only ever see a complete one.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -113,14 +114,17 @@ impl Origin {
 
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Every watched port, ordered by protocol (TCP first), then port number.
-    pub ports: Vec<PortStatus>,
+    /// Every watched port, ordered by protocol (TCP first), then port number;
+    /// shared by a snapshot that only moves `scanned_at` on
+    /// ([`Snapshot::rescanned`]).
+    pub ports: Arc<Vec<PortStatus>>,
     /// Where the last socket table came from.
     pub source: Option<Source>,
     /// When the last scan and the last full probe round completed.
     pub scanned_at: Option<SystemTime>,
     pub probed_at: Option<SystemTime>,
-    /// Bumped for every new snapshot, so that renderings can be cached.
+    /// Bumped for every new snapshot whose ports may say something new
+    /// (not for [`Snapshot::rescanned`]), so that renderings can be cached.
     pub generation: u64,
     /// Which sources of evidence worked at their last use.
     pub sources: Sources,
@@ -175,6 +179,15 @@ impl Snapshot {
     /// Ready once one scan and one full probe round have completed.
     pub fn ready(&self) -> bool {
         self.scanned_at.is_some() && self.probed_at.is_some()
+    }
+
+    /// This snapshot, confirmed by a scan at `at` that found nothing new:
+    /// the same ports (shared, not copied) and generation.
+    pub fn rescanned(&self, at: SystemTime) -> Snapshot {
+        Snapshot {
+            scanned_at: Some(at),
+            ..self.clone()
+        }
     }
 }
 

@@ -409,6 +409,53 @@ fn reload_applies_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
     assert_eq!(watched(&m, b), Some(1.0));
 }
 
+/// A reload that changes only what the diagnosis says (no port, no probe)
+/// shows at the next scan, although the scan itself found nothing new; and
+/// the JSON's `scanned_at` moves with every scan meanwhile.
+#[test]
+fn a_reload_shows_at_the_next_scan_even_when_the_scan_finds_nothing_new() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("portsight.toml");
+    let write = |interfaces: bool| {
+        let text = format!(
+            "[web]\nenable_lifecycle = true\n[discover]\nenabled = false\n[scan]\ninterval = \"300ms\"\n[probe]\ninterval = \"10m\"\n[vantage]\ninterfaces = {interfaces}\n[[port]]\nport = {port}\n"
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write(false);
+    let s = start(sidecar::load(&file), Some(file.clone()), true);
+    s.wait_ready();
+    let status = || {
+        let r = get(s.addr, "/api/v1/status");
+        assert_eq!(r.status, 200);
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()
+    };
+    let evidence = |json: &serde_json::Value| json["ports"][0]["diagnosis"]["evidence"].to_string();
+    let first = status();
+    assert!(
+        evidence(&first).contains("interface: not measured (turned off in the config)"),
+        "{first}"
+    );
+    s.wait_scans(2);
+    let again = status();
+    assert_ne!(again["scanned_at"], first["scanned_at"], "{again}");
+
+    write(true);
+    let r = http("POST", s.addr, "/-/reload");
+    assert_eq!(r.status, 200, "{}", r.body);
+    s.within_scans(3, "the reloaded vantages in the diagnosis", |_| {
+        let json = status();
+        if evidence(&json).contains("interface: not measured yet") {
+            Ok(())
+        } else {
+            Err(json.to_string())
+        }
+    });
+    drop(l);
+}
+
 #[test]
 fn promtool_finds_nothing_in_real_output() {
     let Ok(promtool) = which("promtool") else {

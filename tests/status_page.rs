@@ -481,7 +481,7 @@ fn sample() -> Snapshot {
         rule: Some("fib daddr type local tcp dport 8081 dnat to 10.77.50.2:80".into()),
     });
     Snapshot {
-        ports: vec![inside, every, published],
+        ports: std::sync::Arc::new(vec![inside, every, published]),
         scanned_at: Some(NOW),
         probed_at: Some(NOW),
         ..Snapshot::default()

@@ -84,16 +84,34 @@ impl Portsight {
     /// Starts `portsight serve` watching `ports` (discovery off) with the
     /// config sections in `extra`, and waits until `/-/ready`.
     pub fn start(dir: &Path, name: &str, web: &str, ports: &[u16], extra: &str) -> Portsight {
-        let mut cfg =
-            format!("[web]\nlisten_address = \"{web}\"\n[discover]\nenabled = false\n{extra}\n");
+        Portsight::start_bin(super::portsight_bin(), dir, name, web, ports, extra)
+    }
+
+    /// [`Portsight::start`] with another build of `portsight` (an A/B).
+    pub fn start_bin(
+        bin: &str,
+        dir: &Path,
+        name: &str,
+        web: &str,
+        ports: &[u16],
+        extra: &str,
+    ) -> Portsight {
+        let mut cfg = format!("[discover]\nenabled = false\n{extra}\n");
         for p in ports {
             cfg += &format!("[[port]]\nport = {p}\nname = \"svc{p}\"\n");
         }
+        Portsight::start_config(bin, dir, name, web, &cfg)
+    }
+
+    /// `portsight serve` (the build `bin`) on `web` with the config text
+    /// `cfg` (without its `[web]` section), once `/-/ready`.
+    pub fn start_config(bin: &str, dir: &Path, name: &str, web: &str, cfg: &str) -> Portsight {
+        let cfg = format!("[web]\nlisten_address = \"{web}\"\n{cfg}");
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, cfg).expect("write config");
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
         let proc = Proc::spawn(
-            Command::new(super::portsight_bin())
+            Command::new(bin)
                 .args(["serve", "--config"])
                 .arg(&path)
                 .args(["--log.level", "warn"])

@@ -48,6 +48,9 @@ pub struct Engine {
     /// The forwards of the host's ports, with their own ruleset reader.
     forwards: Arc<Mutex<Forwards>>,
     snapshot: channel::Sender<Arc<Snapshot>>,
+    /// What the latest full snapshot was diagnosed under: a reload needs
+    /// a new one even when no scan changed anything.
+    published_with: Mutex<Option<Arc<Loaded>>>,
 }
 
 /// What one scan did.
@@ -85,6 +88,7 @@ impl Engine {
             namespaces: Arc::default(),
             forwards: Arc::default(),
             snapshot,
+            published_with: Mutex::new(None),
         }
     }
 
@@ -116,7 +120,7 @@ impl Engine {
                     procfs: Some(false),
                     ..Sources::default()
                 });
-                self.publish(config);
+                self.publish(&loaded);
                 return ScanReport {
                     failed: true,
                     ..ScanReport::default()
@@ -127,7 +131,7 @@ impl Engine {
             let mut st = self.lock();
             st.apply_scan(config, read, Instant::now(), SystemTime::now())
         };
-        self.publish(config);
+        self.publish(&loaded);
         ScanReport {
             changed,
             took: started.elapsed(),
@@ -278,7 +282,7 @@ impl Engine {
         }
         self.ask_firewall(&own).await;
         let took = started.elapsed();
-        self.publish(config);
+        self.publish(&loaded);
         ProbeReport {
             took,
             external: external_on,
@@ -349,7 +353,7 @@ impl Engine {
             t.vantage != Vantage::External || answered.contains(t) || answers.keeps(&t.source)
         });
         self.ask_firewall(own).await;
-        self.publish(config);
+        self.publish(&loaded);
         Some(answers)
     }
 
@@ -389,10 +393,22 @@ impl Engine {
 
     /// Diagnoses the current state and swaps the snapshot in, under the
     /// state's lock: two publishes never leave the older snapshot in place.
-    fn publish(&self, config: &Config) {
+    /// When nothing changed since the last one, under the same config, and
+    /// nothing in it depends on the clock ([`State::unchanged`]), the last
+    /// one stands, with the new scan's time.
+    fn publish(&self, loaded: &Arc<Loaded>) {
         let mut st = self.lock();
-        let (snapshot, history) = st.snapshot(config, SystemTime::now());
+        let mut with = lock(&self.published_with);
+        if st.unchanged() && with.as_ref().is_some_and(|w| Arc::ptr_eq(w, loaded)) {
+            let last = self.snapshot.borrow().clone();
+            if let Some(at) = st.scanned_at().filter(|at| last.scanned_at != Some(*at)) {
+                self.snapshot.send_replace(Arc::new(last.rescanned(at)));
+            }
+            return;
+        }
+        let (snapshot, history) = st.snapshot(&loaded.config, SystemTime::now());
         st.set_history(history);
+        *with = Some(Arc::clone(loaded));
         self.snapshot.send_replace(Arc::new(snapshot));
     }
 

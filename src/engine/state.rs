@@ -77,7 +77,7 @@ pub struct Forward {
 }
 
 /// What the state keeps of another namespace between scans.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct NsView {
     ns: Namespace,
     addresses: Vec<IpAddr>,
@@ -120,6 +120,11 @@ pub struct State {
     /// The other namespaces of the last scan.
     namespaces: BTreeMap<NsId, NsView>,
     forwards: Vec<Forward>,
+    /// Something a snapshot shows has changed since the last one.
+    stale: bool,
+    /// The last snapshot holds no cause or text that the passing of time
+    /// alone can change (see [`State::snapshot`]).
+    timeless: bool,
 }
 
 impl State {
@@ -133,11 +138,10 @@ impl State {
         now: Instant,
         wall: SystemTime,
     ) -> Vec<PortKey> {
-        let before = listener_sets(&self.listeners);
-        let own_listeners = scan.listeners;
-        let mut listeners = own_listeners.clone();
+        let shown_before = self.watch.shown();
+        let mut listeners = scan.listeners;
         let mut ephemeral = BTreeMap::new();
-        self.namespaces.clear();
+        let mut namespaces = BTreeMap::new();
         for n in scan.namespaces {
             ephemeral.insert(n.ns.id, n.ephemeral);
             listeners.extend(n.listeners);
@@ -146,9 +150,12 @@ impl State {
                 addresses: n.addresses,
                 ipv6_loopback: n.ipv6_loopback,
             };
-            self.namespaces.insert(view.ns.id, view);
+            namespaces.insert(view.ns.id, view);
         }
+        self.stale |= namespaces != self.namespaces;
+        self.namespaces = namespaces;
         if let Some(forwards) = scan.forwards {
+            self.stale |= forwards != self.forwards;
             self.forwards = forwards;
         }
         self.watch.set_namespaces(ephemeral);
@@ -161,12 +168,16 @@ impl State {
             config.has_external_vantage(),
             now,
         );
-        let after = listener_sets(&listeners);
-        let changed: Vec<PortKey> = self
-            .watched(None)
-            .into_iter()
-            .filter(|p| before.get(p) != after.get(p))
-            .collect();
+        let same = listeners == self.listeners;
+        let changed: Vec<PortKey> = if same {
+            Vec::new()
+        } else {
+            let (before, after) = (listener_sets(&self.listeners), listener_sets(&listeners));
+            self.watched(None)
+                .into_iter()
+                .filter(|p| before.get(p) != after.get(p))
+                .collect()
+        };
         for port in &changed {
             self.changed_at.insert(*port, now);
         }
@@ -176,25 +187,46 @@ impl State {
         self.changed_at.retain(|p, _| watched.contains(p));
         self.failures.retain(|p, _| watched.contains(p));
         // The kernel's counters are the host namespace's.
-        self.note_queue_drops(scan.tcpext, &own_listeners, wall);
+        self.note_queue_drops(scan.tcpext, &listeners, wall);
+        // The table shows only in `conntrack_full`, after a timeout: a
+        // snapshot with one is not timeless, so its moves need no mark.
         self.note_conntrack(scan.conntrack, wall);
+        self.stale |=
+            !same || self.watch.shown() != shown_before || self.source != Some(scan.source);
         self.listeners = listeners;
         self.source = Some(scan.source);
         // A scan that did not read the ruleset keeps what it said last.
-        self.sources = Sources {
+        self.set_sources(Sources {
             netfilter: scan.sources.netfilter.or(self.sources.netfilter),
             ..scan.sources
-        };
+        });
         self.scanned_at = Some(wall);
         changed
     }
 
     /// Records a scan that read nothing: every source it tried failed.
     pub fn scan_failed(&mut self, sources: Sources) {
-        self.sources = Sources {
+        self.set_sources(Sources {
             netfilter: self.sources.netfilter,
             ..sources
-        };
+        });
+    }
+
+    fn set_sources(&mut self, sources: Sources) {
+        self.stale |= sources != self.sources;
+        self.sources = sources;
+    }
+
+    /// Whether a snapshot made now would say what the last one said:
+    /// nothing it shows has changed since, and nothing in it depends on
+    /// the clock. Then a scan needs no new one ([`Snapshot::rescanned`]).
+    pub fn unchanged(&self) -> bool {
+        !self.stale && self.timeless
+    }
+
+    /// When the last scan completed.
+    pub fn scanned_at(&self) -> Option<SystemTime> {
+        self.scanned_at
     }
 
     /// Notes a growth of the kernel's accept-queue drops since the last
@@ -215,6 +247,7 @@ impl State {
         if grew == 0 {
             return;
         }
+        self.stale = true;
         let near = |l: &&Listener| {
             l.accept_queue_limit.is_some_and(|limit| {
                 l.accept_queue_length > 0 && l.accept_queue_length * 2 >= limit
@@ -285,6 +318,7 @@ impl State {
         results: Vec<ProbeResult>,
         keep: impl Fn(&Target) -> bool,
     ) {
+        self.stale = true;
         for r in results {
             if let Some(shortage) = r.shortage() {
                 self.discarded.add(shortage);
@@ -352,17 +386,23 @@ impl State {
     /// What the firewall says about the failed targets (`None`: nothing
     /// failed), and whether the ruleset could be read (`None`: not tried).
     pub fn set_firewall(&mut self, firewall: Option<Firewall>, up: Option<bool>) {
+        self.stale |= firewall != self.firewall;
         self.firewall = firewall;
-        self.sources.netfilter = up;
+        self.set_sources(Sources {
+            netfilter: up,
+            ..self.sources
+        });
     }
 
     /// Records this host's interface addresses, as the probe round saw them.
     pub fn set_own_addresses(&mut self, own: &[IpAddr]) {
+        self.stale |= own != self.own_addresses;
         self.own_addresses = own.to_vec();
     }
 
     /// Marks a full probe round as completed.
     pub fn round_completed(&mut self, at: SystemTime) {
+        self.stale = true;
         self.probed_at = Some(at);
     }
 
@@ -376,6 +416,12 @@ impl State {
     /// with the history it leads to (the input of the next one): the last
     /// failures, and each port's cause with since when it has held (ports
     /// no longer watched are left out).
+    ///
+    /// It also notes whether the snapshot is timeless: no port is
+    /// `transient` (its window runs out), no accept-queue or conntrack
+    /// drop is still held (their hold runs out, and their text says how
+    /// long ago), and no shown probe timed out (`conntrack_full` then
+    /// quotes the table's count, which moves with every connection).
     pub fn snapshot(&mut self, config: &Config, now: SystemTime) -> (Snapshot, History) {
         self.generation += 1;
         let vantages = Vantages {
@@ -416,8 +462,21 @@ impl State {
                 );
             }
         }
+        let hold = queue_hold(config);
+        let held = |at: SystemTime| now.duration_since(at).unwrap_or_default() <= hold;
+        let counted = self.conntrack.is_some();
+        self.timeless = !ports.iter().any(|p| {
+            p.diagnosis.cause == Cause::Transient
+                || (counted && p.probes.iter().any(|r| r.outcome == Outcome::Timeout))
+        }) && !self.queue_drops.as_ref().is_some_and(|q| held(q.at))
+            && !self
+                .conntrack
+                .as_ref()
+                .and_then(|c| c.grew)
+                .is_some_and(|(_, at)| held(at));
+        self.stale = false;
         let snapshot = Snapshot {
-            ports,
+            ports: std::sync::Arc::new(ports),
             source: self.source,
             scanned_at: self.scanned_at,
             probed_at: self.probed_at,
@@ -762,6 +821,75 @@ mod tests {
         );
         let later = wall + config.diagnosis.transient_window + Duration::from_secs(2);
         assert_eq!(cause(&mut st, &config, later), Cause::Ok);
+    }
+
+    /// A scan that finds what the last one found needs no new snapshot; one
+    /// that moves anything shown (here an accept queue's length), a probe
+    /// result, and a cause that time alone ends (`transient`) each do.
+    #[test]
+    fn only_a_change_or_a_clock_bound_cause_needs_a_new_snapshot() {
+        let config = config();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let mut st = State::default();
+        assert!(!st.unchanged(), "no snapshot yet");
+        st.apply_scan(&config, scan(&[1]), t0, wall);
+        st.record(&[KEY], vec![result(Outcome::Success, t0)], |_| true);
+        assert_eq!(cause(&mut st, &config, wall), Cause::Ok);
+        assert!(st.unchanged());
+        st.apply_scan(&config, scan(&[1]), t0, wall + Duration::from_secs(1));
+        assert!(st.unchanged(), "the same listeners again");
+        assert_eq!(st.scanned_at(), Some(wall + Duration::from_secs(1)));
+
+        let mut queued = scan(&[1]);
+        queued.listeners[0].accept_queue_length = 3;
+        st.apply_scan(&config, queued, t0, wall);
+        assert!(
+            !st.unchanged(),
+            "portsight_listener_accept_queue_length moved"
+        );
+        cause(&mut st, &config, wall);
+        assert!(st.unchanged());
+        st.record(&[KEY], vec![result(Outcome::Success, t0)], |_| true);
+        assert!(!st.unchanged(), "a probe result");
+
+        // Refused, then answering again: transient until the window ends.
+        st.record(&[KEY], vec![result(Outcome::Refused, t0)], |_| true);
+        assert_eq!(cause(&mut st, &config, wall), Cause::Rejected);
+        let t1 = t0 + Duration::from_secs(1);
+        st.record(&[KEY], vec![result(Outcome::Success, t1)], |_| true);
+        assert_eq!(cause(&mut st, &config, wall), Cause::Transient);
+        st.apply_scan(&config, scan(&[1]), t1, wall);
+        assert!(!st.unchanged(), "transient ends with the clock");
+        let later = wall + config.diagnosis.transient_window + Duration::from_secs(1);
+        assert_eq!(cause(&mut st, &config, later), Cause::Ok);
+        st.apply_scan(&config, scan(&[1]), t1, later);
+        assert!(st.unchanged());
+    }
+
+    /// A timed-out probe with a conntrack table makes every snapshot new:
+    /// `conntrack_full` would quote the table's count, which moves.
+    #[test]
+    fn a_timeout_beside_a_conntrack_table_is_never_timeless() {
+        let config = config();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let mut st = State::default();
+        let mut counted = scan(&[1]);
+        counted.conntrack = Some(Conntrack {
+            count: 10,
+            max: 100,
+            dropped: 0,
+        });
+        st.apply_scan(&config, counted.clone(), t0, wall);
+        st.record(&[KEY], vec![result(Outcome::Success, t0)], |_| true);
+        cause(&mut st, &config, wall);
+        assert!(
+            st.unchanged(),
+            "the count shows nowhere while probes answer"
+        );
+        st.record(&[KEY], vec![result(Outcome::Timeout, t0)], |_| true);
+        cause(&mut st, &config, wall);
+        st.apply_scan(&config, counted, t0, wall);
+        assert!(!st.unchanged());
     }
 
     /// `since` is the first snapshot that showed the current cause: it holds

@@ -73,6 +73,17 @@ impl WatchList {
         self.ports.get(&key)
     }
 
+    /// What a snapshot shows of the list: each port's key, name, policy and
+    /// origin, and how many ports discovery leaves out.
+    pub fn shown(&self) -> (Vec<(PortKey, String, Expect, Origin)>, usize) {
+        let ports = self
+            .ports
+            .values()
+            .map(|w| (w.key, w.name.clone(), w.expect, w.origin))
+            .collect();
+        (ports, self.left_out)
+    }
+
     /// The other namespaces the next [`WatchList::update`] sees, each with
     /// its ephemeral range.
     pub fn set_namespaces(&mut self, others: BTreeMap<NsId, RangeInclusive<u16>>) {

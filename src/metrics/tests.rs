@@ -290,7 +290,7 @@ fn inside() -> PortStatus {
 /// The ports above, TCP then UDP, in port order, as the engine orders them.
 fn golden_snapshot() -> Snapshot {
     Snapshot {
-        ports: vec![
+        ports: std::sync::Arc::new(vec![
             web(),
             api(),
             db(),
@@ -299,7 +299,7 @@ fn golden_snapshot() -> Snapshot {
             published(),
             inside(),
             dns(),
-        ],
+        ]),
         namespaces: vec![web1()],
         generation: 1,
         sources: Sources {
@@ -374,10 +374,11 @@ fn promtool_check(text: &[u8]) -> Option<std::process::Output> {
 fn names_with_quotes_backslashes_and_newlines_are_escaped() {
     let mut snapshot = golden_snapshot();
     let weird = "we\"ird\\na\nme";
-    snapshot.ports[0].name = weird.to_string();
-    snapshot.ports[0].listeners[0].owner.as_mut().unwrap().name = weird.to_string();
-    snapshot.ports[0].probe_counts[3].0.source = weird.to_string();
-    snapshot.ports[0].probes[3].target.source = weird.to_string();
+    let first = &mut std::sync::Arc::make_mut(&mut snapshot.ports)[0];
+    first.name = weird.to_string();
+    first.listeners[0].owner.as_mut().unwrap().name = weird.to_string();
+    first.probe_counts[3].0.source = weird.to_string();
+    first.probes[3].target.source = weird.to_string();
     let out = Metrics::new().unwrap().render(&snapshot).unwrap();
     let text = String::from_utf8(out.clone()).unwrap();
 
@@ -417,7 +418,9 @@ fn render_is_cached_by_generation() {
     let metrics = Metrics::new().unwrap();
     let first = golden_snapshot();
     let mut changed = first.clone();
-    changed.ports[1].diagnosis.cause = Cause::Rejected;
+    std::sync::Arc::make_mut(&mut changed.ports)[1]
+        .diagnosis
+        .cause = Cause::Rejected;
     let first_text = snapshot_part(&metrics.render(&first).unwrap());
     assert_eq!(first_text, text_of(&first));
 

@@ -63,7 +63,7 @@ fn port(number: u16, expect: Expect, cause: Cause, outcomes: &[(&str, Outcome)])
 
 fn snapshot(ports: Vec<PortStatus>) -> Snapshot {
     Snapshot {
-        ports,
+        ports: std::sync::Arc::new(ports),
         scanned_at: Some(NOW),
         probed_at: Some(NOW),
         ..Snapshot::default()
