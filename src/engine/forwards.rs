@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::forward::{self, HostPort};
 use crate::netfilter::{self, Ruleset};
-use crate::sockets::proxy;
+use crate::sockets::{Listener, proxy};
 
 use super::state::Forward;
 use super::watch::PortKey;
@@ -23,6 +23,9 @@ pub struct Forwards {
     last: Option<(Arc<Ruleset>, Vec<Forward>)>,
     /// Each process's proxy (or `None`), and how many scans read it.
     processes: HashMap<u32, (Option<Forward>, u8)>,
+    /// The host's sockets (inode, owner) when the processes were last
+    /// listed, sorted.
+    listed: Option<Vec<(u64, Option<u32>)>>,
     /// When reading the ruleset last failed: it is not tried again for
     /// [`RETRY`] (no privilege, no `nft`: one `nft` run per scan would cost
     /// more than the rest of the scan).
@@ -34,9 +37,9 @@ const RETRY: Duration = Duration::from_secs(30);
 impl Forwards {
     /// The forwards now, and whether the ruleset could be read (without
     /// it, only the proxies'). Blocking.
-    pub fn read(&mut self, proc_root: &Path) -> (Vec<Forward>, bool) {
+    pub fn read(&mut self, proc_root: &Path, listeners: &[Listener]) -> (Vec<Forward>, bool) {
         if self.failed_at.is_some_and(|at| at.elapsed() < RETRY) {
-            return (self.proxies(proc_root), false);
+            return (self.proxies(proc_root, listeners), false);
         }
         let (mut out, up) = match self.reader.current() {
             Ok(rs) => {
@@ -58,7 +61,7 @@ impl Forwards {
                 (Vec::new(), false)
             }
         };
-        out.extend(self.proxies(proc_root));
+        out.extend(self.proxies(proc_root, listeners));
         (out, up)
     }
 
@@ -67,15 +70,32 @@ impl Forwards {
     /// `fork` and `exec` still shows its parent's), then kept; one
     /// directory listing per scan otherwise. Processes that are gone are
     /// forgotten.
-    fn proxies(&mut self, proc_root: &Path) -> Vec<Forward> {
-        let pids: HashSet<u32> = proxy::pids(proc_root).into_iter().collect();
-        self.processes.retain(|pid, _| pids.contains(pid));
-        for &pid in &pids {
-            let entry = self.processes.entry(pid).or_insert((None, 0));
-            if entry.1 < 2 {
-                entry.0 = proxy::of(proc_root, pid).as_ref().and_then(mapped);
-                entry.1 += 1;
-            }
+    ///
+    /// A proxy forwards only through a socket of its own in the host's
+    /// namespace (`listeners`: it listens on, or binds, the host port). So
+    /// while those sockets and their owners are what they were at the last
+    /// listing, every owner is known and every command line has been read
+    /// twice, nothing is listed and the proxies stand. The owner of a
+    /// socket that is new is read again whatever its count: its pid may
+    /// have been another process's when it was read.
+    fn proxies(&mut self, proc_root: &Path, listeners: &[Listener]) -> Vec<Forward> {
+        let mut sockets: Vec<(u64, Option<u32>)> = listeners
+            .iter()
+            .filter(|l| l.netns.is_own())
+            .map(|l| (l.inode, l.owner.as_ref().map(|o| o.pid)))
+            .collect();
+        sockets.sort_unstable();
+        let known = sockets.iter().all(|(_, pid)| pid.is_some());
+        let settled = self.processes.values().all(|(_, reads)| *reads >= 2);
+        if !(known && settled && self.listed.as_ref() == Some(&sockets)) {
+            let before = self.listed.take().unwrap_or_default();
+            let fresh: HashSet<u32> = sockets
+                .iter()
+                .filter(|s| before.binary_search(s).is_err())
+                .filter_map(|(_, pid)| *pid)
+                .collect();
+            self.list(proc_root, &fresh);
+            self.listed = Some(sockets);
         }
         let mut out: Vec<Forward> = self
             .processes
@@ -84,6 +104,23 @@ impl Forwards {
             .collect();
         out.sort_by_key(|f| (f.key, f.backend));
         out
+    }
+
+    /// Lists the processes, forgets those gone, and reads the command
+    /// line of each seen in fewer than two listings, or in `fresh`.
+    fn list(&mut self, proc_root: &Path, fresh: &HashSet<u32>) {
+        let pids: HashSet<u32> = proxy::pids(proc_root).into_iter().collect();
+        self.processes.retain(|pid, _| pids.contains(pid));
+        for &pid in &pids {
+            let entry = self.processes.entry(pid).or_insert((None, 0));
+            if fresh.contains(&pid) {
+                entry.1 = 0;
+            }
+            if entry.1 < 2 {
+                entry.0 = proxy::of(proc_root, pid).as_ref().and_then(mapped);
+                entry.1 += 1;
+            }
+        }
     }
 }
 
@@ -120,27 +157,71 @@ mod tests {
         std::fs::write(dir.join("cmdline"), cmdline.replace(' ', "\0")).unwrap();
     }
 
+    /// A socket of the host owned by `pid`.
+    fn socket(inode: u64, pid: u32) -> Listener {
+        Listener {
+            inode,
+            owner: Some(crate::sockets::Owner {
+                pid,
+                name: String::new(),
+            }),
+            ..Listener::on("0.0.0.0".parse().unwrap(), 8080)
+        }
+    }
+
     #[test]
-    fn a_proxy_is_read_in_its_first_two_scans_then_kept_until_it_goes() {
+    fn a_proxy_is_read_in_its_first_two_scans_then_kept_until_its_socket_goes() {
         let root = tempfile::tempdir().unwrap();
         let root = root.path();
         // Seen between fork and exec: the parent's command line first.
         process(root, 41, "sh -c x");
         process(root, 7, "sleep 600");
         let mut f = Forwards::default();
-        assert!(f.proxies(root).is_empty());
+        assert!(f.proxies(root, &[]).is_empty());
         process(root, 41, "socat TCP-LISTEN:8080,fork TCP:10.77.50.2:80");
-        let found = f.proxies(root);
+        let listening = [socket(9, 41)];
+        let found = f.proxies(root, &listening);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].key, PortKey::tcp(8080));
         assert_eq!(found[0].backend, "10.77.50.2:80".parse().unwrap());
-        // Read twice: kept without reading again.
+        // Read twice: kept without reading again, and while the sockets
+        // stand, nothing is listed (a proxy without a socket forwards
+        // nothing).
         process(root, 41, "sleep 1");
-        assert_eq!(f.proxies(root).len(), 1);
+        process(root, 8, "socat TCP-LISTEN:9090,fork TCP:10.77.50.3:80");
+        assert_eq!(f.proxies(root, &listening).len(), 1);
+        assert_eq!(f.proxies(root, &listening).len(), 1);
+        std::fs::remove_dir_all(root.join("8")).unwrap();
         std::fs::remove_dir_all(root.join("41")).unwrap();
         assert!(
-            f.proxies(root).is_empty(),
+            f.proxies(root, &[]).is_empty(),
             "a process that is gone is forgotten"
         );
+        // Pid 7 was read twice as `sleep`; a proxy that got the pid later
+        // is read again through its new socket.
+        process(
+            root,
+            7,
+            "docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip 10.77.50.4 -container-port 80",
+        );
+        let found = f.proxies(root, &[socket(10, 7)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].backend, "10.77.50.4:80".parse().unwrap());
+    }
+
+    #[test]
+    fn without_every_owner_the_processes_are_listed_at_every_scan() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let unowned = [Listener {
+            inode: 9,
+            ..Listener::on("0.0.0.0".parse().unwrap(), 8080)
+        }];
+        let mut f = Forwards::default();
+        for _ in 0..3 {
+            assert!(f.proxies(root, &unowned).is_empty());
+        }
+        process(root, 41, "socat TCP-LISTEN:8080,fork TCP:10.77.50.2:80");
+        assert_eq!(f.proxies(root, &unowned).len(), 1);
     }
 }

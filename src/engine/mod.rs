@@ -155,13 +155,13 @@ impl Engine {
         let read = tokio::task::spawn_blocking(move || {
             let result = sockets::scan_listeners(&proc_root).map(|(mut listeners, source)| {
                 let others = lock(&namespaces).scan(&loaded.config);
-                let (forwarded, netfilter_up) = lock(&forwards).read(&proc_root);
                 let mut in_others = others.namespaces;
                 owners.fill(
                     listeners
                         .iter_mut()
                         .chain(in_others.iter_mut().flat_map(|n| n.listeners.iter_mut())),
                 );
+                let (forwarded, netfilter_up) = lock(&forwards).read(&proc_root, &listeners);
                 let netlink = source == Source::Netlink;
                 Scan {
                     listeners,
