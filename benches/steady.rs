@@ -74,8 +74,8 @@ fn main() {
 /// Item 3: idle CPU with 100 ports, each build of `portsight` (this one,
 /// and `PSS_BASE`) in two set-ups: section 4's (100 ports in the config,
 /// discovery off, 1,000 listening), and the defaults themselves (no port
-/// in the config: discovery finds the 100 listening, and portsight's own
-/// web port, after its `min_age`).
+/// in the config: discovery finds the 100 listening, and the web ports of
+/// the builds, after its `min_age`).
 /// Every build runs throughout; all but the measured one are stopped
 /// (SIGSTOP), so the windows alternate without restarts.
 fn idle(dir: &Path) {
@@ -115,17 +115,20 @@ fn idle(dir: &Path) {
                     Portsight::start_bin(bin, dir, &name, &web, &ports, "")
                 };
                 support::wait_for(Duration::from_secs(120), "100 ports watched", || {
+                    // Discovery also finds the web ports of the builds.
                     let body = ps.metrics();
-                    let n = body
-                        .lines()
-                        .filter(|l| l.starts_with("portsight_port_info{"))
+                    let n = ports
+                        .iter()
+                        .filter(|p| {
+                            let port = format!("port=\"{p}\"");
+                            body.lines()
+                                .any(|l| l.starts_with("portsight_port_info{") && l.contains(&port))
+                        })
                         .count();
-                    // Discovery also finds portsight's own web port.
-                    let want = if setup == 0 { 101 } else { 100 };
-                    if n != want {
+                    if n != ports.len() {
                         std::thread::sleep(Duration::from_millis(500));
                     }
-                    (n == want).then_some(())
+                    (n == ports.len()).then_some(())
                 });
                 signal(ps.proc.pid(), Signal::SIGSTOP);
                 ps
