@@ -188,8 +188,6 @@ impl State {
         self.failures.retain(|p, _| watched.contains(p));
         // The kernel's counters are the host namespace's.
         self.note_queue_drops(scan.tcpext, &listeners, wall);
-        // The table shows only in `conntrack_full`, after a timeout: a
-        // snapshot with one is not timeless, so its moves need no mark.
         self.note_conntrack(scan.conntrack, wall);
         self.stale |=
             !same || self.watch.shown() != shown_before || self.source != Some(scan.source);
@@ -270,15 +268,19 @@ impl State {
     }
 
     /// Keeps the conntrack table, and notes a growth of its drop counters.
+    /// Its count alone marks nothing: it shows only in `conntrack_full`,
+    /// beside a timeout, and a snapshot with one is not timeless; a table
+    /// that comes or goes, or drops, does.
     fn note_conntrack(&mut self, table: Option<Conntrack>, wall: SystemTime) {
         let Some(table) = table else {
-            self.conntrack = None;
+            self.stale |= self.conntrack.take().is_some();
             return;
         };
         let before = self.conntrack.take();
         let grown = before
             .as_ref()
             .map_or(0, |b| table.dropped.saturating_sub(b.table.dropped));
+        self.stale |= before.is_none() || grown > 0;
         let grew = if grown > 0 {
             Some((grown, wall))
         } else {
@@ -882,14 +884,22 @@ mod tests {
         st.apply_scan(&config, counted.clone(), t0, wall);
         st.record(&[KEY], vec![result(Outcome::Success, t0)], |_| true);
         cause(&mut st, &config, wall);
+        st.apply_scan(&config, counted.clone(), t0, wall);
         assert!(
             st.unchanged(),
             "the count shows nowhere while probes answer"
         );
+        st.apply_scan(&config, scan(&[1]), t0, wall);
+        assert!(!st.unchanged(), "a table that goes is shown");
         st.record(&[KEY], vec![result(Outcome::Timeout, t0)], |_| true);
         cause(&mut st, &config, wall);
+        st.apply_scan(&config, scan(&[1]), t0, wall);
+        assert!(st.unchanged(), "no table: a timeout quotes no count");
+        st.apply_scan(&config, counted.clone(), t0, wall);
+        assert!(!st.unchanged(), "a table that comes is shown");
+        cause(&mut st, &config, wall);
         st.apply_scan(&config, counted, t0, wall);
-        assert!(!st.unchanged());
+        assert!(!st.unchanged(), "its count moves");
     }
 
     /// `since` is the first snapshot that showed the current cause: it holds
