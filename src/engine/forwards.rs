@@ -72,12 +72,14 @@ impl Forwards {
     /// forgotten.
     ///
     /// A proxy forwards only through a socket of its own in the host's
-    /// namespace (`listeners`: it listens on, or binds, the host port). So
-    /// while those sockets and their owners are what they were at the last
-    /// listing, every owner is known and every command line has been read
-    /// twice, nothing is listed and the proxies stand. The owner of a
-    /// socket that is new is read again whatever its count: its pid may
-    /// have been another process's when it was read.
+    /// namespace (`listeners`: it listens on, or binds, the host port).
+    /// When every owner is known, only the owners' proxies count: a socat
+    /// inside a container, or one that has not bound yet, forwards no host
+    /// port. And while those sockets and their owners are what they were
+    /// at the last listing and every command line has been read twice,
+    /// nothing is listed and the proxies stand. The owner of a socket that
+    /// is new is read again whatever its count: its pid may have been
+    /// another process's when it was read.
     fn proxies(&mut self, proc_root: &Path, listeners: &[Listener]) -> Vec<Forward> {
         let mut sockets: Vec<(u64, Option<u32>)> = listeners
             .iter()
@@ -86,6 +88,7 @@ impl Forwards {
             .collect();
         sockets.sort_unstable();
         let known = sockets.iter().all(|(_, pid)| pid.is_some());
+        let owners: HashSet<u32> = sockets.iter().filter_map(|(_, pid)| *pid).collect();
         let settled = self.processes.values().all(|(_, reads)| *reads >= 2);
         if !(known && settled && self.listed.as_ref() == Some(&sockets)) {
             let before = self.listed.take().unwrap_or_default();
@@ -99,8 +102,9 @@ impl Forwards {
         }
         let mut out: Vec<Forward> = self
             .processes
-            .values()
-            .filter_map(|(f, _)| f.clone())
+            .iter()
+            .filter(|(pid, _)| !known || owners.contains(pid))
+            .filter_map(|(_, (f, _))| f.clone())
             .collect();
         out.sort_by_key(|f| (f.key, f.backend));
         out
@@ -184,15 +188,14 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].key, PortKey::tcp(8080));
         assert_eq!(found[0].backend, "10.77.50.2:80".parse().unwrap());
-        // Read twice: kept without reading again, and while the sockets
-        // stand, nothing is listed (a proxy without a socket forwards
-        // nothing).
+        // Read twice (a new socket's owner starts its count again): kept
+        // without reading again; and while the sockets stand, nothing is
+        // listed (the process's directory could go).
+        assert_eq!(f.proxies(root, &listening).len(), 1);
         process(root, 41, "sleep 1");
-        process(root, 8, "socat TCP-LISTEN:9090,fork TCP:10.77.50.3:80");
         assert_eq!(f.proxies(root, &listening).len(), 1);
-        assert_eq!(f.proxies(root, &listening).len(), 1);
-        std::fs::remove_dir_all(root.join("8")).unwrap();
         std::fs::remove_dir_all(root.join("41")).unwrap();
+        assert_eq!(f.proxies(root, &listening).len(), 1);
         assert!(
             f.proxies(root, &[]).is_empty(),
             "a process that is gone is forgotten"
@@ -207,6 +210,22 @@ mod tests {
         let found = f.proxies(root, &[socket(10, 7)]);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].backend, "10.77.50.4:80".parse().unwrap());
+    }
+
+    /// A socat that owns no socket of the host (in a container, or not
+    /// bound yet) forwards no host port.
+    #[test]
+    fn only_a_proxy_that_owns_a_host_socket_forwards_a_host_port() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        process(root, 41, "sleep 600");
+        process(root, 50, "socat TCP-LISTEN:9000,fork TCP:10.77.50.3:5432");
+        let mut f = Forwards::default();
+        for _ in 0..3 {
+            assert!(f.proxies(root, &[socket(9, 41)]).is_empty());
+        }
+        let found = f.proxies(root, &[socket(9, 41), socket(11, 50)]);
+        assert_eq!(found.len(), 1, "bound now: {found:?}");
     }
 
     #[test]

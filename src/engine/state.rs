@@ -422,8 +422,10 @@ impl State {
     /// It also notes whether the snapshot is timeless: no port is
     /// `transient` (its window runs out), no accept-queue or conntrack
     /// drop is still held (their hold runs out, and their text says how
-    /// long ago), and no shown probe timed out (`conntrack_full` then
-    /// quotes the table's count, which moves with every connection).
+    /// long ago), no shown probe timed out beside a conntrack table
+    /// (`conntrack_full` then quotes the table's count, which moves with
+    /// every connection), and no failure is later than `now` (the wall
+    /// clock stepped back: it becomes `transient` when the clock catches up).
     pub fn snapshot(&mut self, config: &Config, now: SystemTime) -> (Snapshot, History) {
         self.generation += 1;
         let vantages = Vantages {
@@ -470,7 +472,8 @@ impl State {
         self.timeless = !ports.iter().any(|p| {
             p.diagnosis.cause == Cause::Transient
                 || (counted && p.probes.iter().any(|r| r.outcome == Outcome::Timeout))
-        }) && !self.queue_drops.as_ref().is_some_and(|q| held(q.at))
+        }) && !failures.values().any(|f| f.at > now)
+            && !self.queue_drops.as_ref().is_some_and(|q| held(q.at))
             && !self
                 .conntrack
                 .as_ref()
