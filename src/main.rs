@@ -92,7 +92,7 @@ enum ConfigCommand {
 /// built on whichever thread ran the round) and a fixed 128 KiB threshold
 /// (large buffers are mapped and returned to the kernel when freed) halve
 /// the resident memory of a steady `serve`; a second arena costs about a
-/// third more of it, for no CPU measurably saved (BENCHMARKS section 11). A setting the user made
+/// third more per target, for no CPU measurably saved (BENCHMARKS section 11). A setting the user made
 /// (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`,
 /// or any `glibc.malloc` tunable in `GLIBC_TUNABLES`) is left as glibc
 /// applied it.

@@ -23,9 +23,8 @@ pub struct Forwards {
     last: Option<(Arc<Ruleset>, Vec<Forward>)>,
     /// Each process's proxy (or `None`), and how many scans read it.
     processes: HashMap<u32, (Option<Forward>, u8)>,
-    /// The host's sockets (inode, owner) when the processes were last
-    /// listed, sorted.
-    listed: Option<Vec<(u64, Option<u32>)>>,
+    /// The host's sockets (inode, owner) of the last scan, sorted.
+    sockets: Vec<(u64, Option<u32>)>,
     /// When reading the ruleset last failed: it is not tried again for
     /// [`RETRY`] (no privilege, no `nft`: one `nft` run per scan would cost
     /// more than the rest of the scan).
@@ -67,19 +66,17 @@ impl Forwards {
 
     /// The proxies among the processes: a process's command line is read
     /// in the first two scans that see its pid (a process seen between
-    /// `fork` and `exec` still shows its parent's), then kept; one
-    /// directory listing per scan otherwise. Processes that are gone are
-    /// forgotten.
+    /// `fork` and `exec` still shows its parent's), then kept. Processes
+    /// that are gone are forgotten.
     ///
     /// A proxy forwards only through a socket of its own in the host's
     /// namespace (`listeners`: it listens on, or binds, the host port).
-    /// When every owner is known, only the owners' proxies count: a socat
-    /// inside a container, or one that has not bound yet, forwards no host
-    /// port. And while those sockets and their owners are what they were
-    /// at the last listing and every command line has been read twice,
-    /// nothing is listed and the proxies stand. The owner of a socket that
-    /// is new is read again whatever its count: its pid may have been
-    /// another process's when it was read.
+    /// So when every socket's owner is known, the processes looked at are
+    /// those owners, and nothing is listed: a socat inside a container, or
+    /// one not bound yet, forwards no host port. The owner of a socket new
+    /// since the last scan is read again whatever its count: its pid may
+    /// have been another process's when it was read. Without every owner,
+    /// every process is listed, every scan.
     fn proxies(&mut self, proc_root: &Path, listeners: &[Listener]) -> Vec<Forward> {
         let mut sockets: Vec<(u64, Option<u32>)> = listeners
             .iter()
@@ -87,33 +84,13 @@ impl Forwards {
             .map(|l| (l.inode, l.owner.as_ref().map(|o| o.pid)))
             .collect();
         sockets.sort_unstable();
-        let known = sockets.iter().all(|(_, pid)| pid.is_some());
-        let owners: HashSet<u32> = sockets.iter().filter_map(|(_, pid)| *pid).collect();
-        let settled = self.processes.values().all(|(_, reads)| *reads >= 2);
-        if !(known && settled && self.listed.as_ref() == Some(&sockets)) {
-            let before = self.listed.take().unwrap_or_default();
-            let fresh: HashSet<u32> = sockets
-                .iter()
-                .filter(|s| before.binary_search(s).is_err())
-                .filter_map(|(_, pid)| *pid)
-                .collect();
-            self.list(proc_root, &fresh);
-            self.listed = Some(sockets);
-        }
-        let mut out: Vec<Forward> = self
-            .processes
+        let fresh: HashSet<u32> = sockets
             .iter()
-            .filter(|(pid, _)| !known || owners.contains(pid))
-            .filter_map(|(_, (f, _))| f.clone())
+            .filter(|s| self.sockets.binary_search(s).is_err())
+            .filter_map(|(_, pid)| *pid)
             .collect();
-        out.sort_by_key(|f| (f.key, f.backend));
-        out
-    }
-
-    /// Lists the processes, forgets those gone, and reads the command
-    /// line of each seen in fewer than two listings, or in `fresh`.
-    fn list(&mut self, proc_root: &Path, fresh: &HashSet<u32>) {
-        let pids: HashSet<u32> = proxy::pids(proc_root).into_iter().collect();
+        let owners: Option<HashSet<u32>> = sockets.iter().map(|(_, pid)| *pid).collect();
+        let pids = owners.unwrap_or_else(|| proxy::pids(proc_root).into_iter().collect());
         self.processes.retain(|pid, _| pids.contains(pid));
         for &pid in &pids {
             let entry = self.processes.entry(pid).or_insert((None, 0));
@@ -125,6 +102,14 @@ impl Forwards {
                 entry.1 += 1;
             }
         }
+        self.sockets = sockets;
+        let mut out: Vec<Forward> = self
+            .processes
+            .values()
+            .filter_map(|(f, _)| f.clone())
+            .collect();
+        out.sort_by_key(|f| (f.key, f.backend));
+        out
     }
 }
 
@@ -180,25 +165,22 @@ mod tests {
         // Seen between fork and exec: the parent's command line first.
         process(root, 41, "sh -c x");
         process(root, 7, "sleep 600");
+        let listening = [socket(5, 7), socket(9, 41)];
         let mut f = Forwards::default();
-        assert!(f.proxies(root, &[]).is_empty());
+        assert!(f.proxies(root, &listening).is_empty());
         process(root, 41, "socat TCP-LISTEN:8080,fork TCP:10.77.50.2:80");
-        let listening = [socket(9, 41)];
         let found = f.proxies(root, &listening);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].key, PortKey::tcp(8080));
         assert_eq!(found[0].backend, "10.77.50.2:80".parse().unwrap());
-        // Read twice (a new socket's owner starts its count again): kept
-        // without reading again; and while the sockets stand, nothing is
-        // listed (the process's directory could go).
-        assert_eq!(f.proxies(root, &listening).len(), 1);
+        // Read twice: kept without reading again (its directory could go).
         process(root, 41, "sleep 1");
         assert_eq!(f.proxies(root, &listening).len(), 1);
         std::fs::remove_dir_all(root.join("41")).unwrap();
         assert_eq!(f.proxies(root, &listening).len(), 1);
         assert!(
-            f.proxies(root, &[]).is_empty(),
-            "a process that is gone is forgotten"
+            f.proxies(root, &listening[..1]).is_empty(),
+            "a process whose socket is gone is forgotten"
         );
         // Pid 7 was read twice as `sleep`; a proxy that got the pid later
         // is read again through its new socket.
