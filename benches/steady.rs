@@ -26,7 +26,8 @@
 //!   in one run. `PSS_PERF=1` profiles the first window of this build.
 //!
 //! `cargo bench --bench steady` (root). `PSS_ONLY=cpu,memory,large,idle`
-//! runs a subset; `PSS_SECONDS` (default 20) is each measuring window.
+//! runs a subset; `PSS_SECONDS` (default 20) is each measuring window;
+//! `PSS_PERF_HZ` (default 999) is perf's sampling rate.
 
 mod support;
 
@@ -103,7 +104,7 @@ fn idle(dir: &Path) {
         if setup == 1 {
             others = Some(Listeners::new(FIRST + 100..FIRST + 1000, true));
         }
-        let running: Vec<Portsight> = builds
+        let running: Vec<(Portsight, support::CpuMeter)> = builds
             .iter()
             .enumerate()
             .map(|(i, (_, bin))| {
@@ -131,19 +132,20 @@ fn idle(dir: &Path) {
                     (n == ports.len()).then_some(())
                 });
                 signal(ps.proc.pid(), Signal::SIGSTOP);
-                ps
+                let meter = support::CpuMeter::new(ps.proc.pid(), &name);
+                (ps, meter)
             })
             .collect();
         let mut shares: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
         for r in 0..repeat {
-            for (i, ps) in running.iter().enumerate() {
+            for (i, (ps, meter)) in running.iter().enumerate() {
                 signal(ps.proc.pid(), Signal::SIGCONT);
                 std::thread::sleep(Duration::from_secs(3));
                 let perf = (r == 0 && i == 0 && env("PSS_PERF", 0) == 1)
                     .then(|| Perf::start(ps.proc.pid()));
-                let (c0, t0) = (cpu_of(ps.proc.pid()), Instant::now());
+                let (c0, t0) = (meter.used(), Instant::now());
                 std::thread::sleep(Duration::from_secs(secs));
-                let cpu = (cpu_of(ps.proc.pid()) - c0).as_secs_f64();
+                let cpu = (meter.used() - c0).as_secs_f64();
                 shares[i].push(cpu / t0.elapsed().as_secs_f64() * 100.0);
                 if let Some(perf) = perf {
                     println!("\n({what})");
@@ -152,7 +154,7 @@ fn idle(dir: &Path) {
                 signal(ps.proc.pid(), Signal::SIGSTOP);
             }
         }
-        for ps in &running {
+        for (ps, _) in &running {
             signal(ps.proc.pid(), Signal::SIGCONT);
         }
         drop(running);
@@ -454,7 +456,9 @@ struct Perf(std::process::Child);
 impl Perf {
     fn start(pid: u32) -> Perf {
         let child = Command::new("perf")
-            .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o"])
+            .args(["record", "-q", "-e", "cpu-clock", "-g", "-F"])
+            .arg(env("PSS_PERF_HZ", 999).to_string())
+            .arg("-o")
             .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("steady-perf.data"))
             .args(["-p", &pid.to_string()])
             .stdout(Stdio::null())

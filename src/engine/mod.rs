@@ -40,6 +40,8 @@ pub struct Engine {
     state: Mutex<State>,
     /// The owner cache, with the proc root it reads.
     owners: Mutex<Option<(PathBuf, Owners)>>,
+    /// The host's sock_diag socket, kept between scans.
+    dumper: Mutex<Option<sockets::netlink::Dumper>>,
     outside: OutsideView,
     /// The ruleset, cached by its generation.
     netfilter: Mutex<Option<netfilter::Reader>>,
@@ -83,6 +85,7 @@ impl Engine {
             live,
             state: Mutex::new(State::default()),
             owners: Mutex::new(None),
+            dumper: Mutex::new(None),
             outside: OutsideView::default(),
             netfilter: Mutex::new(Some(netfilter::Reader::default())),
             namespaces: Arc::default(),
@@ -152,42 +155,45 @@ impl Engine {
             .take()
             .filter(|(root, _)| *root == proc_root)
             .map_or_else(|| Owners::new(proc_root.clone()), |(_, o)| o);
+        let mut dumper = lock(&self.dumper).take();
         let read = tokio::task::spawn_blocking(move || {
-            let result = sockets::scan_listeners(&proc_root).map(|(mut listeners, source)| {
-                let others = lock(&namespaces).scan(&loaded.config);
-                let mut in_others = others.namespaces;
-                owners.fill(
-                    listeners
-                        .iter_mut()
-                        .chain(in_others.iter_mut().flat_map(|n| n.listeners.iter_mut())),
-                );
-                let (forwarded, netfilter_up) = lock(&forwards).read(&proc_root, &listeners);
-                let netlink = source == Source::Netlink;
-                Scan {
-                    listeners,
-                    source,
-                    sources: Sources {
-                        netlink: Some(netlink),
-                        procfs: (!netlink).then_some(true),
-                        owners: Some(owners.complete()),
-                        netfilter: Some(netfilter_up),
-                        namespaces: others.up,
-                    },
-                    ephemeral: watch::ephemeral_range(&proc_root),
-                    tcpext: crate::kernel::read_tcpext(&proc_root)
-                        .inspect_err(|e| tracing::debug!(error = %e, "no kernel counters"))
-                        .ok(),
-                    conntrack: crate::kernel::read_conntrack(&proc_root),
-                    namespaces: in_others,
-                    forwards: Some(forwarded),
-                }
-            });
-            (result, (proc_root, owners))
+            let result =
+                sockets::scan_listeners(&proc_root, &mut dumper).map(|(mut listeners, source)| {
+                    let others = lock(&namespaces).scan(&loaded.config);
+                    let mut in_others = others.namespaces;
+                    owners.fill(
+                        listeners
+                            .iter_mut()
+                            .chain(in_others.iter_mut().flat_map(|n| n.listeners.iter_mut())),
+                    );
+                    let (forwarded, netfilter_up) = lock(&forwards).read(&proc_root, &listeners);
+                    let netlink = source == Source::Netlink;
+                    Scan {
+                        listeners,
+                        source,
+                        sources: Sources {
+                            netlink: Some(netlink),
+                            procfs: (!netlink).then_some(true),
+                            owners: Some(owners.complete()),
+                            netfilter: Some(netfilter_up),
+                            namespaces: others.up,
+                        },
+                        ephemeral: watch::ephemeral_range(&proc_root),
+                        tcpext: crate::kernel::read_tcpext(&proc_root)
+                            .inspect_err(|e| tracing::debug!(error = %e, "no kernel counters"))
+                            .ok(),
+                        conntrack: crate::kernel::read_conntrack(&proc_root),
+                        namespaces: in_others,
+                        forwards: Some(forwarded),
+                    }
+                });
+            (result, (proc_root, owners), dumper)
         })
         .await
         .map_err(|e| format!("socket scan task failed: {e}"))?;
-        let (result, owners) = read;
+        let (result, owners, dumper) = read;
         *self.owners.lock().unwrap_or_else(|e| e.into_inner()) = Some(owners);
+        *lock(&self.dumper) = dumper;
         let scan = result.map_err(|e| e.to_string())?;
         self.note_sources(scan.source, &scan.sources);
         Ok(scan)

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, Protocol};
 use crate::netns::{self, NsId, Roots, Worker, worker::Job};
@@ -24,7 +26,15 @@ pub struct Namespaces {
     inodes: HashMap<NsId, u64>,
     /// Why the last scan read no namespace, logged once per change.
     off: Option<String>,
+    /// When the scan was last refused because portsight is not in PID 1's
+    /// network namespace (a pod or container without host networking),
+    /// under which proc root: checked again after [`RECHECK_REFUSAL`], not
+    /// at every scan. A refusal only ever leaves namespaces unread.
+    refused: Option<(PathBuf, Instant)>,
 }
+
+/// How long a refusal stands before the two namespace links are read again.
+const RECHECK_REFUSAL: Duration = Duration::from_secs(60);
 
 /// The outcome of one namespace scan: what was read, and whether the
 /// `namespaces` source worked (`None`: not used).
@@ -45,6 +55,15 @@ impl Namespaces {
                 up: None,
             };
         }
+        if self.refused.as_ref().is_some_and(|(root, at)| {
+            *root == config.scan.proc_root && at.elapsed() < RECHECK_REFUSAL
+        }) {
+            return Read {
+                namespaces: Vec::new(),
+                up: None,
+            };
+        }
+        self.refused = None;
         let roots = Roots {
             proc_root: config.scan.proc_root.clone(),
             pods_root: config.scan.pods_root.clone(),
@@ -54,6 +73,9 @@ impl Namespaces {
             Ok(found) => found,
             Err(e) => {
                 let refusal = matches!(e, netns::Error::NotHostNetwork { .. });
+                if refusal {
+                    self.refused = Some((config.scan.proc_root.clone(), Instant::now()));
+                }
                 return self.off(e.to_string(), refusal);
             }
         };
@@ -192,8 +214,9 @@ type Inside = (Vec<Listener>, Vec<IpAddr>, bool, RangeInclusive<u16>);
 /// netlink socket tables (no `/proc` fallback: `/proc/net` shows
 /// portsight's own namespace), the addresses and the ephemeral range.
 fn read_inside(id: NsId) -> Result<Inside, String> {
-    let mut listeners = sockets::netlink::dump_listeners().map_err(|e| e.to_string())?;
-    listeners.extend(sockets::netlink::dump_udp_sockets().map_err(|e| e.to_string())?);
+    let mut listeners = sockets::netlink::Dumper::open()
+        .and_then(|mut d| d.sockets())
+        .map_err(|e| e.to_string())?;
     for l in &mut listeners {
         l.netns = id;
     }

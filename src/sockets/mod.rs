@@ -200,11 +200,20 @@ pub enum Error {
 /// namespace, IPv4 and IPv6: netlink first, `/proc/net/{tcp,udp}{,6}` under
 /// `proc_root` when netlink fails (for either protocol: one source for the
 /// whole table). Owners are not filled in; see [`process::Owners`].
-pub fn scan_listeners(proc_root: &Path) -> Result<(Vec<Listener>, Source), Error> {
-    let netlink = netlink::dump_listeners().and_then(|mut tcp| {
-        tcp.extend(netlink::dump_udp_sockets()?);
-        Ok(tcp)
-    });
+/// `dumper` is the netlink socket kept from the last scan: opened when
+/// `None`, left `None` after a failure.
+pub fn scan_listeners(
+    proc_root: &Path,
+    dumper: &mut Option<netlink::Dumper>,
+) -> Result<(Vec<Listener>, Source), Error> {
+    let netlink = dumper
+        .take()
+        .map_or_else(netlink::Dumper::open, Ok)
+        .and_then(|mut d| {
+            let sockets = d.sockets()?;
+            *dumper = Some(d);
+            Ok(sockets)
+        });
     match netlink {
         Ok(listeners) => Ok((listeners, Source::Netlink)),
         Err(err) => {
