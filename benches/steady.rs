@@ -19,11 +19,13 @@
 //! - `large` (item 4): 1,000 and 10,000 ports, all listening, three vantages
 //!   each: one scan, one full probe round and one scrape, each timed.
 //!
-//! - `idle` (item 3): 100 ports at default settings (three vantages, scan
-//!   every 1 s, probe every 15 s) with 1,000 listeners present, CPU over
-//!   `PSS_IDLE_SECONDS` (default 60), `PSS_REPEAT` times; with `PSS_BASE`
-//!   (the path of another build of `portsight`) the two alternate, an A/B
-//!   in one run. `PSS_PERF=1` profiles the first window of this build.
+//! - `idle` (item 3): 100 ports at default settings (scan every 1 s, probe
+//!   every 15 s), found by discovery alone, then 100 configured of 1,000
+//!   listening with discovery off; CPU (from a cgroup v2 directory of each
+//!   process: `support::CpuMeter`) over `PSS_IDLE_SECONDS` (default 60),
+//!   `PSS_REPEAT` times; with `PSS_BASE` (the path of another build of
+//!   `portsight`) the two alternate, an A/B in one run. `PSS_PERF=1`
+//!   profiles the first window of this build.
 //!
 //! `cargo bench --bench steady` (root). `PSS_ONLY=cpu,memory,large,idle`
 //! runs a subset; `PSS_SECONDS` (default 20) is each measuring window;
