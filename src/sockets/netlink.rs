@@ -72,9 +72,9 @@ pub fn dump_udp_sockets() -> Result<Vec<Listener>, Error> {
 
 /// A sock_diag socket of the network namespace it was opened in, and its
 /// receive buffer, for one dump after another (the scan keeps one for the
-/// host: opening a socket and a 64 KiB buffer every second was a tenth of
-/// an idle `serve`). Drop it after an error: a dump cut short would leave
-/// its rest in the socket.
+/// host: a socket and a 64 KiB buffer made and freed every second showed
+/// in an idle `serve`'s profile). Drop it after an error: a dump cut short
+/// would leave its rest in the socket.
 pub struct Dumper {
     socket: Socket,
     buf: Vec<u8>,
@@ -267,8 +267,8 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 /// [`parse_messages`] appending to `out`: whether `NLMSG_DONE` was seen,
 /// and how many rows were skipped. Reads the fixed layouts of
 /// `linux/netlink.h` and `linux/inet_diag.h` directly: this runs on every
-/// row of every scan, and a general decoder's allocations per row were a
-/// tenth of an idle `serve`.
+/// row of every scan, and a general decoder's allocations per row were
+/// 12 % of an idle `serve` watching 100 of 1,000 listening ports.
 fn parse_into(
     buf: &[u8],
     protocol: Protocol,
