@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use crate::config::{Config, Protocol};
 use crate::netns::{self, NsId, Roots, Worker, worker::Job};
@@ -26,15 +24,7 @@ pub struct Namespaces {
     inodes: HashMap<NsId, u64>,
     /// Why the last scan read no namespace, logged once per change.
     off: Option<String>,
-    /// When the scan was last refused because portsight is not in PID 1's
-    /// network namespace (a pod or container without host networking),
-    /// under which proc root: checked again after [`RECHECK_REFUSAL`], not
-    /// at every scan. A refusal only ever leaves namespaces unread.
-    refused: Option<(PathBuf, Instant)>,
 }
-
-/// How long a refusal stands before the two namespace links are read again.
-const RECHECK_REFUSAL: Duration = Duration::from_secs(60);
 
 /// The outcome of one namespace scan: what was read, and whether the
 /// `namespaces` source worked (`None`: not used).
@@ -55,15 +45,6 @@ impl Namespaces {
                 up: None,
             };
         }
-        if self.refused.as_ref().is_some_and(|(root, at)| {
-            *root == config.scan.proc_root && at.elapsed() < RECHECK_REFUSAL
-        }) {
-            return Read {
-                namespaces: Vec::new(),
-                up: None,
-            };
-        }
-        self.refused = None;
         let roots = Roots {
             proc_root: config.scan.proc_root.clone(),
             pods_root: config.scan.pods_root.clone(),
@@ -73,9 +54,6 @@ impl Namespaces {
             Ok(found) => found,
             Err(e) => {
                 let refusal = matches!(e, netns::Error::NotHostNetwork { .. });
-                if refusal {
-                    self.refused = Some((config.scan.proc_root.clone(), Instant::now()));
-                }
                 return self.off(e.to_string(), refusal);
             }
         };
