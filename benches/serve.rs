@@ -206,8 +206,8 @@ fn footprint(dir: &Path, bb: Option<&str>) {
         big.metrics();
     }
     std::thread::sleep(Duration::from_secs(1));
-    let big_rss = support::status_kib(big.proc.pid(), "VmRSS");
-    let big_hwm = support::status_kib(big.proc.pid(), "VmHWM");
+    let big_rss = support::status_kib(big.pid(), "VmRSS");
+    let big_hwm = support::status_kib(big.pid(), "VmHWM");
     drop(big);
 
     // Idle CPU: 100 ports, default settings; blackbox_exporter idles alongside.
@@ -215,10 +215,10 @@ fn footprint(dir: &Path, bb: Option<&str>) {
     let bb_proc = bb.map(|b| support::start_blackbox(b, dir, bb_web));
     let small = Portsight::start(dir, "idle100", "127.0.0.1:10919", &ports[..100], "");
     std::thread::sleep(Duration::from_secs(2));
-    let (c0, t0) = (support::cpu_of(small.proc.pid()), Instant::now());
+    let (c0, t0) = (support::cpu_of(small.pid()), Instant::now());
     std::thread::sleep(Duration::from_secs(idle_secs));
-    let cpu = (support::cpu_of(small.proc.pid()) - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
-    let small_rss = support::status_kib(small.proc.pid(), "VmRSS");
+    let cpu = (support::cpu_of(small.pid()) - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let small_rss = support::status_kib(small.pid(), "VmRSS");
     let bb_rss = bb_proc
         .as_ref()
         .map(|p| support::status_kib(p.pid(), "VmRSS"));

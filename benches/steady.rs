@@ -17,15 +17,21 @@
 //!   state; then the gap between probe rounds while idle and while `wrk`
 //!   scrapes `/metrics` with 8 connections.
 //! - `large` (item 4): 1,000 and 10,000 ports, all listening, three vantages
-//!   each: one scan, one full probe round and one scrape, each timed.
+//!   each: one scan, one full probe round and one scrape, each timed with
+//!   the other stages an hour apart (two processes for each size), and the
+//!   whole process's CPU per probe while rounds run.
 //!
 //! - `idle` (item 3): 100 ports at default settings (scan every 1 s, probe
-//!   every 15 s), found by discovery alone, then 100 configured of 1,000
-//!   listening with discovery off; CPU (from a cgroup v2 directory of each
+//!   every 15 s), found by discovery alone; the same on a host, where the
+//!   namespace scan runs (portsight as PID 1 of a PID namespace of its own
+//!   with 300 processes, 5 in network namespaces of their own: it reads
+//!   every one's `ns/net` each scan); then 100 configured of 1,000
+//!   listening with discovery off. CPU (from a cgroup v2 directory of each
 //!   process: `support::CpuMeter`) over `PSS_IDLE_SECONDS` (default 60),
 //!   `PSS_REPEAT` times; with `PSS_BASE` (the path of another build of
 //!   `portsight`) the two alternate, an A/B in one run. `PSS_PERF=1`
-//!   profiles the first window of this build.
+//!   profiles the first window of this build. `PSS_IDLE_SETUPS` picks
+//!   set-ups: `defaults,host,section4`.
 //!
 //! `cargo bench --bench steady` (root). `PSS_ONLY=cpu,memory,large,idle`
 //! runs a subset; `PSS_SECONDS` (default 20) is each measuring window;
@@ -98,12 +104,26 @@ fn idle(dir: &Path) {
     let mut rows = Vec::new();
     let mut results = Vec::new();
     let setups = [
-        "defaults: the 100 listening ports found by discovery, nothing else listening",
-        "section 4: the 100 ports in the config, discovery off, 1,000 listening",
+        (
+            "defaults",
+            "defaults: the 100 listening ports found by discovery, nothing else listening",
+        ),
+        (
+            "host",
+            "defaults on a host: as above, portsight seeing 300 processes (hostPID), 5 of them in network namespaces of their own",
+        ),
+        (
+            "section4",
+            "section 4: the 100 ports in the config, discovery off, 1,000 listening",
+        ),
     ];
+    let chosen = std::env::var("PSS_IDLE_SETUPS").unwrap_or_default();
     let mut others = None;
-    for (setup, what) in setups.iter().enumerate() {
-        if setup == 1 {
+    for (setup, what) in setups
+        .iter()
+        .filter(|(key, _)| chosen.is_empty() || chosen.split(',').any(|c| c.trim() == *key))
+    {
+        if *setup == "section4" {
             others = Some(Listeners::new(FIRST + 100..FIRST + 1000, true));
         }
         let running: Vec<(Portsight, support::CpuMeter)> = builds
@@ -111,11 +131,11 @@ fn idle(dir: &Path) {
             .enumerate()
             .map(|(i, (_, bin))| {
                 let web = format!("127.0.0.1:{}", 10931 + i);
-                let name = format!("idle{setup}-{i}");
-                let ps = if setup == 0 {
-                    Portsight::start_config(bin, dir, &name, &web, "")
-                } else {
-                    Portsight::start_bin(bin, dir, &name, &web, &ports, "")
+                let name = format!("idle-{setup}-{i}");
+                let ps = match *setup {
+                    "defaults" => Portsight::start_config(bin, dir, &name, &web, ""),
+                    "host" => Portsight::start_host(bin, dir, &name, &web, "", 300, 5),
+                    _ => Portsight::start_bin(bin, dir, &name, &web, &ports, ""),
                 };
                 support::wait_for(Duration::from_secs(120), "100 ports watched", || {
                     // Discovery also finds the web ports of the builds.
@@ -133,18 +153,18 @@ fn idle(dir: &Path) {
                     }
                     (n == ports.len()).then_some(())
                 });
-                signal(ps.proc.pid(), Signal::SIGSTOP);
-                let meter = support::CpuMeter::new(ps.proc.pid(), &name);
+                signal(ps.pid(), Signal::SIGSTOP);
+                let meter = support::CpuMeter::new(ps.pid(), &name);
                 (ps, meter)
             })
             .collect();
         let mut shares: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
         for r in 0..repeat {
             for (i, (ps, meter)) in running.iter().enumerate() {
-                signal(ps.proc.pid(), Signal::SIGCONT);
+                signal(ps.pid(), Signal::SIGCONT);
                 std::thread::sleep(Duration::from_secs(3));
-                let perf = (r == 0 && i == 0 && env("PSS_PERF", 0) == 1)
-                    .then(|| Perf::start(ps.proc.pid()));
+                let perf =
+                    (r == 0 && i == 0 && env("PSS_PERF", 0) == 1).then(|| Perf::start(ps.pid()));
                 let (c0, t0) = (meter.used(), Instant::now());
                 std::thread::sleep(Duration::from_secs(secs));
                 let cpu = (meter.used() - c0).as_secs_f64();
@@ -153,11 +173,11 @@ fn idle(dir: &Path) {
                     println!("\n({what})");
                     perf.report();
                 }
-                signal(ps.proc.pid(), Signal::SIGSTOP);
+                signal(ps.pid(), Signal::SIGSTOP);
             }
         }
         for (ps, _) in &running {
-            signal(ps.proc.pid(), Signal::SIGCONT);
+            signal(ps.pid(), Signal::SIGCONT);
         }
         drop(running);
         for ((name, _), s) in builds.iter().zip(&shares) {
@@ -221,7 +241,7 @@ fn serve_window(ps: &Portsight, secs: u64, scraped: bool) -> Window {
         body
     };
     let p0 = probes_total(&scrape(&mut http));
-    let (c0, t0) = (cpu_of(ps.proc.pid()), Instant::now());
+    let (c0, t0) = (cpu_of(ps.pid()), Instant::now());
     let mut body = String::new();
     for i in 1..=secs {
         let wait = Duration::from_secs(i).saturating_sub(t0.elapsed());
@@ -231,7 +251,7 @@ fn serve_window(ps: &Portsight, secs: u64, scraped: bool) -> Window {
         }
     }
     Window {
-        cpu: (cpu_of(ps.proc.pid()) - c0).as_secs_f64(),
+        cpu: (cpu_of(ps.pid()) - c0).as_secs_f64(),
         probes: probes_total(&body) - p0,
         wall: t0.elapsed().as_secs_f64(),
     }
@@ -345,21 +365,21 @@ fn cpu(dir: &Path, secs: u64) {
 
     let (mut ours, mut unscraped, mut bare, mut theirs) = (vec![], vec![], vec![], vec![]);
     for r in 0..repeat {
-        let perf = (r == 0 && env("PSS_PERF", 0) == 1).then(|| Perf::start(ps.proc.pid()));
+        let perf = (r == 0 && env("PSS_PERF", 0) == 1).then(|| Perf::start(ps.pid()));
         ours.push(serve_window(&ps, secs, true));
         if let Some(perf) = perf {
             perf.report();
         }
         unscraped.push(serve_window(&ps, secs, false));
-        signal(ps.proc.pid(), Signal::SIGSTOP);
+        signal(ps.pid(), Signal::SIGSTOP);
         bare.push(bare_window(&exe, &targets, secs));
         if let Some(bb) = &bb {
             theirs.push(blackbox_window(bb, bb_web, &ports, secs));
         }
-        signal(ps.proc.pid(), Signal::SIGCONT);
+        signal(ps.pid(), Signal::SIGCONT);
         std::thread::sleep(Duration::from_secs(3));
     }
-    let ours_rss = status_kib(ps.proc.pid(), "VmRSS");
+    let ours_rss = status_kib(ps.pid(), "VmRSS");
     let bb_rss = bb.as_ref().map(|b| status_kib(b.pid(), "VmRSS"));
     let med = |w: &[Window]| median(&w.iter().map(Window::per_probe).collect::<Vec<_>>());
     let rate = |w: &[Window]| median(&w.iter().map(|w| w.probes / w.wall).collect::<Vec<_>>());
@@ -584,7 +604,7 @@ fn memory(dir: &Path, secs: u64) {
         let config = STEADY.replace("\"1s\"", &format!("\"{interval}s\""));
         let ps = Portsight::start(dir, &format!("memory{n}"), web, &watched, &config);
         let w = serve_window(&ps, secs.max(2 * interval), true);
-        let rss = status_kib(ps.proc.pid(), "VmRSS");
+        let rss = status_kib(ps.pid(), "VmRSS");
         let targets = 2 * n;
         if n == 0 {
             empty = rss;
@@ -620,7 +640,7 @@ fn memory(dir: &Path, secs: u64) {
             stop.store(true, Ordering::Relaxed);
             seen.join().expect("poller")
         });
-        let loaded_rss = status_kib(ps.proc.pid(), "VmHWM");
+        let loaded_rss = status_kib(ps.pid(), "VmHWM");
         let split = seen[0].seen + load;
         // Rounds completed before wrk started, and within its run (after
         // its first second): the gaps between them and their durations.
@@ -687,54 +707,116 @@ fn memory(dir: &Path, secs: u64) {
     );
 }
 
+/// The sum and count of `portsight_cycle_duration_seconds` of `stage`.
+fn stage_sum(body: &str, stage: &str) -> Option<(f64, f64)> {
+    let l = format!("stage=\"{stage}\"");
+    let sum = sample(body, "portsight_cycle_duration_seconds_sum", &[&l])?;
+    let count = sample(body, "portsight_cycle_duration_seconds_count", &[&l])?;
+    Some((sum, count))
+}
+
 /// Item 4.
 fn large(dir: &Path) {
     const FIRST: u16 = 11_000;
     let ports: Vec<u16> = (FIRST..FIRST + 10_000).collect();
     let _listeners = Listeners::new(ports.iter().copied(), true);
     let mut rows = vec![];
-    let mut per_port: Vec<[f64; 3]> = vec![];
-    for (n, web) in [(1_000usize, "127.0.0.1:10934"), (10_000, "127.0.0.1:10935")] {
+    let mut per_port: Vec<[f64; 5]> = vec![];
+    for (n, webs) in [
+        (1_000usize, ["127.0.0.1:10934", "127.0.0.1:10936"]),
+        (10_000, ["127.0.0.1:10935", "127.0.0.1:10937"]),
+    ] {
+        // Each stage alone, so that none is timed while another shares the
+        // two cores with it (at 10,000 ports a scan takes ~85 ms of every
+        // second and a scrape ~200 ms): rounds with scans an hour apart,
+        // then scans and scrapes with rounds an hour apart.
         let ps = Portsight::start(
             dir,
-            &format!("large{n}"),
-            web,
+            &format!("large{n}-rounds"),
+            webs[0],
             &ports[..n],
-            "[probe]\ninterval = \"5s\"\n",
+            "[scan]\ninterval = \"1h\"\n[probe]\ninterval = \"5s\"\n",
         );
         let mut http = Http::new(ps.web);
-        // Durations of single scans and rounds, from the histogram's sum and
-        // count between scrapes that saw exactly one more.
-        let (mut scans, mut probes, mut scrapes) = (vec![], vec![], vec![]);
-        let mut last: [Option<(f64, f64)>; 2] = [None, None];
+        // A round's duration is the histogram's sum between two scrapes that
+        // saw exactly one more (one scrape every 2.5 s; rounds come every
+        // 5 s ± 10 %).
+        let mut probes = vec![];
+        let mut last_round: Option<(f64, f64)> = None;
+        let perf = (env("PSS_PERF", 0) == 1).then(|| Perf::start(ps.pid()));
+        let (t0, cpu0, mut counted0) = (Instant::now(), cpu_of(ps.pid()), None);
+        while t0.elapsed() < Duration::from_secs(30) {
+            let (_, body) = http.get("/metrics").expect("GET /metrics");
+            counted0.get_or_insert(probes_total(&body));
+            if let Some((s1, n1)) = stage_sum(&body, "probe") {
+                if let Some((s0, n0)) = last_round
+                    && n1 - n0 == 1.0
+                {
+                    probes.push(s1 - s0);
+                }
+                last_round = Some((s1, n1));
+            }
+            std::thread::sleep(Duration::from_millis(2_500));
+        }
+        let (cpu, window) = (cpu_of(ps.pid()) - cpu0, t0.elapsed());
+        let probed = probes_total(&ps.metrics()) - counted0.unwrap_or(0.0);
+        if let Some(perf) = perf {
+            println!("\n{n} ports, probe rounds:");
+            perf.report();
+        }
+        let rss = status_kib(ps.pid(), "VmRSS");
+        drop(ps);
+        let ps = Portsight::start(
+            dir,
+            &format!("large{n}-scans"),
+            webs[1],
+            &ports[..n],
+            "[probe]\ninterval = \"1h\"\n",
+        );
+        let mut http = Http::new(ps.web);
+        support::wait_for(Duration::from_secs(60), "the first round", || {
+            let (_, body) = http.get("/metrics").ok()?;
+            stage_sum(&body, "probe").filter(|(_, n)| *n >= 1.0)
+        });
+        let (_, body) = http.get("/metrics").expect("GET /metrics");
+        let (s0, n0) = stage_sum(&body, "scan").expect("scans in /metrics");
+        let (t1, cpu1) = (Instant::now(), cpu_of(ps.pid()));
+        std::thread::sleep(Duration::from_secs(15));
+        let (_, body) = http.get("/metrics").expect("GET /metrics");
+        let (s1, n1) = stage_sum(&body, "scan").expect("scans in /metrics");
+        // The CPU a second of scans alone costs, to take out of the scrapes'.
+        let scanning = (cpu_of(ps.pid()) - cpu1).as_secs_f64() / t1.elapsed().as_secs_f64();
+        assert!(n1 > n0, "no scans in the window");
+        let scan = (s1 - s0) / (n1 - n0);
+        let scans = (n1 - n0) as usize;
+        // Scrapes, timed at the client: a full GET every 300 ms. Nothing
+        // changes between them, so they send the text rendered once for
+        // the snapshot (a new one's rendering: `cargo bench --bench render`).
+        let mut scrapes = vec![];
         let mut size = 0;
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(25) {
+        let (t2, cpu2) = (Instant::now(), cpu_of(ps.pid()));
+        for _ in 0..30 {
             let t = Instant::now();
             let (_, body) = http.get("/metrics").expect("GET /metrics");
             scrapes.push(t.elapsed().as_secs_f64());
             size = body.len();
-            for (i, stage) in ["scan", "probe"].iter().enumerate() {
-                let l = format!("stage=\"{stage}\"");
-                let sum = sample(&body, "portsight_cycle_duration_seconds_sum", &[&l]);
-                let count = sample(&body, "portsight_cycle_duration_seconds_count", &[&l]);
-                if let (Some(s1), Some(n1)) = (sum, count) {
-                    if let Some((s0, n0)) = last[i]
-                        && n1 - n0 == 1.0
-                    {
-                        [&mut scans, &mut probes][i].push(s1 - s0);
-                    }
-                    last[i] = Some((s1, n1));
-                }
-            }
             std::thread::sleep(Duration::from_millis(300));
         }
-        let counted = probes_total(&ps.metrics());
-        let (scan, probe, scrape) = (median(&scans), median(&probes), median(&scrapes));
-        per_port.push([scan / n as f64, probe / n as f64, scrape / n as f64]);
+        let serving = ((cpu_of(ps.pid()) - cpu2).as_secs_f64()
+            - scanning * t2.elapsed().as_secs_f64())
+            / scrapes.len() as f64;
+        let (probe, scrape) = (median(&probes), median(&scrapes));
+        let per_probe = cpu.as_secs_f64() / probed;
+        per_port.push([
+            scan / n as f64,
+            probe / n as f64,
+            scrape / n as f64,
+            serving / n as f64,
+            per_probe,
+        ]);
         rows.push(vec![
             format!("{n} ports × 3 vantages"),
-            format!("{} (n={})", fmt_secs(scan), scans.len()),
+            format!("{} (mean of {scans})", fmt_secs(scan)),
             format!("{} (n={})", fmt_secs(probe), probes.len()),
             format!(
                 "{} (n={}, {:.1} MB)",
@@ -742,31 +824,41 @@ fn large(dir: &Path) {
                 scrapes.len(),
                 size as f64 / 1e6
             ),
+            fmt_secs(serving),
+            format!("{:.1} MiB", rss as f64 / 1024.0),
             format!(
-                "{:.1} MiB",
-                status_kib(ps.proc.pid(), "VmRSS") as f64 / 1024.0
+                "{:.1} µs ({probed:.0} probes, {:.2} s CPU in {:.0} s)",
+                per_probe * 1e6,
+                cpu.as_secs_f64(),
+                window.as_secs_f64()
             ),
-            format!("{counted:.0}"),
         ]);
     }
     table(
-        "Item 4: one scan, one full probe round, one scrape (medians; scan.interval 1s, probe.interval 5s)",
+        "Item 4: one scan (mean), one full probe round and one scrape (medians), each stage alone (rounds every 5 s; scans every 1 s)",
         &[
             "watching",
             "scan",
             "probe round",
-            "scrape",
+            "scrape (client's GET)",
+            "serve's CPU per scrape",
             "RSS",
-            "probes counted by then",
+            "CPU of serve per probe while rounds are timed (12 scrapes in)",
         ],
         &rows,
     );
-    let names = ["scan", "probe round", "scrape"];
-    let results: Vec<Vec<String>> = (0..3)
+    let names = [
+        "scan per port",
+        "probe round per port",
+        "scrape per port",
+        "serve's CPU per scrape, per port",
+        "CPU of serve per probe",
+    ];
+    let results: Vec<Vec<String>> = (0..5)
         .map(|i| {
             let r = per_port[1][i] / per_port[0][i];
             vec![
-                format!("{} per port, 10,000 / 1,000 ports", names[i]),
+                format!("{}, 10,000 / 1,000 ports", names[i]),
                 format!("{r:.2}×"),
                 "≤ 1× (linear), noise allowing".into(),
                 verdict(r <= 1.25),

@@ -76,8 +76,11 @@ impl Drop for Listeners {
 
 /// A running `portsight serve` with a config of its own.
 pub struct Portsight {
+    /// What was spawned: `portsight` itself, or the `unshare` around it.
     pub proc: Proc,
     pub web: SocketAddr,
+    /// The `portsight` process (the one to measure and to signal).
+    pid: u32,
 }
 
 impl Portsight {
@@ -106,9 +109,7 @@ impl Portsight {
     /// `portsight serve` (the build `bin`) on `web` with the config text
     /// `cfg` (without its `[web]` section), once `/-/ready`.
     pub fn start_config(bin: &str, dir: &Path, name: &str, web: &str, cfg: &str) -> Portsight {
-        let cfg = format!("[web]\nlisten_address = \"{web}\"\n{cfg}");
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, cfg).expect("write config");
+        let path = Portsight::config_file(dir, name, web, cfg);
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
         let proc = Proc::spawn(
             Command::new(bin)
@@ -118,6 +119,86 @@ impl Portsight {
                 .stdout(Stdio::null())
                 .stderr(log),
         );
+        let pid = proc.pid();
+        Portsight::ready(proc, pid, web)
+    }
+
+    /// [`Portsight::start_config`] as on a host where it sees every
+    /// process (hostPID): PID 1 of a PID namespace of its own
+    /// (`unshare --pid --fork --mount-proc --kill-child`, DESIGN's safety
+    /// rule: the machine's processes and namespaces stay unseen), in this
+    /// network namespace, beside `processes` sleeping ones of which
+    /// `containers` each sit in a network namespace of their own (nothing
+    /// listening there). Its namespace scan then walks them all every
+    /// scan. The namespace names are read from empty directories, not the
+    /// machine's `/run/netns` and `/var/log/pods`.
+    pub fn start_host(
+        bin: &str,
+        dir: &Path,
+        name: &str,
+        web: &str,
+        cfg: &str,
+        processes: usize,
+        containers: usize,
+    ) -> Portsight {
+        let (netns_dir, pods) = (
+            dir.join(format!("{name}-netns")),
+            dir.join(format!("{name}-pods")),
+        );
+        for d in [&netns_dir, &pods] {
+            std::fs::create_dir_all(d).expect("an empty directory");
+        }
+        let cfg = format!(
+            "[scan]\nnetns_dir = \"{}\"\npods_root = \"{}\"\n{cfg}",
+            netns_dir.display(),
+            pods.display()
+        );
+        let path = Portsight::config_file(dir, name, web, &cfg);
+        let script = format!(
+            "i=0; while [ $i -lt {processes} ]; do \
+               if [ $i -lt {containers} ]; then unshare -n sleep 100000 & else sleep 100000 & fi; \
+               i=$((i+1)); done; \
+             exec \"$0\" serve --config \"$1\" --log.level warn"
+        );
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
+        let proc = Proc::spawn(
+            Command::new("unshare")
+                .args([
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "--kill-child",
+                    "sh",
+                    "-c",
+                ])
+                .arg(script)
+                .arg(bin)
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
+        // unshare's child, once it is portsight (sh execs it).
+        let exe = std::fs::canonicalize(bin).expect("portsight binary");
+        let pid = super::wait_for(Duration::from_secs(30), "portsight as PID 1", || {
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", proc.pid())).ok()?;
+            let pid: u32 = children.split_whitespace().next()?.parse().ok()?;
+            (std::fs::read_link(format!("/proc/{pid}/exe")).ok()? == exe).then_some(pid)
+        });
+        Portsight::ready(proc, pid, web)
+    }
+
+    /// Writes the config file of `name`: `cfg` with its `[web]` section.
+    fn config_file(dir: &Path, name: &str, web: &str, cfg: &str) -> std::path::PathBuf {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, format!("[web]\nlisten_address = \"{web}\"\n{cfg}"))
+            .expect("write config");
+        path
+    }
+
+    /// Waits until `/-/ready` on `web`.
+    fn ready(proc: Proc, pid: u32, web: &str) -> Portsight {
         let web: SocketAddr = web.parse().expect("web address");
         wait_for(Duration::from_secs(60), "portsight /-/ready", || {
             Http::new(web)
@@ -125,7 +206,12 @@ impl Portsight {
                 .ok()
                 .filter(|(s, _)| *s == 200)
         });
-        Portsight { proc, web }
+        Portsight { proc, web, pid }
+    }
+
+    /// The `portsight` process.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn metrics(&self) -> String {

@@ -545,7 +545,6 @@ impl Config {
         !self.peer_list.is_empty() || !self.peers.dns.is_empty()
     }
 
-    /// The configured entry for `port` of `protocol`, if any.
     /// The configured port `port`/`protocol` of the host's namespace.
     pub fn port(&self, port: u16, protocol: Protocol) -> Option<&PortConfig> {
         self.port_in("", port, protocol)

@@ -291,19 +291,21 @@ impl State {
 
     /// The watched ports, or those of `only` that are watched.
     pub fn watched(&self, only: Option<&[PortKey]>) -> Vec<PortKey> {
+        let only = only.map(|o| o.iter().collect::<HashSet<_>>());
         self.watch
             .ports()
             .map(|w| w.key)
-            .filter(|p| only.is_none_or(|o| o.contains(p)))
+            .filter(|p| only.as_ref().is_none_or(|o| o.contains(p)))
             .collect()
     }
 
     /// The watched ports that are probed (see [`WatchedPort::probed`]), of
     /// `only` when given, each with the payload a UDP probe sends.
     pub fn probed(&self, only: Option<&[PortKey]>) -> Vec<(PortKey, std::sync::Arc<[u8]>)> {
+        let only = only.map(|o| o.iter().collect::<HashSet<_>>());
         self.watch
             .ports()
-            .filter(|w| w.probed() && only.is_none_or(|o| o.contains(&w.key)))
+            .filter(|w| w.probed() && only.as_ref().is_none_or(|o| o.contains(&w.key)))
             .map(|w| (w.key, std::sync::Arc::clone(&w.payload)))
             .collect()
     }
@@ -435,18 +437,13 @@ impl State {
             host: false,
         };
         let mut failures = self.failures.clone();
-        // Each port's listeners, found once: not every listener per port.
-        let mut by_port: HashMap<PortKey, Vec<Listener>> = HashMap::new();
-        for l in &self.listeners {
-            by_port.entry(PortKey::of(l)).or_default().push(l.clone());
-        }
+        // Each port's listeners and forwards, found once: not every
+        // listener and forward per port.
+        let index = Index::new(self);
         let ports: Vec<PortStatus> = self
             .watch
             .ports()
-            .map(|w| {
-                let listeners = by_port.remove(&w.key).unwrap_or_default();
-                self.port_status(w, listeners, config, vantages, now)
-            })
+            .map(|w| self.port_status(w, &index, config, vantages, now))
             .collect();
         let causes = ports
             .iter()
@@ -497,11 +494,12 @@ impl State {
     fn port_status(
         &self,
         w: &WatchedPort,
-        mut listeners: Vec<Listener>,
+        index: &Index,
         config: &Config,
         vantages: Vantages,
         now: SystemTime,
     ) -> PortStatus {
+        let mut listeners = index.listeners(w.key);
         listeners.sort_by_key(|l| (l.address, l.inode));
         let since = self.changed_at.get(&w.key).copied();
         // In the order of the targets, as kept.
@@ -524,7 +522,7 @@ impl State {
         });
         let own = w.key.netns.is_own();
         let view = self.namespaces.get(&w.key.netns);
-        let forward = self.forward_status(w.key);
+        let forward = self.forward_status(w.key, index);
         let vantages = Vantages {
             host: !own,
             ..vantages
@@ -582,12 +580,13 @@ impl State {
     /// with its backend's listeners: of the forwards of the port, the first
     /// whose backend listens nowhere that takes the backend address, else
     /// the first.
-    fn forward_status(&self, key: PortKey) -> Option<ForwardStatus> {
-        let all: Vec<ForwardStatus> = self
+    fn forward_status(&self, key: PortKey, index: &Index) -> Option<ForwardStatus> {
+        let all: Vec<ForwardStatus> = index
             .forwards
-            .iter()
-            .filter(|f| f.key == key)
-            .map(|f| self.through(f))
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .map(|f| self.through(f, index))
             .collect();
         let broken = all.iter().position(|f| {
             f.on_this_host
@@ -602,23 +601,17 @@ impl State {
     /// Where `f`'s backend is: a namespace of this host whose addresses
     /// hold it, this host's own namespace (its loopback or addresses),
     /// or another host.
-    fn through(&self, f: &Forward) -> ForwardStatus {
+    fn through(&self, f: &Forward, index: &Index) -> ForwardStatus {
         let ip = f.backend.ip();
-        let netns = self
-            .namespaces
-            .values()
-            .find(|v| v.addresses.contains(&ip))
-            .map(|v| &v.ns);
+        let netns = index.namespaces.get(&ip).copied();
         let own = netns.is_none() && (ip.is_loopback() || self.own_addresses.contains(&ip));
         let in_ns = netns.map_or(NsId::OWN, |n| n.id);
         let backend_listeners = if netns.is_some() || own {
-            self.listeners
-                .iter()
-                .filter(|l| {
-                    l.netns == in_ns && l.port == f.backend.port() && l.protocol == f.key.protocol
-                })
-                .cloned()
-                .collect()
+            index.listeners(PortKey {
+                netns: in_ns,
+                protocol: f.key.protocol,
+                port: f.backend.port(),
+            })
         } else {
             Vec::new()
         };
@@ -644,6 +637,44 @@ impl State {
     /// The other namespaces of the last scan.
     pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
         self.namespaces.values().map(|v| &v.ns)
+    }
+}
+
+/// The last scan's listeners and forwards by port, and its namespaces by
+/// address, made once per snapshot.
+struct Index<'a> {
+    listeners: HashMap<PortKey, Vec<&'a Listener>>,
+    forwards: HashMap<PortKey, Vec<&'a Forward>>,
+    /// The first namespace (in `NsId` order) holding each address.
+    namespaces: HashMap<IpAddr, &'a Namespace>,
+}
+
+impl<'a> Index<'a> {
+    fn new(state: &'a State) -> Index<'a> {
+        let mut index = Index {
+            listeners: HashMap::new(),
+            forwards: HashMap::new(),
+            namespaces: HashMap::new(),
+        };
+        for l in &state.listeners {
+            index.listeners.entry(PortKey::of(l)).or_default().push(l);
+        }
+        for f in &state.forwards {
+            index.forwards.entry(f.key).or_default().push(f);
+        }
+        for v in state.namespaces.values() {
+            for ip in &v.addresses {
+                index.namespaces.entry(*ip).or_insert(&v.ns);
+            }
+        }
+        index
+    }
+
+    /// The listeners on `key`, in the order of the scan.
+    fn listeners(&self, key: PortKey) -> Vec<Listener> {
+        self.listeners
+            .get(&key)
+            .map_or_else(Vec::new, |ls| ls.iter().map(|&l| l.clone()).collect())
     }
 }
 
