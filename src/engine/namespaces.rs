@@ -24,6 +24,8 @@ pub struct Namespaces {
     inodes: HashMap<NsId, u64>,
     /// Why the last scan read no namespace, logged once per change.
     off: Option<String>,
+    /// The processes' namespaces as of the last scans.
+    known: netns::Known,
 }
 
 /// The outcome of one namespace scan: what was read, and whether the
@@ -40,6 +42,7 @@ impl Namespaces {
     pub fn scan(&mut self, config: &Config) -> Read {
         if !config.scan.namespaces {
             self.inodes.clear();
+            self.known = netns::Known::default();
             return Read {
                 namespaces: Vec::new(),
                 up: None,
@@ -50,7 +53,7 @@ impl Namespaces {
             pods_root: config.scan.pods_root.clone(),
             run_netns: config.scan.netns_dir.clone(),
         };
-        let found = match netns::find(&roots) {
+        let found = match netns::find_known(&roots, &mut self.known) {
             Ok(found) => found,
             Err(e) => {
                 let refusal = matches!(e, netns::Error::NotHostNetwork { .. });
@@ -118,6 +121,7 @@ impl Namespaces {
             self.off = Some(why);
         }
         self.inodes.clear();
+        self.known = netns::Known::default();
         Read {
             namespaces: Vec::new(),
             up: (!refusal).then_some(false),

@@ -62,7 +62,33 @@ pub struct Seen {
 /// Finds and names the namespaces, under DESIGN's safety rule: only when
 /// portsight shares the network namespace of PID 1 of `<proc_root>`.
 pub fn find(roots: &Roots) -> Result<Found, Error> {
-    find_with(roots, read_hostnames)
+    find_known(roots, &mut Known::default())
+}
+
+/// [`find`], reading the `ns/net` link of only the processes `known` has
+/// not seen (see [`Known`]).
+pub fn find_known(roots: &Roots, known: &mut Known) -> Result<Found, Error> {
+    find_with(roots, known, read_hostnames)
+}
+
+/// Every how many walks all links are read again.
+pub const FULL_WALK_EVERY: u32 = 10;
+
+/// What the last walks read: each listed process's namespace (`None`:
+/// unreadable), by pid. A new namespace comes with a new process (a
+/// container's, a pod's), so between full walks only the pids new since
+/// the last listing are read — on a host with hundreds of processes that
+/// readlink per process was most of an idle `serve`'s CPU — and pids no
+/// longer listed go at once. Every [`FULL_WALK_EVERY`]th walk reads them
+/// all again: a process that changed namespace without a new pid
+/// (`unshare`, `setns`), or a pid reused between two listings, is seen by
+/// then. Nothing is reported wrongly meanwhile: namespaces are entered
+/// through handles checked by inode ([`super::Worker::sync`]).
+#[derive(Debug, Default)]
+pub struct Known {
+    root: PathBuf,
+    links: HashMap<u32, Option<u64>>,
+    walks: u32,
 }
 
 /// What one process of another namespace says about it.
@@ -77,12 +103,13 @@ struct Proc {
 
 fn find_with(
     roots: &Roots,
+    known: &mut Known,
     hostnames: impl FnOnce(&[(u64, PathBuf)]) -> HashMap<u64, String>,
 ) -> Result<Found, Error> {
     let proc_root = &roots.proc_root;
     let own = safe_own_namespace(proc_root)?;
     let own_uts = ns_inode(&proc_root.join("self/ns/uts"), "uts").ok();
-    let (members, unreadable) = walk(proc_root, own)?;
+    let (members, unreadable) = walk(proc_root, own, known)?;
     let procs: BTreeMap<u64, Vec<Proc>> = members
         .into_iter()
         .map(|(inode, pids)| {
@@ -160,8 +187,13 @@ fn vanished(e: &io::Error) -> bool {
 }
 
 /// The pids of every namespace but `own`, ascending, and how many
-/// processes could not be read.
-fn walk(proc_root: &Path, own: u64) -> Result<(BTreeMap<u64, Vec<u32>>, usize), Error> {
+/// processes could not be read; the links of pids `known` lacks are read
+/// (all of them on a full walk), and `known` becomes this listing.
+fn walk(
+    proc_root: &Path,
+    own: u64,
+    known: &mut Known,
+) -> Result<(BTreeMap<u64, Vec<u32>>, usize), Error> {
     let entries = std::fs::read_dir(proc_root).map_err(|source| Error::Read {
         path: proc_root.to_path_buf(),
         source,
@@ -170,16 +202,31 @@ fn walk(proc_root: &Path, own: u64) -> Result<(BTreeMap<u64, Vec<u32>>, usize), 
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
+    if known.walks % FULL_WALK_EVERY == 0 || known.root != proc_root {
+        known.links.clear();
+        known.root = proc_root.to_path_buf();
+    }
+    known.walks = known.walks.wrapping_add(1);
+    let mut links = HashMap::with_capacity(pids.len());
     let mut members: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     let mut unreadable = 0;
     for pid in pids {
-        match ns_inode(&proc_root.join(pid.to_string()).join("ns/net"), "net") {
-            Ok(inode) if inode == own => {}
-            Ok(inode) => members.entry(inode).or_default().push(pid),
-            Err(e) if vanished(&e) => {}
-            Err(_) => unreadable += 1,
+        let link = match known.links.get(&pid) {
+            Some(&link) => link,
+            None => match ns_inode(&proc_root.join(pid.to_string()).join("ns/net"), "net") {
+                Ok(inode) => Some(inode),
+                Err(e) if vanished(&e) => continue,
+                Err(_) => None,
+            },
+        };
+        links.insert(pid, link);
+        match link {
+            Some(inode) if inode == own => {}
+            Some(inode) => members.entry(inode).or_default().push(pid),
+            None => unreadable += 1,
         }
     }
+    known.links = links;
     Ok((members, unreadable))
 }
 

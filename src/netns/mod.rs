@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 use serde::Serialize;
 
-pub use find::{Found, Roots, Seen, find};
+pub use find::{Found, Known, Roots, Seen, find, find_known};
 pub use id::NsId;
 pub use worker::Worker;
 

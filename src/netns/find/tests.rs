@@ -181,7 +181,7 @@ fn a_fixture_world_is_found_deduplicated_and_named_in_design_order() {
     f.process("802", 506, 10, Some(&format!("0::/docker/{ID}\n")));
 
     let mut asked = Vec::new();
-    let found = find_with(&f.roots(), |wanted| {
+    let found = find_with(&f.roots(), &mut Known::default(), |wanted| {
         asked = wanted.iter().map(|(uts, _)| *uts).collect();
         HashMap::from([
             (600, "web-1".to_string()),
@@ -243,7 +243,10 @@ fn a_fixture_world_is_found_deduplicated_and_named_in_design_order() {
 fn outside_pid_1_s_network_namespace_nothing_is_looked_at() {
     let f = Fixture::new(2);
     f.process("100", 500, 600, Some(&format!("0::/docker/{ID}\n")));
-    let err = find_with(&f.roots(), |_| panic!("no hostnames may be read")).unwrap_err();
+    let err = find_with(&f.roots(), &mut Known::default(), |_| {
+        panic!("no hostnames may be read")
+    })
+    .unwrap_err();
     assert!(
         matches!(err, Error::NotHostNetwork { own: 1, pid1: 2 }),
         "{err}"
@@ -259,7 +262,7 @@ fn outside_pid_1_s_network_namespace_nothing_is_looked_at() {
 fn without_pid_1_s_link_it_refuses_and_says_which_file() {
     let f = Fixture::new(1);
     std::fs::remove_file(f.dir.path().join("proc/1/ns/net")).unwrap();
-    let err = find_with(&f.roots(), |_| HashMap::new()).unwrap_err();
+    let err = find_with(&f.roots(), &mut Known::default(), |_| HashMap::new()).unwrap_err();
     assert!(err.to_string().contains("proc/1/ns/net"), "{err}");
 }
 
@@ -272,7 +275,7 @@ fn a_pod_uid_without_its_directory_is_not_a_pod_name() {
         10,
         Some(&format!("0::/kubepods/pod{UID}/{ID}\n")),
     );
-    let found = find_with(&f.roots(), |_| HashMap::new()).unwrap();
+    let found = find_with(&f.roots(), &mut Known::default(), |_| HashMap::new()).unwrap();
     let seen = &found.namespaces[0];
     assert_eq!(
         (seen.ns.name.as_str(), seen.ns.pod.as_deref()),
@@ -290,11 +293,47 @@ fn a_process_that_exits_mid_walk_is_skipped_and_so_is_a_namespace_left_without_a
     for pid in ["100", "200"] {
         std::fs::remove_file(f.dir.path().join("proc").join(pid).join("cgroup")).unwrap();
     }
-    let found = find_with(&f.roots(), |_| HashMap::new()).unwrap();
+    let found = find_with(&f.roots(), &mut Known::default(), |_| HashMap::new()).unwrap();
     let seen: Vec<(u64, u32, &str)> = found
         .namespaces
         .iter()
         .map(|s| (s.ns.inode, s.pid, s.ns.name.as_str()))
         .collect();
     assert_eq!(seen, [(500, 101, "netns-500")]);
+}
+
+#[test]
+fn between_full_walks_only_new_processes_are_read_and_gone_ones_go_at_once() {
+    let f = Fixture::new(1);
+    f.process("100", 500, 10, None);
+    f.process("200", 1, 10, None);
+    let mut known = Known::default();
+    let inodes = |known: &mut Known| -> Vec<(u64, u32)> {
+        let found = find_with(&f.roots(), known, |_| HashMap::new()).unwrap();
+        found
+            .namespaces
+            .iter()
+            .map(|s| (s.ns.inode, s.pid))
+            .collect()
+    };
+    assert_eq!(inodes(&mut known), [(500, 100)]);
+    // A new process in a new namespace is seen at the next walk.
+    f.process("300", 600, 10, None);
+    assert_eq!(inodes(&mut known), [(500, 100), (600, 300)]);
+    // One that exits goes at the next walk, and its namespace with it.
+    std::fs::remove_dir_all(f.dir.path().join("proc/100")).unwrap();
+    assert_eq!(inodes(&mut known), [(600, 300)]);
+    // A process that moves without a new pid (setns, unshare) is seen
+    // by the next full walk, not before.
+    let net = f.dir.path().join("proc/200/ns/net");
+    std::fs::remove_file(&net).unwrap();
+    symlink("net:[700]", &net).unwrap();
+    let mut walks = 3;
+    while walks % FULL_WALK_EVERY != 0 {
+        assert_eq!(inodes(&mut known), [(600, 300)], "walk {walks}");
+        walks += 1;
+    }
+    assert_eq!(inodes(&mut known), [(600, 300), (700, 200)]);
+    // A fresh cache reads every link.
+    assert_eq!(inodes(&mut Known::default()), [(600, 300), (700, 200)]);
 }
