@@ -202,7 +202,7 @@ fn walk(
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    if known.walks % FULL_WALK_EVERY == 0 || known.root != proc_root {
+    if known.walks.is_multiple_of(FULL_WALK_EVERY) || known.root != proc_root {
         known.links.clear();
         known.root = proc_root.to_path_buf();
     }

@@ -328,8 +328,8 @@ fn between_full_walks_only_new_processes_are_read_and_gone_ones_go_at_once() {
     let net = f.dir.path().join("proc/200/ns/net");
     std::fs::remove_file(&net).unwrap();
     symlink("net:[700]", &net).unwrap();
-    let mut walks = 3;
-    while walks % FULL_WALK_EVERY != 0 {
+    let mut walks: u32 = 3;
+    while !walks.is_multiple_of(FULL_WALK_EVERY) {
         assert_eq!(inodes(&mut known), [(600, 300)], "walk {walks}");
         walks += 1;
     }
