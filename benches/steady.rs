@@ -850,18 +850,28 @@ fn large(dir: &Path) {
     let names = [
         "scan per port",
         "probe round per port",
-        "scrape per port",
+        "client's GET of /metrics per port",
         "serve's CPU per scrape, per port",
         "CPU of serve per probe",
     ];
     let results: Vec<Vec<String>> = (0..5)
         .map(|i| {
             let r = per_port[1][i] / per_port[0][i];
+            // The client's GET includes the client reading 70 MB into
+            // fresh memory: reported; serve's own CPU per scrape is judged.
+            let (target, result) = if i == 2 {
+                (
+                    "reported (the client's reading is in it)".into(),
+                    "—".into(),
+                )
+            } else {
+                ("≤ 1× (linear), noise allowing".into(), verdict(r <= 1.25))
+            };
             vec![
                 format!("{}, 10,000 / 1,000 ports", names[i]),
                 format!("{r:.2}×"),
-                "≤ 1× (linear), noise allowing".into(),
-                verdict(r <= 1.25),
+                target,
+                result,
             ]
         })
         .collect();
