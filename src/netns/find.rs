@@ -78,7 +78,7 @@ pub const FULL_WALK_EVERY: u32 = 10;
 /// unreadable), by pid. A new namespace comes with a new process (a
 /// container's, a pod's), so between full walks only the pids new since
 /// the last listing are read — on a host with hundreds of processes that
-/// readlink per process was most of an idle `serve`'s CPU — and pids no
+/// readlink per process was a third of an idle `serve`'s CPU — and pids no
 /// longer listed go at once. Every [`FULL_WALK_EVERY`]th walk reads them
 /// all again: a process that changed namespace without a new pid
 /// (`unshare`, `setns`), or a pid reused between two listings, is seen by
