@@ -13,7 +13,7 @@
 //! answers for both families in one walk, falling back to one
 //! `inet_diag_req_v2` per family; UDP has only the latter.
 //!
-//! [`dump_listeners`] does the I/O; [`parse_messages`] turns the bytes of one
+//! [`Dumper`] does the I/O; [`parse_messages`] turns the bytes of one
 //! received datagram into [`Listener`]s and is what the tests feed.
 
 use std::net::IpAddr;
@@ -118,10 +118,7 @@ impl Dumper {
         let mut skipped = 0;
         for family in [AF_INET, AF_INET6] {
             self.seq = self.seq.wrapping_add(1);
-            let packet = request(self.seq, family, protocol);
-            let mut bytes = vec![0; packet.buffer_len()];
-            packet.serialize(&mut bytes);
-            skipped += self.run(&bytes, protocol, out)?;
+            skipped += self.run(&v2_request(self.seq, family, protocol), protocol, out)?;
         }
         Ok(skipped)
     }
@@ -206,6 +203,14 @@ fn open() -> Result<Socket, Error> {
         .set_read_timeout(Some(RECV_TIMEOUT))
         .map_err(|e| err("setsockopt SO_RCVTIMEO", e))?;
     Ok(socket)
+}
+
+/// [`request`] as the bytes to send.
+fn v2_request(seq: u32, family: u8, protocol: Protocol) -> Vec<u8> {
+    let packet = request(seq, family, protocol);
+    let mut bytes = vec![0; packet.buffer_len()];
+    packet.serialize(&mut bytes);
+    bytes
 }
 
 /// The dump request for one address family and protocol.
@@ -910,10 +915,12 @@ mod tests {
             .unwrap();
         let mut v2 = Vec::new();
         for (seq, family) in [(2, AF_INET), (3, AF_INET6)] {
-            let packet = request(seq, family, Protocol::Tcp);
-            let mut bytes = vec![0; packet.buffer_len()];
-            packet.serialize(&mut bytes);
-            d.run(&bytes, Protocol::Tcp, &mut v2).unwrap();
+            d.run(
+                &v2_request(seq, family, Protocol::Tcp),
+                Protocol::Tcp,
+                &mut v2,
+            )
+            .unwrap();
         }
         let rows = |all: &[Listener]| {
             let mut rows: Vec<_> = all
