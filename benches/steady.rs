@@ -24,8 +24,8 @@
 //! - `idle` (item 3): 100 ports at default settings (scan every 1 s, probe
 //!   every 15 s), found by discovery alone; the same on a host, where the
 //!   namespace scan runs (portsight as PID 1 of a PID namespace of its own
-//!   with 300 processes, 5 in network namespaces of their own: it reads
-//!   every one's `ns/net` each scan); then 100 configured of 1,000
+//!   with 300 processes, 5 in network namespaces of their own: it lists
+//!   them every scan, and reads new ones' `ns/net`); then 100 configured of 1,000
 //!   listening with discovery off. CPU (from a cgroup v2 directory of each
 //!   process: `support::CpuMeter`) over `PSS_IDLE_SECONDS` (default 60),
 //!   `PSS_REPEAT` times; with `PSS_BASE` (the path of another build of
