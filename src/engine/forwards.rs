@@ -35,10 +35,17 @@ const RETRY: Duration = Duration::from_secs(30);
 
 impl Forwards {
     /// The forwards now, and whether the ruleset could be read (without
-    /// it, only the proxies'). Blocking.
-    pub fn read(&mut self, proc_root: &Path, listeners: &[Listener]) -> (Vec<Forward>, bool) {
+    /// it, only the proxies'). `owners_complete`: no process's descriptors
+    /// were hidden when owners were looked for ([`crate::sockets::process::Owners::complete`]).
+    /// Blocking.
+    pub fn read(
+        &mut self,
+        proc_root: &Path,
+        listeners: &[Listener],
+        owners_complete: bool,
+    ) -> (Vec<Forward>, bool) {
         if self.failed_at.is_some_and(|at| at.elapsed() < RETRY) {
-            return (self.proxies(proc_root, listeners), false);
+            return (self.proxies(proc_root, listeners, owners_complete), false);
         }
         let (mut out, up) = match self.reader.current() {
             Ok(rs) => {
@@ -60,7 +67,7 @@ impl Forwards {
                 (Vec::new(), false)
             }
         };
-        out.extend(self.proxies(proc_root, listeners));
+        out.extend(self.proxies(proc_root, listeners, owners_complete));
         (out, up)
     }
 
@@ -71,13 +78,21 @@ impl Forwards {
     ///
     /// A proxy forwards only through a socket of its own in the host's
     /// namespace (`listeners`: it listens on, or binds, the host port).
-    /// So when every socket's owner is known, the processes looked at are
-    /// those owners, and nothing is listed: a socat inside a container, or
-    /// one not bound yet, forwards no host port. The owner of a socket new
-    /// since the last scan is read again whatever its count: its pid may
-    /// have been another process's when it was read. Without every owner,
-    /// every process is listed, every scan.
-    fn proxies(&mut self, proc_root: &Path, listeners: &[Listener]) -> Vec<Forward> {
+    /// So the processes looked at are the sockets' owners, and nothing is
+    /// listed: a socat inside a container, or one not bound yet, forwards
+    /// no host port. The owner of a socket new since the last scan is read
+    /// again whatever its count: its pid may have been another process's
+    /// when it was read. A socket without an owner where every process's
+    /// descriptors could be read has none portsight can see (a kernel
+    /// socket: nfsd's, WireGuard's; or a process of another PID
+    /// namespace). Only where permissions hid some process's descriptors
+    /// and a socket's owner is missing is every process listed, every scan.
+    fn proxies(
+        &mut self,
+        proc_root: &Path,
+        listeners: &[Listener],
+        owners_complete: bool,
+    ) -> Vec<Forward> {
         let mut sockets: Vec<(u64, Option<u32>)> = listeners
             .iter()
             .filter(|l| l.netns.is_own())
@@ -89,8 +104,12 @@ impl Forwards {
             .filter(|s| self.sockets.binary_search(s).is_err())
             .filter_map(|(_, pid)| *pid)
             .collect();
-        let owners: Option<HashSet<u32>> = sockets.iter().map(|(_, pid)| *pid).collect();
-        let pids = owners.unwrap_or_else(|| proxy::pids(proc_root).into_iter().collect());
+        let pids: HashSet<u32> = if owners_complete || sockets.iter().all(|(_, pid)| pid.is_some())
+        {
+            sockets.iter().filter_map(|(_, pid)| *pid).collect()
+        } else {
+            proxy::pids(proc_root).into_iter().collect()
+        };
         self.processes.retain(|pid, _| pids.contains(pid));
         for &pid in &pids {
             let entry = self.processes.entry(pid).or_insert((None, 0));
@@ -167,19 +186,19 @@ mod tests {
         process(root, 7, "sleep 600");
         let listening = [socket(5, 7), socket(9, 41)];
         let mut f = Forwards::default();
-        assert!(f.proxies(root, &listening).is_empty());
+        assert!(f.proxies(root, &listening, true).is_empty());
         process(root, 41, "socat TCP-LISTEN:8080,fork TCP:10.77.50.2:80");
-        let found = f.proxies(root, &listening);
+        let found = f.proxies(root, &listening, true);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].key, PortKey::tcp(8080));
         assert_eq!(found[0].backend, "10.77.50.2:80".parse().unwrap());
         // Read twice: kept without reading again (its directory could go).
         process(root, 41, "sleep 1");
-        assert_eq!(f.proxies(root, &listening).len(), 1);
+        assert_eq!(f.proxies(root, &listening, true).len(), 1);
         std::fs::remove_dir_all(root.join("41")).unwrap();
-        assert_eq!(f.proxies(root, &listening).len(), 1);
+        assert_eq!(f.proxies(root, &listening, true).len(), 1);
         assert!(
-            f.proxies(root, &listening[..1]).is_empty(),
+            f.proxies(root, &listening[..1], true).is_empty(),
             "a process whose socket is gone is forgotten"
         );
         // Pid 7 was read twice as `sleep`; a proxy that got the pid later
@@ -189,7 +208,7 @@ mod tests {
             7,
             "docker-proxy -proto tcp -host-ip 0.0.0.0 -host-port 8080 -container-ip 10.77.50.4 -container-port 80",
         );
-        let found = f.proxies(root, &[socket(10, 7)]);
+        let found = f.proxies(root, &[socket(10, 7)], true);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].backend, "10.77.50.4:80".parse().unwrap());
     }
@@ -204,14 +223,14 @@ mod tests {
         process(root, 50, "socat TCP-LISTEN:9000,fork TCP:10.77.50.3:5432");
         let mut f = Forwards::default();
         for _ in 0..3 {
-            assert!(f.proxies(root, &[socket(9, 41)]).is_empty());
+            assert!(f.proxies(root, &[socket(9, 41)], true).is_empty());
         }
-        let found = f.proxies(root, &[socket(9, 41), socket(11, 50)]);
+        let found = f.proxies(root, &[socket(9, 41), socket(11, 50)], true);
         assert_eq!(found.len(), 1, "bound now: {found:?}");
     }
 
     #[test]
-    fn without_every_owner_the_processes_are_listed_at_every_scan() {
+    fn an_owner_hidden_by_permissions_makes_every_process_listed_at_every_scan() {
         let root = tempfile::tempdir().unwrap();
         let root = root.path();
         let unowned = [Listener {
@@ -220,9 +239,13 @@ mod tests {
         }];
         let mut f = Forwards::default();
         for _ in 0..3 {
-            assert!(f.proxies(root, &unowned).is_empty());
+            assert!(f.proxies(root, &unowned, false).is_empty());
         }
         process(root, 41, "socat TCP-LISTEN:8080,fork TCP:10.77.50.2:80");
-        assert_eq!(f.proxies(root, &unowned).len(), 1);
+        assert_eq!(f.proxies(root, &unowned, false).len(), 1);
+        // With every process's descriptors read, the socket has no owner
+        // to see (a kernel socket): nothing is listed.
+        let mut f = Forwards::default();
+        assert!(f.proxies(root, &unowned, true).is_empty());
     }
 }

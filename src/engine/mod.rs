@@ -166,7 +166,8 @@ impl Engine {
                             .iter_mut()
                             .chain(in_others.iter_mut().flat_map(|n| n.listeners.iter_mut())),
                     );
-                    let (forwarded, netfilter_up) = lock(&forwards).read(&proc_root, &listeners);
+                    let (forwarded, netfilter_up) =
+                        lock(&forwards).read(&proc_root, &listeners, owners.complete());
                     let netlink = source == Source::Netlink;
                     Scan {
                         listeners,

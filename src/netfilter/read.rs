@@ -59,10 +59,25 @@ impl Reader {
     }
 
     /// Whether the ruleset can be read at all (privilege, an nftables
-    /// kernel): the generation answers, cheaply.
+    /// kernel, an `nft` to read it with): the generation answers, cheaply,
+    /// and `nft` is on `PATH` (without it the scan's reads fail, and the
+    /// source would say 0 and 1 by turns).
     pub fn available() -> Result<(), Error> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        if !on_path(&path, "nft") {
+            return Err(Error::Spawn("nft: not found on PATH".into()));
+        }
         generation().map(|_| ())
     }
+}
+
+/// An executable file `name` in one of the directories of `path`.
+fn on_path(path: &std::ffi::OsStr, name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path).any(|dir| {
+        std::fs::metadata(dir.join(name))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// `nft ARGS`: its output and its warnings (stderr, of a run that succeeded).
@@ -155,6 +170,21 @@ fn parse_generation(buf: &[u8]) -> Result<u32, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nft_is_looked_for_as_an_executable_file_on_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let path = std::env::join_paths([a.path(), b.path()]).unwrap();
+        assert!(!on_path(&path, "nft"));
+        let nft = b.path().join("nft");
+        std::fs::write(&nft, "").unwrap();
+        assert!(!on_path(&path, "nft"), "not executable");
+        std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(on_path(&path, "nft"));
+        std::fs::create_dir(a.path().join("nft")).unwrap();
+        assert!(on_path(&path, "nft"), "a directory is skipped");
+    }
 
     fn reply(attrs: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();

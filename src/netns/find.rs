@@ -7,7 +7,7 @@
 //! namespace (`setns`) and calls `gethostname`; it ends afterwards, so
 //! nothing has to return from there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -75,20 +75,34 @@ pub fn find_known(roots: &Roots, known: &mut Known) -> Result<Found, Error> {
 pub const FULL_WALK_EVERY: u32 = 10;
 
 /// What the last walks read: each listed process's namespace (`None`:
-/// unreadable), by pid. A new namespace comes with a new process (a
-/// container's, a pod's), so between full walks only the pids new since
-/// the last listing are read — on a host with hundreds of processes that
-/// readlink per process was a third of an idle `serve`'s CPU — and pids no
-/// longer listed go at once. Every [`FULL_WALK_EVERY`]th walk reads them
-/// all again: a process that changed namespace without a new pid
-/// (`unshare`, `setns`), or a pid reused between two listings, is seen by
-/// then. Nothing is reported wrongly meanwhile: namespaces are entered
-/// through handles checked by inode ([`super::Worker::sync`]).
+/// unreadable), by pid, and each member of another namespace's cgroup
+/// facts. A new namespace comes with a new process (a container's, a
+/// pod's), so between full walks only the links of pids new since the last
+/// listing are read, and read once more at the next walk (`unshare -n CMD`
+/// forks first and moves after); pids no longer listed go at once. The
+/// members' `cgroup` and UTS namespace are read the same way: when new,
+/// once more at the next walk (a runtime moves its new process into the
+/// container's cgroup right after `fork`), then kept. On a host with
+/// hundreds of processes, reading every link was a third of an idle
+/// `serve`'s CPU, and every member's `cgroup` costs ~10 µs a scan. Every
+/// [`FULL_WALK_EVERY`]th walk reads everything again: a process that
+/// changed namespace or cgroup without a new pid (`unshare`, `setns`), or a
+/// pid reused between two listings, is seen by then. Nothing is reported
+/// wrongly meanwhile: namespaces are entered through handles checked by
+/// inode ([`super::Worker::sync`]).
 #[derive(Debug, Default)]
 pub struct Known {
     root: PathBuf,
     links: HashMap<u32, Option<u64>>,
     walks: u32,
+    /// The pids first read by the last walk: read once more by this one.
+    fresh: Vec<u32>,
+    /// This walk reads every link and member again.
+    full: bool,
+    /// The pids first read by this walk or the last one.
+    recent: HashSet<u32>,
+    /// Each member of another namespace, as [`read_proc`] read it.
+    procs: HashMap<u32, Proc>,
 }
 
 /// What one process of another namespace says about it.
@@ -115,7 +129,7 @@ fn find_with(
         .map(|(inode, pids)| {
             let procs = pids
                 .into_iter()
-                .filter_map(|pid| read_proc(proc_root, pid, own_uts))
+                .filter_map(|pid| known.proc(proc_root, pid, own_uts))
                 .collect();
             (inode, procs)
         })
@@ -187,47 +201,95 @@ fn vanished(e: &io::Error) -> bool {
 }
 
 /// The pids of every namespace but `own`, ascending, and how many
-/// processes could not be read; the links of pids `known` lacks are read
-/// (all of them on a full walk), and `known` becomes this listing.
+/// processes could not be read; `known` is brought up to date first
+/// (see [`Known`]).
 fn walk(
     proc_root: &Path,
     own: u64,
     known: &mut Known,
 ) -> Result<(BTreeMap<u64, Vec<u32>>, usize), Error> {
-    let entries = std::fs::read_dir(proc_root).map_err(|source| Error::Read {
-        path: proc_root.to_path_buf(),
-        source,
-    })?;
-    let mut pids: Vec<u32> = entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    if known.walks.is_multiple_of(FULL_WALK_EVERY) || known.root != proc_root {
-        known.links.clear();
-        known.root = proc_root.to_path_buf();
-    }
+    known.full = known.root != proc_root || known.walks.is_multiple_of(FULL_WALK_EVERY);
     known.walks = known.walks.wrapping_add(1);
-    let mut links = HashMap::with_capacity(pids.len());
+    // Read again this time: a process may fork first and change
+    // namespace right after (`unshare -n CMD`).
+    let again: HashSet<u32> = std::mem::take(&mut known.fresh).into_iter().collect();
+    let before = std::mem::take(&mut known.links);
+    known.links.reserve(before.len());
+    known.root = proc_root.to_path_buf();
+    for pid in list(proc_root)? {
+        let link = match before.get(&pid) {
+            Some(&link) if !known.full && !again.contains(&pid) => Some(link),
+            was => {
+                if was.is_none() {
+                    known.fresh.push(pid);
+                }
+                read_link(proc_root, pid)
+            }
+        };
+        if let Some(link) = link {
+            known.links.insert(pid, link);
+        }
+    }
+    known.recent = again
+        .into_iter()
+        .chain(known.fresh.iter().copied())
+        .collect();
     let mut members: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     let mut unreadable = 0;
-    for pid in pids {
-        let link = match known.links.get(&pid) {
-            Some(&link) => link,
-            None => match ns_inode(&proc_root.join(pid.to_string()).join("ns/net"), "net") {
-                Ok(inode) => Some(inode),
-                Err(e) if vanished(&e) => continue,
-                Err(_) => None,
-            },
-        };
-        links.insert(pid, link);
-        match link {
+    for (&pid, link) in &known.links {
+        match *link {
             Some(inode) if inode == own => {}
             Some(inode) => members.entry(inode).or_default().push(pid),
             None => unreadable += 1,
         }
     }
-    known.links = links;
+    for pids in members.values_mut() {
+        pids.sort_unstable();
+    }
+    known.procs.retain(|pid, _| known.links.contains_key(pid));
     Ok((members, unreadable))
+}
+
+/// The pids `<proc_root>` lists.
+fn list(proc_root: &Path) -> Result<Vec<u32>, Error> {
+    let entries = std::fs::read_dir(proc_root).map_err(|source| Error::Read {
+        path: proc_root.to_path_buf(),
+        source,
+    })?;
+    Ok(entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// Process `pid`'s network namespace (`Some(None)`: unreadable); `None`
+/// when there is no such process.
+fn read_link(proc_root: &Path, pid: u32) -> Option<Option<u64>> {
+    match ns_inode(&proc_root.join(pid.to_string()).join("ns/net"), "net") {
+        Ok(inode) => Some(Some(inode)),
+        Err(e) if vanished(&e) => None,
+        Err(_) => Some(None),
+    }
+}
+
+impl Known {
+    /// Member `pid`'s cgroup facts and UTS namespace: read on a full walk
+    /// and for a pid first read by this walk or the last one, else as
+    /// read then. `None` (and forgotten) when it exited.
+    fn proc(&mut self, proc_root: &Path, pid: u32, own_uts: Option<u64>) -> Option<Proc> {
+        if !self.full
+            && !self.recent.contains(&pid)
+            && let Some(p) = self.procs.get(&pid)
+        {
+            return Some(p.clone());
+        }
+        let Some(p) = read_proc(proc_root, pid, own_uts) else {
+            self.links.remove(&pid);
+            self.procs.remove(&pid);
+            return None;
+        };
+        self.procs.insert(pid, p.clone());
+        Some(p)
+    }
 }
 
 /// One process's cgroup facts and UTS namespace; `None` when it exited.

@@ -127,6 +127,13 @@ impl Fixture {
         std::fs::write(dir.join("cgroup"), cgroup.unwrap_or("0::/\n")).unwrap();
     }
 
+    /// Moves `pid` to network namespace `net` (`setns`, `unshare`).
+    fn move_to(&self, pid: &str, net: u64) {
+        let link = self.dir.path().join("proc").join(pid).join("ns/net");
+        std::fs::remove_file(&link).unwrap();
+        symlink(format!("net:[{net}]"), link).unwrap();
+    }
+
     /// An `ip netns` file (and hard links to it): its inode.
     fn ip_netns(&self, names: &[&str]) -> u64 {
         let first = self.dir.path().join("netns").join(names[0]);
@@ -323,17 +330,55 @@ fn between_full_walks_only_new_processes_are_read_and_gone_ones_go_at_once() {
     // One that exits goes at the next walk, and its namespace with it.
     std::fs::remove_dir_all(f.dir.path().join("proc/100")).unwrap();
     assert_eq!(inodes(&mut known), [(600, 300)]);
-    // A process that moves without a new pid (setns, unshare) is seen
-    // by the next full walk, not before.
-    let net = f.dir.path().join("proc/200/ns/net");
-    std::fs::remove_file(&net).unwrap();
-    symlink("net:[700]", &net).unwrap();
-    let mut walks: u32 = 3;
+    // One that forks first and moves right after (`unshare -n CMD`) is
+    // read again at the next walk.
+    f.process("400", 1, 10, None);
+    assert_eq!(inodes(&mut known), [(600, 300)]);
+    f.move_to("400", 800);
+    assert_eq!(inodes(&mut known), [(600, 300), (800, 400)]);
+    // A process that moves later without a new pid (setns, unshare) is
+    // seen by the next full walk, not before.
+    f.move_to("200", 700);
+    let mut walks: u32 = 5;
     while !walks.is_multiple_of(FULL_WALK_EVERY) {
-        assert_eq!(inodes(&mut known), [(600, 300)], "walk {walks}");
+        assert_eq!(inodes(&mut known), [(600, 300), (800, 400)], "walk {walks}");
         walks += 1;
     }
-    assert_eq!(inodes(&mut known), [(600, 300), (700, 200)]);
+    assert_eq!(inodes(&mut known), [(600, 300), (700, 200), (800, 400)]);
     // A fresh cache reads every link.
-    assert_eq!(inodes(&mut Known::default()), [(600, 300), (700, 200)]);
+    assert_eq!(
+        inodes(&mut Known::default()),
+        [(600, 300), (700, 200), (800, 400)]
+    );
+}
+
+#[test]
+fn a_member_s_cgroup_is_read_when_new_once_more_and_on_full_walks() {
+    let f = Fixture::new(1);
+    f.process("100", 500, 10, None);
+    let mut known = Known::default();
+    let mut names = || -> Vec<String> {
+        let found = find_with(&f.roots(), &mut known, |_| HashMap::new()).unwrap();
+        found.namespaces.iter().map(|s| s.ns.name.clone()).collect()
+    };
+    let docker = format!("0::/docker/{ID}\n");
+    let cgroup = |pid: &str| f.dir.path().join("proc").join(pid).join("cgroup");
+    assert_eq!(names(), ["netns-500"], "walk 1, a full one");
+    // A runtime moves its new process into the container's cgroup right
+    // after fork: the next walk reads it again.
+    f.process("101", 600, 10, None);
+    assert_eq!(names(), ["netns-500", "netns-600"], "walk 2");
+    std::fs::write(cgroup("101"), &docker).unwrap();
+    assert_eq!(names(), ["netns-500", &ID[..12]], "walk 3");
+    // After that, as read, until the next full walk.
+    std::fs::write(cgroup("100"), &docker).unwrap();
+    for walk in 4..=10 {
+        assert_eq!(names(), ["netns-500", &ID[..12]], "walk {walk}");
+    }
+    let both = format!("{}-500", &ID[..12]);
+    assert_eq!(
+        names(),
+        [both.as_str(), &format!("{}-600", &ID[..12])],
+        "walk 11, a full one: two namespaces of one container name"
+    );
 }
