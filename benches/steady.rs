@@ -24,12 +24,13 @@
 //! - `idle` (item 3): 100 ports at default settings (scan every 1 s, probe
 //!   every 15 s), found by discovery alone; the same on a host, where the
 //!   namespace scan runs (portsight as PID 1 of a PID namespace of its own
-//!   with 300 processes, 5 in network namespaces of their own: it lists
-//!   them every scan, and reads new ones' `ns/net`); then 100 configured of 1,000
+//!   with 300 processes, 5 in network namespaces of their own, and one
+//!   starting 5 short-lived processes a second: it lists them every scan,
+//!   and reads new ones' `ns/net`); then 100 configured of 1,000
 //!   listening with discovery off. CPU (from a cgroup v2 directory of each
 //!   process: `support::CpuMeter`) over `PSS_IDLE_SECONDS` (default 60),
 //!   `PSS_REPEAT` times; with `PSS_BASE` (the path of another build of
-//!   `portsight`) the two alternate, an A/B in one run. `PSS_PERF=1`
+//!   `portsight`) the two alternate, each first in every other repeat, an A/B in one run. `PSS_PERF=1`
 //!   profiles the first window of this build. `PSS_IDLE_SETUPS` picks
 //!   set-ups: `defaults,host,section4`.
 //!
@@ -110,7 +111,7 @@ fn idle(dir: &Path) {
         ),
         (
             "host",
-            "defaults on a host: as above, portsight seeing 300 processes (hostPID), 5 of them in network namespaces of their own",
+            "defaults on a host: as above, portsight seeing 300 processes (hostPID), 5 of them in network namespaces of their own, and 5 new processes a second",
         ),
         (
             "section4",
@@ -160,7 +161,14 @@ fn idle(dir: &Path) {
             .collect();
         let mut shares: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
         for r in 0..repeat {
-            for (i, (ps, meter)) in running.iter().enumerate() {
+            // Each build first in every other repeat: the first window of a
+            // repeat measured 1.16x the second with the same build in both.
+            let mut order: Vec<usize> = (0..running.len()).collect();
+            if r % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let (ps, meter) = &running[i];
                 signal(ps.pid(), Signal::SIGCONT);
                 std::thread::sleep(Duration::from_secs(3));
                 let perf =

@@ -188,7 +188,8 @@ pub fn cpu_of(pid: u32) -> Duration {
 /// including those that end (the ticks of `/proc/<pid>/stat` are 10 ms:
 /// ±8 % of an idle minute at 0.2 %). Where no cgroup v2 hierarchy is
 /// mounted, or the move fails, it falls back to [`cpu_of`] and says so.
-/// Dropping it moves the process back and removes the directory.
+/// Dropping it moves the process back and removes the directory (waiting
+/// up to 5 s for a process killed just before to leave it).
 pub struct CpuMeter {
     pid: u32,
     dir: Option<PathBuf>,
@@ -232,8 +233,15 @@ impl Drop for CpuMeter {
         for pid in procs.lines() {
             let _ = std::fs::write(&parent, pid);
         }
-        if let Err(e) = std::fs::remove_dir(dir) {
-            eprintln!("could not remove {}: {e}", dir.display());
+        // A process killed just before may still be exiting in it (EBUSY).
+        let mut tries = 0;
+        while let Err(e) = std::fs::remove_dir(dir) {
+            tries += 1;
+            if tries == 100 {
+                eprintln!("could not remove {}: {e}", dir.display());
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 }

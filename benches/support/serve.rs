@@ -129,8 +129,9 @@ impl Portsight {
     /// rule: the machine's processes and namespaces stay unseen), in this
     /// network namespace, beside `processes` sleeping ones of which
     /// `containers` each sit in a network namespace of their own (nothing
-    /// listening there). Its namespace scan then walks them all every
-    /// scan. The namespace names are read from empty directories, not the
+    /// listening there), and one that starts five short-lived processes a
+    /// second (as cron jobs, health checks and shells do on a host: new
+    /// pids for the namespace scan to read). The namespace names are read from empty directories, not the
     /// machine's `/run/netns` and `/var/log/pods`.
     pub fn start_host(
         bin: &str,
@@ -158,6 +159,7 @@ impl Portsight {
             "i=0; while [ $i -lt {processes} ]; do \
                if [ $i -lt {containers} ]; then unshare -n sleep 100000 & else sleep 100000 & fi; \
                i=$((i+1)); done; \
+             (while :; do /bin/true; /bin/true; /bin/true; /bin/true; sleep 1; done) & \
              exec \"$0\" serve --config \"$1\" --log.level warn"
         );
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
