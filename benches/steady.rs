@@ -30,8 +30,8 @@
 //!   listening with discovery off. CPU (from a cgroup v2 directory of each
 //!   process: `support::CpuMeter`) over `PSS_IDLE_SECONDS` (default 60),
 //!   `PSS_REPEAT` times; with `PSS_BASE` (the path of another build of
-//!   `portsight`) the two alternate, each first in every other repeat, an A/B in one run. `PSS_PERF=1`
-//!   profiles the first window of this build. `PSS_IDLE_SETUPS` picks
+//!   `portsight`) the two alternate, each first in every other repeat, an
+//!   A/B in one run. `PSS_PERF=1` profiles the first window of this build. `PSS_IDLE_SETUPS` picks
 //!   set-ups: `defaults,host,section4`.
 //!
 //! `cargo bench --bench steady` (root). `PSS_ONLY=cpu,memory,large,idle`

@@ -131,8 +131,9 @@ impl Portsight {
     /// `containers` each sit in a network namespace of their own (nothing
     /// listening there), and one that starts five short-lived processes a
     /// second (as cron jobs, health checks and shells do on a host: new
-    /// pids for the namespace scan to read). The namespace names are read from empty directories, not the
-    /// machine's `/run/netns` and `/var/log/pods`.
+    /// pids for the namespace scan to read). The namespace names are read
+    /// from empty directories, not the machine's `/run/netns` and
+    /// `/var/log/pods`.
     pub fn start_host(
         bin: &str,
         dir: &Path,

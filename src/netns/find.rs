@@ -84,7 +84,7 @@ pub const FULL_WALK_EVERY: u32 = 10;
 /// once more at the next walk (a runtime moves its new process into the
 /// container's cgroup right after `fork`), then kept. On a host with
 /// hundreds of processes, reading every link was a third of an idle
-/// `serve`'s CPU, and every member's `cgroup` costs ~10 µs a scan. Every
+/// `serve`'s CPU, and a member's `cgroup` and UTS link ~15 µs a scan. Every
 /// [`FULL_WALK_EVERY`]th walk reads everything again: a process that
 /// changed namespace or cgroup without a new pid (`unshare`, `setns`), or a
 /// pid reused between two listings, is seen by then. Nothing is reported
@@ -97,11 +97,8 @@ pub struct Known {
     walks: u32,
     /// The pids first read by the last walk: read once more by this one.
     fresh: Vec<u32>,
-    /// This walk reads every link and member again.
-    full: bool,
-    /// The pids first read by this walk or the last one.
-    recent: HashSet<u32>,
-    /// Each member of another namespace, as [`read_proc`] read it.
+    /// Each member of another namespace, as [`read_proc`] read it; a walk
+    /// drops those to read again.
     procs: HashMap<u32, Proc>,
 }
 
@@ -208,7 +205,7 @@ fn walk(
     own: u64,
     known: &mut Known,
 ) -> Result<(BTreeMap<u64, Vec<u32>>, usize), Error> {
-    known.full = known.root != proc_root || known.walks.is_multiple_of(FULL_WALK_EVERY);
+    let full = known.root != proc_root || known.walks.is_multiple_of(FULL_WALK_EVERY);
     known.walks = known.walks.wrapping_add(1);
     // Read again this time: a process may fork first and change
     // namespace right after (`unshare -n CMD`).
@@ -218,7 +215,7 @@ fn walk(
     known.root = proc_root.to_path_buf();
     for pid in list(proc_root)? {
         let link = match before.get(&pid) {
-            Some(&link) if !known.full && !again.contains(&pid) => Some(link),
+            Some(&link) if !full && !again.contains(&pid) => Some(link),
             was => {
                 if was.is_none() {
                     known.fresh.push(pid);
@@ -230,10 +227,6 @@ fn walk(
             known.links.insert(pid, link);
         }
     }
-    known.recent = again
-        .into_iter()
-        .chain(known.fresh.iter().copied())
-        .collect();
     let mut members: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     let mut unreadable = 0;
     for (&pid, link) in &known.links {
@@ -246,7 +239,12 @@ fn walk(
     for pids in members.values_mut() {
         pids.sort_unstable();
     }
-    known.procs.retain(|pid, _| known.links.contains_key(pid));
+    // A member first read by the last walk is read again (new ones are
+    // not kept yet), and all on a full walk.
+    let links = &known.links;
+    known
+        .procs
+        .retain(|pid, _| !full && links.contains_key(pid) && !again.contains(pid));
     Ok((members, unreadable))
 }
 
@@ -272,14 +270,10 @@ fn read_link(proc_root: &Path, pid: u32) -> Option<Option<u64>> {
 }
 
 impl Known {
-    /// Member `pid`'s cgroup facts and UTS namespace: read on a full walk
-    /// and for a pid first read by this walk or the last one, else as
-    /// read then. `None` (and forgotten) when it exited.
+    /// Member `pid`'s cgroup facts and UTS namespace, as last read, else
+    /// read now. `None` (and forgotten) when it exited.
     fn proc(&mut self, proc_root: &Path, pid: u32, own_uts: Option<u64>) -> Option<Proc> {
-        if !self.full
-            && !self.recent.contains(&pid)
-            && let Some(p) = self.procs.get(&pid)
-        {
+        if let Some(p) = self.procs.get(&pid) {
             return Some(p.clone());
         }
         let Some(p) = read_proc(proc_root, pid, own_uts) else {
