@@ -539,3 +539,45 @@ fn a_sidecar_on_a_containers_loopback_is_listed_with_its_namespace_and_does_not_
         .collect();
     assert!(inside.iter().any(|p| p["port"] == 15000), "{status:#}");
 }
+
+/// Between full listings of `/proc` (one in 30 scans) portsight lists only
+/// the processes started since its last walk: a container started while
+/// it serves is seen, and one whose process ended is forgotten, each
+/// within a few scans.
+#[test]
+fn a_container_started_and_stopped_while_serving_comes_and_goes_within_scans() {
+    needs!(unavailable());
+    let mut w = World::new("cg");
+    let c = w.container(2, "late-1", "portsight-test-late");
+    let name = w.containers[c].ns.name.clone();
+    let (go, stop) = (w.dir.path().join("go"), w.dir.path().join("stop"));
+    w.run_on_host(
+        &format!(
+            "sh -c 'until [ -e {go} ]; do sleep 0.1; done; ip netns exec {name} sleep 600 & p=$!; until [ -e {stop} ]; do sleep 0.1; done; kill $p; wait $p'",
+            go = go.display(),
+            stop = stop.display()
+        ),
+        None,
+    );
+    let served = w.serve();
+    let seen = |m: &[support::Sample]| {
+        !metric(m, "portsight_netns_info")
+            .label("netns", &name)
+            .all()
+            .is_empty()
+    };
+    support::wait_scans(|| served.scrape(), 2);
+    assert!(!seen(&served.scrape()), "no process is in {name} yet");
+    std::fs::write(&go, "").unwrap();
+    served.within_scans(3, "the started container's namespace", |m| {
+        seen(m).then_some(()).ok_or_else(|| "not yet".to_string())
+    });
+    // Until its facts are kept (read when new and once more).
+    support::wait_scans(|| served.scrape(), 3);
+    std::fs::write(&stop, "").unwrap();
+    served.within_scans(3, "the stopped container's namespace gone", |m| {
+        (!seen(m))
+            .then_some(())
+            .ok_or_else(|| "still there".to_string())
+    });
+}

@@ -4,6 +4,7 @@
 //! ports are sent from.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::os::fd::OwnedFd;
@@ -11,7 +12,8 @@ use std::os::fd::OwnedFd;
 use crate::config::{Config, Protocol};
 use crate::netns::{self, NsId, Roots, Worker, worker::Job};
 use crate::probe::Target;
-use crate::sockets::{self, Listener, interfaces};
+use crate::sockets::netlink::Dumper;
+use crate::sockets::{Listener, interfaces};
 
 use super::state::NsScan;
 use super::watch;
@@ -26,6 +28,29 @@ pub struct Namespaces {
     off: Option<String>,
     /// The processes' namespaces as of the last scans.
     known: netns::Known,
+    /// Each namespace's [`Reader`], by inode.
+    readers: HashMap<u64, Reader>,
+}
+
+/// What one namespace is read with, made inside it by the first scan that
+/// reads it and kept while it is seen: its sock_diag socket and socket
+/// counts, and its `ip_local_port_range` (a `/proc/sys/net` file shows the
+/// namespace it was opened in). They keep the namespace, as its handle
+/// does, so its inode is not reused meanwhile.
+struct Reader {
+    dumper: Dumper,
+    /// `None` where it cannot be opened: Linux's default range.
+    ephemeral: Option<File>,
+}
+
+impl Reader {
+    /// Inside the namespace.
+    fn open() -> Result<Reader, String> {
+        Ok(Reader {
+            dumper: Dumper::open().map_err(|e| e.to_string())?,
+            ephemeral: File::open("/proc/sys/net/ipv4/ip_local_port_range").ok(),
+        })
+    }
 }
 
 /// The outcome of one namespace scan: what was read, and whether the
@@ -42,6 +67,7 @@ impl Namespaces {
     pub fn scan(&mut self, config: &Config) -> Read {
         if !config.scan.namespaces {
             self.inodes.clear();
+            self.readers.clear();
             self.known = netns::Known::default();
             return Read {
                 namespaces: Vec::new(),
@@ -76,25 +102,31 @@ impl Namespaces {
             up = false;
             tracing::debug!(inode, error = %e, "namespace handle not opened");
         }
-        let jobs: Vec<(u64, Job<Result<Inside, String>>)> = found
+        let jobs: Vec<(u64, Job<ReadInside>)> = found
             .namespaces
             .iter()
             .map(|seen| {
                 let id = seen.ns.id;
-                let job: Job<Result<Inside, String>> = Box::new(move || read_inside(id));
+                let reader = self.readers.remove(&seen.ns.inode);
+                let job: Job<ReadInside> = Box::new(move || read_inside(id, reader));
                 (seen.ns.inode, job)
             })
             .collect();
+        // Those of namespaces no longer seen.
+        self.readers.clear();
         let mut out = Vec::with_capacity(jobs.len());
         for (seen, read) in found.namespaces.iter().zip(worker.run_all(jobs)) {
             match read.map_err(|e| e.to_string()).and_then(|r| r) {
-                Ok((listeners, addresses, ipv6_loopback, ephemeral)) => out.push(NsScan {
-                    ns: seen.ns.clone(),
-                    listeners,
-                    addresses,
-                    ipv6_loopback,
-                    ephemeral,
-                }),
+                Ok(((listeners, addresses, ipv6_loopback, ephemeral), reader)) => {
+                    self.readers.insert(seen.ns.inode, reader);
+                    out.push(NsScan {
+                        ns: seen.ns.clone(),
+                        listeners,
+                        addresses,
+                        ipv6_loopback,
+                        ephemeral,
+                    });
+                }
                 Err(e) => {
                     up = false;
                     tracing::debug!(netns = %seen.ns.name, error = %e, "namespace not read");
@@ -121,6 +153,7 @@ impl Namespaces {
             self.off = Some(why);
         }
         self.inodes.clear();
+        self.readers.clear();
         self.known = netns::Known::default();
         Read {
             namespaces: Vec::new(),
@@ -192,21 +225,31 @@ fn new_socket(v4: bool, protocol: Protocol) -> std::io::Result<OwnedFd> {
 
 type Inside = (Vec<Listener>, Vec<IpAddr>, bool, RangeInclusive<u16>);
 
+/// What one namespace's job gives back: what was read, and the reader to
+/// keep.
+type ReadInside = Result<(Inside, Reader), String>;
+
 /// What is read inside one namespace, on the namespace thread: the
 /// netlink socket tables (no `/proc` fallback: `/proc/net` shows
-/// portsight's own namespace), the addresses and the ephemeral range.
-fn read_inside(id: NsId) -> Result<Inside, String> {
-    let mut listeners = sockets::netlink::Dumper::open()
-        .and_then(|mut d| d.sockets())
-        .map_err(|e| e.to_string())?;
+/// portsight's own namespace), the addresses and the ephemeral range;
+/// with the namespace's [`Reader`], made here the first time. After an
+/// error it is dropped: a dump cut short would leave its rest in it.
+fn read_inside(id: NsId, reader: Option<Reader>) -> ReadInside {
+    let mut reader = match reader {
+        Some(r) => r,
+        None => Reader::open()?,
+    };
+    let mut listeners = reader.dumper.sockets().map_err(|e| e.to_string())?;
     for l in &mut listeners {
         l.netns = id;
     }
     Ok((
-        listeners,
-        interfaces::interface_addresses(),
-        interfaces::ipv6_loopback_up(),
-        // /proc/sys/net shows the namespace of the thread that opens it.
-        watch::ephemeral_range(std::path::Path::new("/proc")),
+        (
+            listeners,
+            interfaces::interface_addresses(),
+            interfaces::ipv6_loopback_up(),
+            watch::ephemeral_range_in(reader.ephemeral.as_ref()),
+        ),
+        reader,
     ))
 }

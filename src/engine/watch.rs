@@ -300,8 +300,23 @@ pub fn ephemeral_range(proc_root: &Path) -> RangeInclusive<u16> {
     std::fs::read_to_string(proc_root.join("sys/net/ipv4/ip_local_port_range"))
         .ok()
         .and_then(|t| parse_port_range(&t))
-        .unwrap_or(32768..=60999)
+        .unwrap_or(DEFAULT_EPHEMERAL)
 }
+
+/// As [`ephemeral_range`], from `ip_local_port_range` kept open (read
+/// again from its start: a `/proc/sys/net` file shows the namespace it was
+/// opened in); `None`: it could not be opened.
+pub fn ephemeral_range_in(file: Option<&std::fs::File>) -> RangeInclusive<u16> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 64];
+    file.and_then(|f| f.read_at(&mut buf, 0).ok())
+        .and_then(|n| std::str::from_utf8(&buf[..n]).ok())
+        .and_then(parse_port_range)
+        .unwrap_or(DEFAULT_EPHEMERAL)
+}
+
+/// Linux's default `ip_local_port_range`.
+const DEFAULT_EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
 
 #[cfg(test)]
 mod tests {

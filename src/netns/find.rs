@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
+use super::pids::{self, New};
 use super::{Error, Namespace, NsId};
 
 /// Where to look; tests point these at fixture trees.
@@ -72,22 +73,27 @@ pub fn find_known(roots: &Roots, known: &mut Known) -> Result<Found, Error> {
 }
 
 /// Every how many walks all links are read again.
-pub const FULL_WALK_EVERY: u32 = 10;
+pub const FULL_WALK_EVERY: u32 = 30;
 
 /// What the last walks read: each listed process's namespace (`None`:
 /// unreadable), by pid, and each member of another namespace's cgroup
 /// facts. A new namespace comes with a new process (a container's, a
-/// pod's), so between full walks only the links of pids new since the last
-/// listing are read, and read once more at the next walk (`unshare -n CMD`
-/// forks first and moves after); pids no longer listed go at once. The
-/// members' `cgroup` and UTS namespace are read the same way: when new,
+/// pod's), so between full walks only the processes started since the last
+/// walk are listed ([`pids`], where it can be checked; else the whole
+/// `/proc`, and only new pids' links are read), and their links read once
+/// more at the next walk (`unshare -n CMD` forks first and moves after). A
+/// namespace whose processes all ended goes at the next walk: listing only
+/// the started ones, each other namespace's members are read in turn until
+/// one is still in it ([`still_there`]). The members' `cgroup` and UTS
+/// namespace are read the same way: when new,
 /// once more at the next walk (a runtime moves its new process into the
 /// container's cgroup right after `fork`), then kept. On a host with
 /// hundreds of processes, reading every link was a third of an idle
 /// `serve`'s CPU, and a member's `cgroup` and UTS link ~15 µs a scan. Every
 /// [`FULL_WALK_EVERY`]th walk reads everything again: a process that
-/// changed namespace or cgroup without a new pid (`unshare`, `setns`), or a
-/// pid reused between two listings, is seen by then. Nothing is reported
+/// changed namespace or cgroup without a new pid (`unshare`, `setns`), or,
+/// where the whole `/proc` is listed, a pid reused between two listings, is
+/// seen by then. Nothing is reported
 /// wrongly meanwhile: namespaces are entered through handles checked by
 /// inode ([`super::Worker::sync`]).
 #[derive(Debug, Default)]
@@ -100,6 +106,8 @@ pub struct Known {
     /// Each member of another namespace, as [`read_proc`] read it; a walk
     /// drops those to read again.
     procs: HashMap<u32, Proc>,
+    /// Where only the processes started since the last walk need listing.
+    allocated: Option<pids::Allocated>,
 }
 
 /// What one process of another namespace says about it.
@@ -205,28 +213,34 @@ fn walk(
     own: u64,
     known: &mut Known,
 ) -> Result<(BTreeMap<u64, Vec<u32>>, usize), Error> {
-    let full = known.root != proc_root || known.walks.is_multiple_of(FULL_WALK_EVERY);
+    let moved = known.root != proc_root;
+    let mut full = moved || known.walks.is_multiple_of(FULL_WALK_EVERY);
     known.walks = known.walks.wrapping_add(1);
+    if moved || (full && known.allocated.is_none()) {
+        known.allocated = pids::Allocated::open(proc_root);
+    }
+    known.root = proc_root.to_path_buf();
+    let mut new = New::All;
+    match known.allocated.as_mut().map(pids::Allocated::advance) {
+        // Wrapped: pids are handed out again, so every link is read.
+        Some(Ok(New::All)) => full = true,
+        Some(Ok(started)) if !full => new = started,
+        Some(Err(_)) => known.allocated = None,
+        _ => {}
+    }
     // Read again this time: a process may fork first and change
     // namespace right after (`unshare -n CMD`).
     let again: HashSet<u32> = std::mem::take(&mut known.fresh).into_iter().collect();
-    let before = std::mem::take(&mut known.links);
-    known.links.reserve(before.len());
-    known.root = proc_root.to_path_buf();
-    for pid in list(proc_root)? {
-        let link = match before.get(&pid) {
-            Some(&link) if !full && !again.contains(&pid) => Some(link),
-            was => {
-                if was.is_none() {
-                    known.fresh.push(pid);
-                }
-                read_link(proc_root, pid)
-            }
-        };
-        if let Some(link) = link {
-            known.links.insert(pid, link);
+    let reread = match new {
+        New::All => {
+            relist(proc_root, known, full, &again)?;
+            again
         }
-    }
+        started => read_started(proc_root, own, known, started, again).inspect_err(|_| {
+            // What was started meanwhile is found by the next, whole, listing.
+            known.allocated = None;
+        })?,
+    };
     let mut members: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     let mut unreadable = 0;
     for (&pid, link) in &known.links {
@@ -244,19 +258,98 @@ fn walk(
     let links = &known.links;
     known
         .procs
-        .retain(|pid, _| !full && links.contains_key(pid) && !again.contains(pid));
+        .retain(|pid, _| !full && links.contains_key(pid) && !reread.contains(pid));
     Ok((members, unreadable))
 }
 
-/// The pids `<proc_root>` lists.
-fn list(proc_root: &Path) -> Result<Vec<u32>, Error> {
-    let entries = std::fs::read_dir(proc_root).map_err(|source| Error::Read {
-        path: proc_root.to_path_buf(),
-        source,
-    })?;
-    Ok(entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect())
+/// The whole listing: links of pids not seen before, of those in
+/// `again`, and on a full walk of all, are read; pids no longer listed go.
+fn relist(
+    proc_root: &Path,
+    known: &mut Known,
+    full: bool,
+    again: &HashSet<u32>,
+) -> Result<(), Error> {
+    let before = std::mem::take(&mut known.links);
+    known.links.reserve(before.len());
+    for pid in pids::list(proc_root)? {
+        let link = match before.get(&pid) {
+            Some(&link) if !full && !again.contains(&pid) => Some(link),
+            was => {
+                if was.is_none() {
+                    known.fresh.push(pid);
+                }
+                read_link(proc_root, pid)
+            }
+        };
+        if let Some(link) = link {
+            known.links.insert(pid, link);
+        }
+    }
+    Ok(())
+}
+
+/// Only the processes started since the last walk are listed: their links
+/// and those in `again` are read, and the members of other namespaces are
+/// checked ([`still_there`]). Returns the pids read.
+fn read_started(
+    proc_root: &Path,
+    own: u64,
+    known: &mut Known,
+    started: New,
+    again: HashSet<u32>,
+) -> Result<HashSet<u32>, Error> {
+    let started = match started {
+        New::From(from) => pids::list_from(proc_root, from).map_err(|source| Error::Read {
+            path: proc_root.to_path_buf(),
+            source,
+        })?,
+        New::Nothing | New::All => Vec::new(),
+    };
+    known.fresh.extend(&started);
+    let read: HashSet<u32> = again.into_iter().chain(started).collect();
+    for &pid in &read {
+        match read_link(proc_root, pid) {
+            Some(link) => known.links.insert(pid, link),
+            None => known.links.remove(&pid),
+        };
+    }
+    still_there(proc_root, own, &read, &mut known.links);
+    Ok(read)
+}
+
+/// Between full listings, for the processes not read this walk: each
+/// other namespace's members are read in turn, lowest pid first, until one
+/// is still in it (the namespace is there; the rest wait for the next full
+/// listing), and those that exited or moved are updated, so a namespace
+/// whose processes all ended goes at once (a pid handed out again was
+/// listed and read). A process whose link is unreadable stays while it
+/// exists. portsight's own namespace's wait for the next full listing.
+fn still_there(
+    proc_root: &Path,
+    own: u64,
+    read: &HashSet<u32>,
+    links: &mut HashMap<u32, Option<u64>>,
+) {
+    let mut members: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for (&pid, &link) in links.iter() {
+        if let Some(inode) = link.filter(|&i| i != own)
+            && !read.contains(&pid)
+        {
+            members.entry(inode).or_default().push(pid);
+        }
+    }
+    for (inode, mut pids) in members {
+        pids.sort_unstable();
+        for pid in pids {
+            match read_link(proc_root, pid) {
+                Some(Some(now)) if now == inode => break,
+                Some(link) => links.insert(pid, link),
+                None => links.remove(&pid),
+            };
+        }
+    }
+    links.retain(|pid, link| link.is_some() || read.contains(pid) || pids::alive(*pid));
 }
 
 /// Process `pid`'s network namespace (`Some(None)`: unreadable); `None`

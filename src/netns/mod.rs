@@ -7,6 +7,7 @@
 
 pub mod find;
 pub mod id;
+pub mod pids;
 pub mod worker;
 
 use std::path::PathBuf;

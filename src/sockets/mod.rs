@@ -13,6 +13,7 @@ pub mod netlink;
 pub mod process;
 pub mod procfs;
 pub mod proxy;
+pub mod sockstat;
 
 use std::net::IpAddr;
 use std::path::Path;

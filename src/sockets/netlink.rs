@@ -28,6 +28,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
+use super::sockstat::{Counts, InUse};
 use super::{Error, Family, Listener};
 use crate::config::Protocol;
 
@@ -79,27 +80,58 @@ pub struct Dumper {
     socket: Socket,
     buf: Vec<u8>,
     seq: u32,
+    /// The namespace's socket counts, to leave out the dumps of empty
+    /// tables; `None` where they cannot be read (then every dump is made).
+    counts: Option<Counts>,
 }
 
 impl Dumper {
+    /// A socket of the calling thread's namespace, and its counts.
     pub fn open() -> Result<Dumper, Error> {
         Ok(Dumper {
             socket: open()?,
             buf: Vec::with_capacity(RECV_BUF_LEN),
             seq: 0,
+            counts: Counts::open()
+                .inspect_err(|e| tracing::debug!(error = %e, "socket counts unreadable"))
+                .ok(),
         })
     }
 
     /// Every TCP LISTEN socket, then every bound, unconnected UDP socket
-    /// with a local port, of both families. `owner` is left `None`.
+    /// with a local port, of both families. `owner` is left `None`. A
+    /// table the namespace has no socket in is not dumped ([`super::sockstat`]).
     pub fn sockets(&mut self) -> Result<Vec<Listener>, Error> {
+        let inuse = self
+            .counts
+            .as_ref()
+            .and_then(|c| c.read().ok())
+            .unwrap_or(InUse::ALL);
         let mut out = Vec::new();
-        let skipped = self.dump_into(Protocol::Tcp, &mut out)?;
-        if skipped > 0 {
-            tracing::debug!(skipped, "sock_diag dump returned rows not in LISTEN");
+        if inuse.tcp {
+            let skipped = self.dump_into(Protocol::Tcp, &mut out)?;
+            if skipped > 0 {
+                tracing::debug!(skipped, "sock_diag dump returned rows not in LISTEN");
+            }
         }
-        self.dump_into(Protocol::Udp, &mut out)?;
+        for (family, any) in [(AF_INET, inuse.udp4), (AF_INET6, inuse.udp6)] {
+            if any {
+                self.dump_family(family, Protocol::Udp, &mut out)?;
+            }
+        }
         Ok(out)
+    }
+
+    /// One v2 request: the sockets of `protocol` and `family`.
+    fn dump_family(
+        &mut self,
+        family: u8,
+        protocol: Protocol,
+        out: &mut Vec<Listener>,
+    ) -> Result<usize, Error> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = v2_request(self.seq, family, protocol);
+        self.run(&request, protocol, out)
     }
 
     /// Appends the sockets of `protocol` to `out`; how many other rows the
@@ -117,8 +149,7 @@ impl Dumper {
         }
         let mut skipped = 0;
         for family in [AF_INET, AF_INET6] {
-            self.seq = self.seq.wrapping_add(1);
-            skipped += self.run(&v2_request(self.seq, family, protocol), protocol, out)?;
+            skipped += self.dump_family(family, protocol, out)?;
         }
         Ok(skipped)
     }

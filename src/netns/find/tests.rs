@@ -372,13 +372,14 @@ fn a_member_s_cgroup_is_read_when_new_once_more_and_on_full_walks() {
     assert_eq!(names(), ["netns-500", &ID[..12]], "walk 3");
     // After that, as read, until the next full walk.
     std::fs::write(cgroup("100"), &docker).unwrap();
-    for walk in 4..=10 {
+    for walk in 4..=FULL_WALK_EVERY {
         assert_eq!(names(), ["netns-500", &ID[..12]], "walk {walk}");
     }
     let both = format!("{}-500", &ID[..12]);
     assert_eq!(
         names(),
         [both.as_str(), &format!("{}-600", &ID[..12])],
-        "walk 11, a full one: two namespaces of one container name"
+        "walk {}, a full one: two namespaces of one container name",
+        FULL_WALK_EVERY + 1
     );
 }
