@@ -1,19 +1,17 @@
 //! The scan of the host's other network namespaces (containers, pods):
-//! their socket tables, addresses and ephemeral ranges, read inside each
-//! by the [`netns::Worker`] thread, and the sockets that probes of their
-//! ports are sent from.
+//! their socket tables, addresses and ephemeral ranges, read through a
+//! [`Reader`] the [`netns::Worker`] thread makes inside each once, and the
+//! sockets that probes of their ports are sent from.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::IpAddr;
-use std::ops::RangeInclusive;
 use std::os::fd::OwnedFd;
 
 use crate::config::{Config, Protocol};
-use crate::netns::{self, NsId, Roots, Worker, worker::Job};
+use crate::netns::{self, Namespace, NsId, Roots, Worker, worker::Job};
 use crate::probe::Target;
+use crate::sockets::interfaces::AddressReader;
 use crate::sockets::netlink::Dumper;
-use crate::sockets::{Listener, interfaces};
 
 use super::state::NsScan;
 use super::watch;
@@ -34,11 +32,14 @@ pub struct Namespaces {
 
 /// What one namespace is read with, made inside it by the first scan that
 /// reads it and kept while it is seen: its sock_diag socket and socket
-/// counts, and its `ip_local_port_range` (a `/proc/sys/net` file shows the
-/// namespace it was opened in). They keep the namespace, as its handle
+/// counts, a route socket for its addresses, and its `ip_local_port_range`
+/// (a `/proc/sys/net` file shows the namespace it was opened in). Netlink
+/// sockets and those files stay with their namespace, so later scans read
+/// it from any thread without entering it; they keep it, as its handle
 /// does, so its inode is not reused meanwhile.
 struct Reader {
     dumper: Dumper,
+    addresses: AddressReader,
     /// `None` where it cannot be opened: Linux's default range.
     ephemeral: Option<File>,
 }
@@ -48,7 +49,26 @@ impl Reader {
     fn open() -> Result<Reader, String> {
         Ok(Reader {
             dumper: Dumper::open().map_err(|e| e.to_string())?,
+            addresses: AddressReader::open().map_err(|e| e.to_string())?,
             ephemeral: File::open("/proc/sys/net/ipv4/ip_local_port_range").ok(),
+        })
+    }
+
+    /// The namespace's socket tables (netlink only: `/proc/net` would
+    /// show portsight's own namespace), addresses and ephemeral range,
+    /// its listeners marked with its id.
+    fn read(&mut self, ns: &Namespace) -> Result<NsScan, String> {
+        let mut listeners = self.dumper.sockets().map_err(|e| e.to_string())?;
+        for l in &mut listeners {
+            l.netns = ns.id;
+        }
+        let addresses = self.addresses.read().map_err(|e| e.to_string())?;
+        Ok(NsScan {
+            ns: ns.clone(),
+            listeners,
+            addresses: addresses.addresses,
+            ipv6_loopback: addresses.ipv6_loopback,
+            ephemeral: watch::ephemeral_range_in(self.ephemeral.as_ref()),
         })
     }
 }
@@ -102,31 +122,43 @@ impl Namespaces {
             up = false;
             tracing::debug!(inode, error = %e, "namespace handle not opened");
         }
-        let jobs: Vec<(u64, Job<ReadInside>)> = found
+        // Readers for the namespaces seen for the first time, made inside
+        // them in one trip to the namespace thread; the others' are used
+        // here, without entering any namespace.
+        let mut readers = std::mem::take(&mut self.readers);
+        let new: Vec<u64> = found
             .namespaces
             .iter()
-            .map(|seen| {
-                let id = seen.ns.id;
-                let reader = self.readers.remove(&seen.ns.inode);
-                let job: Job<ReadInside> = Box::new(move || read_inside(id, reader));
-                (seen.ns.inode, job)
-            })
+            .map(|seen| seen.ns.inode)
+            .filter(|inode| !readers.contains_key(inode))
             .collect();
-        // Those of namespaces no longer seen.
-        self.readers.clear();
-        let mut out = Vec::with_capacity(jobs.len());
-        for (seen, read) in found.namespaces.iter().zip(worker.run_all(jobs)) {
-            match read.map_err(|e| e.to_string()).and_then(|r| r) {
-                Ok(((listeners, addresses, ipv6_loopback, ephemeral), reader)) => {
-                    self.readers.insert(seen.ns.inode, reader);
-                    out.push(NsScan {
-                        ns: seen.ns.clone(),
-                        listeners,
-                        addresses,
-                        ipv6_loopback,
-                        ephemeral,
-                    });
+        let jobs: Vec<(u64, Job<Result<Reader, String>>)> = new
+            .iter()
+            .map(|&inode| (inode, Box::new(Reader::open) as Job<_>))
+            .collect();
+        for (inode, made) in new.into_iter().zip(worker.run_all(jobs)) {
+            match made.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok(reader) => {
+                    readers.insert(inode, reader);
                 }
+                Err(e) => {
+                    up = false;
+                    tracing::debug!(inode, error = %e, "namespace not entered to read it");
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(found.namespaces.len());
+        for seen in &found.namespaces {
+            let Some(mut reader) = readers.remove(&seen.ns.inode) else {
+                continue;
+            };
+            match reader.read(&seen.ns) {
+                Ok(scan) => {
+                    self.readers.insert(seen.ns.inode, reader);
+                    out.push(scan);
+                }
+                // The reader is dropped: a dump cut short would leave its
+                // rest in the socket.
                 Err(e) => {
                     up = false;
                     tracing::debug!(netns = %seen.ns.name, error = %e, "namespace not read");
@@ -223,33 +255,49 @@ fn new_socket(v4: bool, protocol: Protocol) -> std::io::Result<OwnedFd> {
     Ok(s.into())
 }
 
-type Inside = (Vec<Listener>, Vec<IpAddr>, bool, RangeInclusive<u16>);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What one namespace's job gives back: what was read, and the reader to
-/// keep.
-type ReadInside = Result<(Inside, Reader), String>;
-
-/// What is read inside one namespace, on the namespace thread: the
-/// netlink socket tables (no `/proc` fallback: `/proc/net` shows
-/// portsight's own namespace), the addresses and the ephemeral range;
-/// with the namespace's [`Reader`], made here the first time. After an
-/// error it is dropped: a dump cut short would leave its rest in it.
-fn read_inside(id: NsId, reader: Option<Reader>) -> ReadInside {
-    let mut reader = match reader {
-        Some(r) => r,
-        None => Reader::open()?,
-    };
-    let mut listeners = reader.dumper.sockets().map_err(|e| e.to_string())?;
-    for l in &mut listeners {
-        l.netns = id;
+    /// A reader made inside a namespace (a thread that unshared one, with
+    /// an ephemeral range and a UDP socket of its own) reads that
+    /// namespace from another thread, after the thread has gone.
+    #[test]
+    fn a_kept_reader_reads_its_namespace_from_any_thread() {
+        if !nix::unistd::Uid::effective().is_root() {
+            let reason = "needs root to unshare a network namespace";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true, so this test may not skip: {reason}");
+            }
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+        let (mut reader, udp) = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40100").unwrap();
+            let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            (Reader::open().unwrap(), udp)
+        })
+        .join()
+        .unwrap();
+        let ns = Namespace {
+            name: "unshared".into(),
+            container: None,
+            pod: None,
+            inode: 1,
+            id: NsId::OWN,
+        };
+        for _ in 0..2 {
+            let scan = reader.read(&ns).unwrap();
+            assert_eq!(scan.ephemeral, 40000..=40100);
+            assert!(scan.addresses.is_empty(), "{:?}", scan.addresses);
+            assert!(!scan.ipv6_loopback, "its loopback is down");
+            let port = udp.local_addr().unwrap().port();
+            assert!(
+                scan.listeners.len() == 1 && scan.listeners[0].port == port,
+                "{:?}",
+                scan.listeners
+            );
+        }
     }
-    Ok((
-        (
-            listeners,
-            interfaces::interface_addresses(),
-            interfaces::ipv6_loopback_up(),
-            watch::ephemeral_range_in(reader.ephemeral.as_ref()),
-        ),
-        reader,
-    ))
 }

@@ -31,6 +31,109 @@ pub fn interface_addresses() -> Vec<IpAddr> {
     addrs
 }
 
+/// A `NETLINK_ROUTE` socket of the namespace it was made in, for its
+/// addresses: one `RTM_GETADDR` dump, both families, where `getifaddrs`
+/// opens a socket and dumps the links too, and the loopback's `::1` from
+/// the same dump instead of a bind test. Kept, it reads its namespace from
+/// any thread.
+pub struct AddressReader {
+    socket: netlink_sys::Socket,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+/// What [`AddressReader::read`] finds: as [`interface_addresses`] and
+/// [`ipv6_loopback_up`] say.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Addresses {
+    pub addresses: Vec<IpAddr>,
+    pub ipv6_loopback: bool,
+}
+
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+/// `struct ifaddrmsg`: family, prefix length, flags, scope, index.
+const IFADDRMSG_LEN: usize = 8;
+
+impl AddressReader {
+    /// Of the calling thread's namespace.
+    pub fn open() -> Result<AddressReader, super::Error> {
+        Ok(AddressReader {
+            socket: super::netlink::open_protocol(netlink_sys::protocols::NETLINK_ROUTE)?,
+            buf: Vec::new(),
+            seq: 0,
+        })
+    }
+
+    pub fn read(&mut self) -> Result<Addresses, super::Error> {
+        use super::netlink::NLMSG_HDRLEN;
+        self.seq = self.seq.wrapping_add(1);
+        let len = (NLMSG_HDRLEN + IFADDRMSG_LEN) as u32;
+        let mut request = Vec::with_capacity(len as usize);
+        request.extend(len.to_ne_bytes());
+        request.extend(RTM_GETADDR.to_ne_bytes());
+        request.extend(
+            (netlink_packet_core::NLM_F_REQUEST | netlink_packet_core::NLM_F_DUMP).to_ne_bytes(),
+        );
+        request.extend(self.seq.to_ne_bytes());
+        request.extend(0u32.to_ne_bytes());
+        // AF_UNSPEC: both families.
+        request.extend([0u8; IFADDRMSG_LEN]);
+        let mut all = Vec::new();
+        super::netlink::exchange(&self.socket, &mut self.buf, &request, |datagram| {
+            parse_addresses(datagram, &mut all)
+        })?;
+        Ok(addresses_of(all))
+    }
+}
+
+/// The addresses of one datagram of an `RTM_GETADDR` dump appended to
+/// `out` (`IFA_LOCAL` where given, else `IFA_ADDRESS`, as `getifaddrs`
+/// takes them: with a peer, `IFA_ADDRESS` is the peer's); whether the dump
+/// is done.
+pub fn parse_addresses(buf: &[u8], out: &mut Vec<IpAddr>) -> Result<bool, super::Error> {
+    use super::netlink::{attribute, each_message};
+    let malformed = |offset: usize, what: &str| {
+        super::Error::Netlink(format!("malformed address reply at byte {offset}: {what}"))
+    };
+    each_message(buf, |offset, payload| {
+        let kind = u16::from_ne_bytes([buf[offset + 4], buf[offset + 5]]);
+        if kind != RTM_NEWADDR {
+            return Ok(());
+        }
+        if payload.len() < IFADDRMSG_LEN {
+            return Err(malformed(offset, "an ifaddrmsg is cut short"));
+        }
+        let attrs = &payload[IFADDRMSG_LEN..];
+        let find = |kind| attribute(attrs, kind).map_err(|what| malformed(offset, what));
+        let Some(raw) = find(IFA_LOCAL)?.or(find(IFA_ADDRESS)?) else {
+            return Ok(());
+        };
+        let address = match (payload[0], raw.len()) {
+            (2, 4) => IpAddr::from(<[u8; 4]>::try_from(raw).unwrap_or_default()),
+            (10, 16) => IpAddr::from(<[u8; 16]>::try_from(raw).unwrap_or_default()),
+            (2 | 10, n) => return Err(malformed(offset, &format!("an address of {n} bytes"))),
+            _ => return Ok(()),
+        };
+        out.push(address);
+        Ok(())
+    })
+}
+
+/// The probe-worthy ones, sorted and unique, and whether `::1` is there.
+fn addresses_of(all: Vec<IpAddr>) -> Addresses {
+    let ipv6_loopback = all.contains(&IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let mut addresses: Vec<IpAddr> = all.into_iter().filter(|&a| probe_worthy(a)).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    Addresses {
+        addresses,
+        ipv6_loopback,
+    }
+}
+
 /// An interface address worth probing: not unspecified, not loopback
 /// (127.0.0.0/8, `::1`), not link-local (169.254.0.0/16, fe80::/10).
 pub fn probe_worthy(addr: IpAddr) -> bool {
@@ -103,6 +206,69 @@ mod tests {
         want.dedup();
         let got_v6: Vec<IpAddr> = addrs.iter().copied().filter(IpAddr::is_ipv6).collect();
         assert_eq!(got_v6, want);
+    }
+
+    /// The dump says what `getifaddrs` and the bind test say, in this
+    /// namespace, and read again on the kept socket.
+    #[test]
+    fn the_address_dump_agrees_with_getifaddrs_and_the_bind_test() {
+        let mut reader = AddressReader::open().unwrap();
+        let want = Addresses {
+            addresses: interface_addresses(),
+            ipv6_loopback: ipv6_loopback_up(),
+        };
+        assert_eq!(reader.read().unwrap(), want);
+        assert_eq!(reader.read().unwrap(), want, "read again");
+    }
+
+    /// Rows as the kernel lays them out: `IFA_LOCAL` over `IFA_ADDRESS`,
+    /// other message types and families skipped, a wrong length refused.
+    #[test]
+    fn address_rows() {
+        fn row(family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+            let mut payload = vec![family, 24, 0, 0, 1, 0, 0, 0];
+            for (kind, value) in attrs {
+                let len = 4 + value.len() as u16;
+                payload.extend(len.to_ne_bytes());
+                payload.extend(kind.to_ne_bytes());
+                payload.extend(*value);
+                payload.resize(payload.len().next_multiple_of(4), 0);
+            }
+            let mut msg = Vec::new();
+            msg.extend((16 + payload.len() as u32).to_ne_bytes());
+            msg.extend(RTM_NEWADDR.to_ne_bytes());
+            msg.extend([0u8; 10]);
+            msg.extend(payload);
+            msg
+        }
+        let mut buf = row(
+            2,
+            &[(IFA_ADDRESS, &[10, 77, 0, 9]), (IFA_LOCAL, &[10, 77, 0, 2])],
+        );
+        buf.extend(row(10, &[(IFA_ADDRESS, &Ipv6Addr::LOCALHOST.octets())]));
+        buf.extend(row(17, &[(IFA_ADDRESS, &[1, 2, 3, 4, 5, 6])]));
+        let mut out = Vec::new();
+        assert!(!parse_addresses(&buf, &mut out).unwrap());
+        assert_eq!(
+            out,
+            [
+                "10.77.0.2".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            addresses_of(out),
+            Addresses {
+                addresses: vec!["10.77.0.2".parse().unwrap()],
+                ipv6_loopback: true
+            }
+        );
+        let bad = row(2, &[(IFA_ADDRESS, &[10, 77, 0])]);
+        assert!(parse_addresses(&bad, &mut Vec::new()).is_err());
+        assert!(
+            parse_addresses(&bad[..20], &mut Vec::new()).is_err(),
+            "cut short"
+        );
     }
 
     #[test]

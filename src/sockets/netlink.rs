@@ -41,7 +41,7 @@ const RECV_BUF_LEN: usize = 64 * 1024;
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `NLMSG_ALIGNTO`: messages in a datagram start on 4-byte boundaries.
-const NLMSG_ALIGNTO: usize = 4;
+pub(super) const NLMSG_ALIGNTO: usize = 4;
 
 /// The result of parsing one datagram of a dump reply.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -161,34 +161,48 @@ impl Dumper {
         protocol: Protocol,
         out: &mut Vec<Listener>,
     ) -> Result<usize, Error> {
-        let sent = self
-            .socket
-            .send(request, 0)
-            .map_err(|e| Error::Netlink(format!("send: {e}")))?;
-        if sent != request.len() {
+        let mut skipped = 0;
+        exchange(&self.socket, &mut self.buf, request, |datagram| {
+            let (done, skip) = parse_into(datagram, protocol, out)?;
+            skipped += skip;
+            Ok(done)
+        })?;
+        Ok(skipped)
+    }
+}
+
+/// Sends one dump request on `socket` and hands each datagram of the
+/// reply to `datagram` (received into `buf`, of [`RECV_BUF_LEN`]) until
+/// it says the dump is done.
+pub(super) fn exchange(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    request: &[u8],
+    mut datagram: impl FnMut(&[u8]) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let sent = socket
+        .send(request, 0)
+        .map_err(|e| Error::Netlink(format!("send: {e}")))?;
+    if sent != request.len() {
+        return Err(Error::Netlink(format!(
+            "send: wrote {sent} of {} bytes",
+            request.len()
+        )));
+    }
+    buf.reserve(RECV_BUF_LEN);
+    loop {
+        buf.clear();
+        let len = socket
+            .recv(buf, libc::MSG_TRUNC)
+            .map_err(|e| Error::Netlink(format!("recv: {e}")))?;
+        if len > buf.len() {
             return Err(Error::Netlink(format!(
-                "send: wrote {sent} of {} bytes",
-                request.len()
+                "reply datagram of {len} bytes truncated to {} bytes",
+                buf.len()
             )));
         }
-        let mut skipped = 0;
-        loop {
-            self.buf.clear();
-            let len = self
-                .socket
-                .recv(&mut self.buf, libc::MSG_TRUNC)
-                .map_err(|e| Error::Netlink(format!("recv: {e}")))?;
-            if len > self.buf.len() {
-                return Err(Error::Netlink(format!(
-                    "reply datagram of {len} bytes truncated to {} bytes",
-                    self.buf.len()
-                )));
-            }
-            let (done, skip) = parse_into(&self.buf, protocol, out)?;
-            skipped += skip;
-            if done {
-                return Ok(skipped);
-            }
+        if datagram(buf)? {
+            return Ok(());
         }
     }
 }
@@ -224,8 +238,14 @@ fn compat_request(seq: u32) -> Vec<u8> {
 }
 
 fn open() -> Result<Socket, Error> {
+    open_protocol(NETLINK_SOCK_DIAG)
+}
+
+/// A netlink socket of `protocol`, connected to the kernel, with
+/// [`RECV_TIMEOUT`], of the calling thread's namespace.
+pub(super) fn open_protocol(protocol: isize) -> Result<Socket, Error> {
     let err = |what: &str, e: std::io::Error| Error::Netlink(format!("{what}: {e}"));
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(|e| err("socket", e))?;
+    let mut socket = Socket::new(protocol).map_err(|e| err("socket", e))?;
     socket.bind_auto().map_err(|e| err("bind", e))?;
     socket
         .connect(&SocketAddr::new(0, 0))
@@ -289,7 +309,7 @@ pub fn parse_messages(buf: &[u8], protocol: Protocol) -> Result<Parsed, Error> {
 }
 
 /// `nlmsghdr`: length, type, flags, sequence, port id.
-const NLMSG_HDRLEN: usize = 16;
+pub(super) const NLMSG_HDRLEN: usize = 16;
 const NLMSG_NOOP: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -311,10 +331,35 @@ fn parse_into(
     protocol: Protocol,
     out: &mut Vec<Listener>,
 ) -> Result<(bool, usize), Error> {
-    let malformed = |offset: usize, what: &str| {
-        Error::Netlink(format!("malformed reply at byte {offset}: {what}"))
-    };
     let mut skipped = 0;
+    let done = each_message(buf, |offset, payload| {
+        if payload.len() < INET_DIAG_MSG_LEN {
+            return Err(malformed(offset, "an inet_diag row is cut short"));
+        }
+        let v6only = attribute(&payload[INET_DIAG_MSG_LEN..], INET_DIAG_SKV6ONLY)
+            .map_err(|what| malformed(offset, what))?
+            .map(|v| v.first().is_some_and(|&b| b != 0));
+        match listener(payload, v6only, protocol) {
+            Some(listener) => out.push(listener),
+            None => skipped += 1,
+        }
+        Ok(())
+    })?;
+    Ok((done, skipped))
+}
+
+fn malformed(offset: usize, what: &str) -> Error {
+    Error::Netlink(format!("malformed reply at byte {offset}: {what}"))
+}
+
+/// Walks the messages of one datagram of a dump reply, handing each data
+/// message's offset and payload to `row`; whether `NLMSG_DONE` was seen.
+/// `NLMSG_ERROR` with a non-zero code, an overrun, and bytes that do not
+/// parse are errors.
+pub(super) fn each_message(
+    buf: &[u8],
+    mut row: impl FnMut(usize, &[u8]) -> Result<(), Error>,
+) -> Result<bool, Error> {
     let mut offset = 0;
     while offset < buf.len() {
         let rest = &buf[offset..];
@@ -331,7 +376,7 @@ fn parse_into(
         let kind = u16::from_ne_bytes([rest[4], rest[5]]);
         let payload = &rest[NLMSG_HDRLEN..len];
         match kind {
-            NLMSG_DONE => return Ok((true, skipped)),
+            NLMSG_DONE => return Ok(true),
             NLMSG_ERROR => {
                 if payload.len() < 4 {
                     return Err(malformed(offset, "an error message is cut short"));
@@ -345,23 +390,12 @@ fn parse_into(
             }
             NLMSG_OVERRUN => return Err(Error::Netlink("kernel reported an overrun".into())),
             NLMSG_NOOP => {}
-            _ => {
-                if payload.len() < INET_DIAG_MSG_LEN {
-                    return Err(malformed(offset, "an inet_diag row is cut short"));
-                }
-                let v6only = attribute(&payload[INET_DIAG_MSG_LEN..], INET_DIAG_SKV6ONLY)
-                    .map_err(|what| malformed(offset, what))?
-                    .map(|v| v.first().is_some_and(|&b| b != 0));
-                match listener(payload, v6only, protocol) {
-                    Some(listener) => out.push(listener),
-                    None => skipped += 1,
-                }
-            }
+            _ => row(offset, payload)?,
         }
         // `len` covers at least a header, so the offset always moves.
         offset += len.next_multiple_of(NLMSG_ALIGNTO);
     }
-    Ok((false, skipped))
+    Ok(false)
 }
 
 fn u32_ne(b: &[u8], at: usize) -> u32 {
@@ -369,7 +403,7 @@ fn u32_ne(b: &[u8], at: usize) -> u32 {
 }
 
 /// The payload of the first attribute of type `kind` in `attrs`.
-fn attribute(mut attrs: &[u8], kind: u16) -> Result<Option<&[u8]>, &'static str> {
+pub(super) fn attribute(mut attrs: &[u8], kind: u16) -> Result<Option<&[u8]>, &'static str> {
     while attrs.len() >= 4 {
         let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
         let this = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
