@@ -264,12 +264,7 @@ mod tests {
     /// namespace from another thread, after the thread has gone.
     #[test]
     fn a_kept_reader_reads_its_namespace_from_any_thread() {
-        if !nix::unistd::Uid::effective().is_root() {
-            let reason = "needs root to unshare a network namespace";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true, so this test may not skip: {reason}");
-            }
-            eprintln!("SKIPPED: {reason}");
+        if !crate::test_is_root("needs root to unshare a network namespace") {
             return;
         }
         let (mut reader, udp) = std::thread::spawn(|| {

@@ -151,12 +151,7 @@ mod tests {
     /// where PID 1's links can be read: [`Allocated`] needs that.
     #[test]
     fn allocated_in_a_pid_namespace_of_its_own() {
-        if !nix::unistd::Uid::effective().is_root() {
-            let reason = "needs root for unshare --pid";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true, so this test may not skip: {reason}");
-            }
-            eprintln!("SKIPPED: {reason}");
+        if !crate::test_is_root("needs root for unshare --pid") {
             return;
         }
         let out = std::process::Command::new("unshare")

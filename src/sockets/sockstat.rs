@@ -169,12 +169,7 @@ mod tests {
     /// a UDP socket bound there is counted and dumped.
     #[test]
     fn an_empty_namespace_is_not_dumped_and_one_socket_is() {
-        if !nix::unistd::Uid::effective().is_root() {
-            let reason = "needs root to unshare a network namespace";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true, so this test may not skip: {reason}");
-            }
-            eprintln!("SKIPPED: {reason}");
+        if !crate::test_is_root("needs root to unshare a network namespace") {
             return;
         }
         std::thread::spawn(|| {
