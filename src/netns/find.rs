@@ -307,14 +307,15 @@ fn read_started(
         New::Nothing | New::All => Vec::new(),
     };
     known.fresh.extend(&started);
-    let read: HashSet<u32> = again.into_iter().chain(started).collect();
+    let mut read: HashSet<u32> = again.into_iter().chain(started).collect();
     for &pid in &read {
         match read_link(proc_root, pid) {
             Some(link) => known.links.insert(pid, link),
             None => known.links.remove(&pid),
         };
     }
-    still_there(proc_root, own, &read, &mut known.links);
+    let moved = still_there(proc_root, own, &read, &mut known.links);
+    read.extend(moved);
     Ok(read)
 }
 
@@ -325,12 +326,14 @@ fn read_started(
 /// whose processes all ended goes at once (a pid handed out again was
 /// listed and read). A process whose link is unreadable stays while it
 /// exists. portsight's own namespace's wait for the next full listing.
+/// Returns the pids that moved to another namespace (or became
+/// unreadable): their cgroup facts are read again.
 fn still_there(
     proc_root: &Path,
     own: u64,
     read: &HashSet<u32>,
     links: &mut HashMap<u32, Option<u64>>,
-) {
+) -> Vec<u32> {
     let mut members: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     for (&pid, &link) in links.iter() {
         if let Some(inode) = link.filter(|&i| i != own)
@@ -339,17 +342,24 @@ fn still_there(
             members.entry(inode).or_default().push(pid);
         }
     }
+    let mut moved = Vec::new();
     for (inode, mut pids) in members {
         pids.sort_unstable();
         for pid in pids {
             match read_link(proc_root, pid) {
                 Some(Some(now)) if now == inode => break,
-                Some(link) => links.insert(pid, link),
-                None => links.remove(&pid),
-            };
+                Some(link) => {
+                    links.insert(pid, link);
+                    moved.push(pid);
+                }
+                None => {
+                    links.remove(&pid);
+                }
+            }
         }
     }
     links.retain(|pid, link| link.is_some() || read.contains(pid) || pids::alive(*pid));
+    moved
 }
 
 /// Process `pid`'s network namespace (`Some(None)`: unreadable); `None`

@@ -50,6 +50,8 @@ pub struct Addresses {
     pub ipv6_loopback: bool,
 }
 
+const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 const IFA_ADDRESS: u16 = 1;
@@ -94,12 +96,8 @@ impl AddressReader {
 /// takes them: with a peer, `IFA_ADDRESS` is the peer's); whether the dump
 /// is done.
 pub fn parse_addresses(buf: &[u8], out: &mut Vec<IpAddr>) -> Result<bool, super::Error> {
-    use super::netlink::{attribute, each_message};
-    let malformed = |offset: usize, what: &str| {
-        super::Error::Netlink(format!("malformed address reply at byte {offset}: {what}"))
-    };
-    each_message(buf, |offset, payload| {
-        let kind = u16::from_ne_bytes([buf[offset + 4], buf[offset + 5]]);
+    use super::netlink::{attribute, each_message, malformed};
+    each_message(buf, |offset, kind, payload| {
         if kind != RTM_NEWADDR {
             return Ok(());
         }
@@ -112,9 +110,11 @@ pub fn parse_addresses(buf: &[u8], out: &mut Vec<IpAddr>) -> Result<bool, super:
             return Ok(());
         };
         let address = match (payload[0], raw.len()) {
-            (2, 4) => IpAddr::from(<[u8; 4]>::try_from(raw).unwrap_or_default()),
-            (10, 16) => IpAddr::from(<[u8; 16]>::try_from(raw).unwrap_or_default()),
-            (2 | 10, n) => return Err(malformed(offset, &format!("an address of {n} bytes"))),
+            (AF_INET, 4) => IpAddr::from(<[u8; 4]>::try_from(raw).unwrap_or_default()),
+            (AF_INET6, 16) => IpAddr::from(<[u8; 16]>::try_from(raw).unwrap_or_default()),
+            (AF_INET | AF_INET6, n) => {
+                return Err(malformed(offset, &format!("an address of {n} bytes")));
+            }
             _ => return Ok(()),
         };
         out.push(address);
@@ -242,10 +242,13 @@ mod tests {
             msg
         }
         let mut buf = row(
-            2,
+            AF_INET,
             &[(IFA_ADDRESS, &[10, 77, 0, 9]), (IFA_LOCAL, &[10, 77, 0, 2])],
         );
-        buf.extend(row(10, &[(IFA_ADDRESS, &Ipv6Addr::LOCALHOST.octets())]));
+        buf.extend(row(
+            AF_INET6,
+            &[(IFA_ADDRESS, &Ipv6Addr::LOCALHOST.octets())],
+        ));
         buf.extend(row(17, &[(IFA_ADDRESS, &[1, 2, 3, 4, 5, 6])]));
         let mut out = Vec::new();
         assert!(!parse_addresses(&buf, &mut out).unwrap());
@@ -263,7 +266,7 @@ mod tests {
                 ipv6_loopback: true
             }
         );
-        let bad = row(2, &[(IFA_ADDRESS, &[10, 77, 0])]);
+        let bad = row(AF_INET, &[(IFA_ADDRESS, &[10, 77, 0])]);
         assert!(parse_addresses(&bad, &mut Vec::new()).is_err());
         assert!(
             parse_addresses(&bad[..20], &mut Vec::new()).is_err(),

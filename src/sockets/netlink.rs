@@ -41,7 +41,7 @@ const RECV_BUF_LEN: usize = 64 * 1024;
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `NLMSG_ALIGNTO`: messages in a datagram start on 4-byte boundaries.
-pub(super) const NLMSG_ALIGNTO: usize = 4;
+const NLMSG_ALIGNTO: usize = 4;
 
 /// The result of parsing one datagram of a dump reply.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -332,7 +332,8 @@ fn parse_into(
     out: &mut Vec<Listener>,
 ) -> Result<(bool, usize), Error> {
     let mut skipped = 0;
-    let done = each_message(buf, |offset, payload| {
+    // Every data message of a sock_diag reply is an `inet_diag_msg`.
+    let done = each_message(buf, |offset, _kind, payload| {
         if payload.len() < INET_DIAG_MSG_LEN {
             return Err(malformed(offset, "an inet_diag row is cut short"));
         }
@@ -348,17 +349,18 @@ fn parse_into(
     Ok((done, skipped))
 }
 
-fn malformed(offset: usize, what: &str) -> Error {
+pub(super) fn malformed(offset: usize, what: &str) -> Error {
     Error::Netlink(format!("malformed reply at byte {offset}: {what}"))
 }
 
 /// Walks the messages of one datagram of a dump reply, handing each data
-/// message's offset and payload to `row`; whether `NLMSG_DONE` was seen.
+/// message's offset, type and payload to `row`; whether `NLMSG_DONE` was
+/// seen.
 /// `NLMSG_ERROR` with a non-zero code, an overrun, and bytes that do not
 /// parse are errors.
 pub(super) fn each_message(
     buf: &[u8],
-    mut row: impl FnMut(usize, &[u8]) -> Result<(), Error>,
+    mut row: impl FnMut(usize, u16, &[u8]) -> Result<(), Error>,
 ) -> Result<bool, Error> {
     let mut offset = 0;
     while offset < buf.len() {
@@ -390,7 +392,7 @@ pub(super) fn each_message(
             }
             NLMSG_OVERRUN => return Err(Error::Netlink("kernel reported an overrun".into())),
             NLMSG_NOOP => {}
-            _ => row(offset, payload)?,
+            _ => row(offset, kind, payload)?,
         }
         // `len` covers at least a header, so the offset always moves.
         offset += len.next_multiple_of(NLMSG_ALIGNTO);
